@@ -1,0 +1,406 @@
+"""The `rerank-kit` command line: each command parses options and calls one library function.
+
+Library errors become one readable line on stderr and exit code 1 (2 for bad usage).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rerank_kit import launcher, machine
+from rerank_kit.errors import ConfigError, RerankKitError, ServerStartError
+from rerank_kit.recipes import FAMILIES, RECIPES, Recipe, get_recipe
+
+app = typer.Typer(
+    help="Serve cross-encoder rerankers on vLLM with the right flags, and call and benchmark them.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_GPU_MODEL = "mixedbread-ai/mxbai-rerank-base-v2"
+DEFAULT_CPU_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"error: {message}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a library function; its errors become one line (plus log tail for start failures)."""
+    try:
+        return fn(*args, **kwargs)
+    except ServerStartError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except RerankKitError as exc:
+        fail(str(exc))
+
+
+# --- shared serve options -----------------------------------------------------------------------
+
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Hub id from `rerank-kit models`, or a local directory with --family. "
+        f"Default: {DEFAULT_GPU_MODEL} with a GPU, {DEFAULT_CPU_MODEL} (packaged weights) without."
+    ),
+]
+FamilyOpt = Annotated[str | None, typer.Option("--family", help=f"Apply this family's recipe: {', '.join(FAMILIES)}.")]
+HostOpt = Annotated[str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the server to the network.")]
+PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
+MaxLenOpt = Annotated[int | None, typer.Option("--max-model-len", help="Longest query+document prompt, in tokens.")]
+TPOpt = Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="GPUs per replica (tensor parallel).")]
+DPOpt = Annotated[int, typer.Option("--data-parallel-size", "-dp", help="Replicas inside one server (data parallel).")]
+DtypeOpt = Annotated[str | None, typer.Option(help="Override the dtype (default: chosen for this machine).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (GPU if nvidia-smi sees one), cpu or cuda.")]
+EagerOpt = Annotated[bool, typer.Option("--eager", help="Skip torch.compile: faster start, slower serving.")]
+KvOpt = Annotated[float | None, typer.Option("--kv-cache-gib", help="CPU backend: memory for the KV cache, GiB.")]
+ReservedOpt = Annotated[
+    int | None, typer.Option("--reserved-cpus", help="CPU backend: cores kept free for vLLM's scheduler.")
+]
+NameOpt = Annotated[str | None, typer.Option("--served-model-name", help="Model name clients send.")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="Require this bearer key. Visible in `ps` while rerank-kit runs: prefer --api-key-file "
+        "or the RERANK_KIT_API_KEY environment variable.",
+    ),
+]
+KeyFileOpt = Annotated[Path | None, typer.Option("--api-key-file", help="Read the bearer key from this file.")]
+
+
+def _options(
+    ctx: typer.Context,
+    *,
+    host: str,
+    port: int,
+    max_model_len: int | None,
+    tensor_parallel_size: int,
+    data_parallel_size: int,
+    dtype: str | None,
+    device: str,
+    eager: bool,
+    kv_cache_gib: float | None,
+    reserved_cpus: int | None,
+    served_model_name: str | None,
+    api_key: str | None,
+    api_key_file: Path | None,
+) -> launcher.ServeOptions:
+    if device not in ("auto", "cpu", "cuda"):
+        fail(f"--device must be auto, cpu or cuda, not {device!r}", 2)
+    api_key_env = None
+    if api_key is not None:
+        # Handed to vLLM through the environment, never through its argv.
+        os.environ["RERANK_KIT_API_KEY"] = api_key
+        api_key_env = "RERANK_KIT_API_KEY"
+    elif api_key_file is None and os.environ.get("RERANK_KIT_API_KEY"):
+        # RERANK_KIT_API_KEY: serve with this bearer key when no --api-key/--api-key-file is given.
+        api_key_env = "RERANK_KIT_API_KEY"
+    extra = tuple(a for a in ctx.args if a != "--")
+    return launcher.ServeOptions(
+        host=host,
+        port=port,
+        max_model_len=max_model_len,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        dtype=dtype,
+        device=device,  # type: ignore[arg-type]
+        eager=eager,
+        kv_cache_gib=kv_cache_gib,
+        reserved_cpus=reserved_cpus,
+        served_model_name=served_model_name,
+        api_key_env=api_key_env,
+        api_key_file=str(api_key_file) if api_key_file else None,
+        extra_args=extra,
+    )
+
+
+def default_model(host: machine.Machine) -> str:
+    """mxbai-rerank-base-v2 on a GPU; the packaged MiniLM (no download) without one."""
+    return DEFAULT_GPU_MODEL if host.has_gpu else DEFAULT_CPU_MODEL
+
+
+def _command(model: str | None, family: str | None, options: launcher.ServeOptions) -> launcher.Command:
+    host = machine.detect()
+    recipe: Recipe = run(get_recipe, model or default_model(host), family)
+    return run(launcher.build_command, recipe, options, vllm_version=launcher.vllm_version(), machine=host)
+
+
+def _print_choices(command: launcher.Command) -> None:
+    for choice in command.choices:
+        err.print(f"  {choice.name}={choice.value}  ({choice.reason})", markup=False, highlight=False)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+@app.command("models")
+def models_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the recipe table: every model rerank-kit knows how to serve."""
+    if as_json:
+        out.print_json(json.dumps({"models": [r.as_dict() for r in RECIPES.values()], "families": list(FAMILIES)}))
+        return
+    table = Table("model", "family", "architecture", "template", "max len", "instruction")
+    for r in RECIPES.values():
+        table.add_row(r.model_id, r.family, r.architecture, r.template or "-", str(r.max_model_len or "-"),
+                      "yes" if r.supports_instruction else "-")
+    out.print(table)
+    out.print(f"Families for --family: {', '.join(FAMILIES)}")
+
+
+@app.command("cmd", context_settings=EXTRA_ARGS)
+def cmd_cmd(
+    ctx: typer.Context,
+    model: ModelArg = None,
+    family: FamilyOpt = None,
+    host: HostOpt = launcher.DEFAULT_HOST,
+    port: PortOpt = launcher.DEFAULT_PORT,
+    max_model_len: MaxLenOpt = None,
+    tensor_parallel_size: TPOpt = 1,
+    data_parallel_size: DPOpt = 1,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = "auto",
+    eager: EagerOpt = False,
+    kv_cache_gib: KvOpt = None,
+    reserved_cpus: ReservedOpt = None,
+    served_model_name: NameOpt = None,
+    api_key: KeyOpt = None,
+    api_key_file: KeyFileOpt = None,
+) -> None:
+    """Print the exact vLLM command (with its environment) that `serve` would run.
+
+    Extra vLLM flags go after `--`, e.g. `rerank-kit cmd BAAI/bge-reranker-base -- --max-num-seqs 64`.
+    """
+    options = _options(ctx, host=host, port=port, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                       data_parallel_size=data_parallel_size, dtype=dtype, device=device, eager=eager,
+                       kv_cache_gib=kv_cache_gib, reserved_cpus=reserved_cpus, served_model_name=served_model_name,
+                       api_key=api_key, api_key_file=api_key_file)
+    command = _command(model, family, options)
+    if command.choices:
+        err.print("Chosen for this machine:", highlight=False)
+        _print_choices(command)
+    print(command.shell())
+
+
+@app.command("serve", context_settings=EXTRA_ARGS)
+def serve_cmd(
+    ctx: typer.Context,
+    model: ModelArg = None,
+    family: FamilyOpt = None,
+    host: HostOpt = launcher.DEFAULT_HOST,
+    port: PortOpt = launcher.DEFAULT_PORT,
+    max_model_len: MaxLenOpt = None,
+    tensor_parallel_size: TPOpt = 1,
+    data_parallel_size: DPOpt = 1,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = "auto",
+    eager: EagerOpt = False,
+    kv_cache_gib: KvOpt = None,
+    reserved_cpus: ReservedOpt = None,
+    served_model_name: NameOpt = None,
+    api_key: KeyOpt = None,
+    api_key_file: KeyFileOpt = None,
+) -> None:
+    """Run a vLLM server in the foreground (Ctrl-C stops it). Extra vLLM flags go after `--`."""
+    options = _options(ctx, host=host, port=port, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                       data_parallel_size=data_parallel_size, dtype=dtype, device=device, eager=eager,
+                       kv_cache_gib=kv_cache_gib, reserved_cpus=reserved_cpus, served_model_name=served_model_name,
+                       api_key=api_key, api_key_file=api_key_file)
+    command = _command(model, family, options)
+    err.print(f"Serving {command.recipe.model_id} ({command.recipe.family}) at {command.url}", highlight=False)
+    _print_choices(command)
+    err.print(command.shell(), markup=False, highlight=False)
+    run(launcher.run_foreground, command)
+
+
+def _example_request(record: launcher.ServerRecord, keyed: bool) -> str:
+    body = {
+        "model": record.model,
+        "query": "What is vLLM?",
+        "documents": [
+            "vLLM is a fast and easy-to-use library for LLM inference and serving.",
+            "The Eiffel Tower is in Paris.",
+            "PagedAttention manages attention keys and values in pages.",
+        ],
+        "top_n": 2,
+    }
+    auth = ' -H "Authorization: Bearer $RERANK_KIT_API_KEY"' if keyed else ""
+    return f"curl -s {record.url}/v1/rerank -H 'Content-Type: application/json'{auth} -d {shlex.quote(json.dumps(body))}"
+
+
+@app.command("up", context_settings=EXTRA_ARGS)
+def up_cmd(
+    ctx: typer.Context,
+    model: ModelArg = None,
+    family: FamilyOpt = None,
+    host: HostOpt = launcher.DEFAULT_HOST,
+    port: PortOpt = launcher.DEFAULT_PORT,
+    max_model_len: MaxLenOpt = None,
+    tensor_parallel_size: TPOpt = 1,
+    data_parallel_size: DPOpt = 1,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = "auto",
+    eager: EagerOpt = False,
+    kv_cache_gib: KvOpt = None,
+    reserved_cpus: ReservedOpt = None,
+    served_model_name: NameOpt = None,
+    api_key: KeyOpt = None,
+    api_key_file: KeyFileOpt = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = launcher.DEFAULT_START_TIMEOUT,
+) -> None:
+    """Start a server in the background, wait until /health answers, print a request to try."""
+    options = _options(ctx, host=host, port=port, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                       data_parallel_size=data_parallel_size, dtype=dtype, device=device, eager=eager,
+                       kv_cache_gib=kv_cache_gib, reserved_cpus=reserved_cpus, served_model_name=served_model_name,
+                       api_key=api_key, api_key_file=api_key_file)
+    command = _command(model, family, options)
+    err.print(f"Starting {command.recipe.model_id} ({command.recipe.family}) on {command.url}", highlight=False)
+    _print_choices(command)
+    err.print(f"  log: {launcher.state_dir() / f'server-{options.port}.log'}", highlight=False)
+    last = [0.0]
+
+    def progress(elapsed: float) -> None:
+        if elapsed - last[0] >= 10:
+            last[0] = elapsed
+            err.print(f"  waiting for /health ... {elapsed:.0f} s", highlight=False)
+
+    started = time.monotonic()
+    record = run(launcher.start_daemon, command, timeout=timeout, on_wait=progress)
+    err.print(f"Healthy after {time.monotonic() - started:.0f} s (pid {record.pid}). Try:", highlight=False)
+    print(_example_request(record, keyed="VLLM_API_KEY" in command.env))
+
+
+@app.command("down")
+def down_cmd(
+    port: Annotated[int | None, typer.Option(help="Port of the server to stop (default: all).")] = None,
+) -> None:
+    """Stop servers started with `up` (the whole process tree) and remove their pid files."""
+    ports = [port] if port is not None else [r.port for r in launcher.list_servers()]
+    if not ports:
+        err.print("No rerank-kit servers are running.", highlight=False)
+        return
+    for p in ports:
+        record = run(launcher.stop_daemon, p)
+        if record is None:
+            fail(f"no rerank-kit server recorded on port {p}")
+        err.print(f"Stopped {record.model} on port {p} (pid {record.pid}).", highlight=False)
+
+
+@app.command("status")
+def status_cmd(
+    port: Annotated[int | None, typer.Option(help="Only this port.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show servers started with `up`: pid, model, URL, and whether /health answers."""
+    import httpx
+
+    records = [r for r in launcher.list_servers() if port is None or r.port == port]
+    rows = []
+    for r in records:
+        healthy = False
+        if r.alive:
+            try:
+                healthy = httpx.get(f"{r.url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                healthy = False
+        rows.append({"port": r.port, "pid": r.pid, "model": r.model, "url": r.url, "running": r.alive,
+                     "healthy": healthy, "log": r.log, "uptime_s": round(time.time() - r.started)})
+    if as_json:
+        out.print_json(json.dumps(rows))
+    elif not rows:
+        err.print("No rerank-kit servers are running.", highlight=False)
+    else:
+        table = Table("port", "pid", "model", "url", "state", "uptime")
+        for row in rows:
+            state = "healthy" if row["healthy"] else ("starting/unhealthy" if row["running"] else "dead")
+            table.add_row(str(row["port"]), str(row["pid"]), str(row["model"]), str(row["url"]), state,
+                          f"{row['uptime_s']} s")
+        out.print(table)
+    if port is not None and not any(r["healthy"] for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command("logs")
+def logs_cmd(
+    port: Annotated[int, typer.Option(help="Port of the server.")] = launcher.DEFAULT_PORT,
+    lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines.")] = 50,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
+) -> None:
+    """Print the end of a server's log."""
+    path = launcher.state_dir() / f"server-{port}.log"
+    if not path.exists():
+        fail(f"no log for port {port} at {path}")
+    print(launcher.tail(path, lines))
+    if follow:
+        with path.open() as fh:
+            fh.seek(0, os.SEEK_END)
+            try:
+                while True:
+                    line = fh.readline()
+                    if line:
+                        sys.stdout.write(line)
+                        sys.stdout.flush()
+                    else:
+                        time.sleep(0.5)
+            except KeyboardInterrupt:
+                return
+
+
+@app.command("rank")
+def rank_cmd(
+    model: Annotated[str, typer.Argument(help="Model id or local directory (with --family).")],
+    query: Annotated[str, typer.Option(help="The query.")],
+    docs_file: Annotated[Path, typer.Option("--docs-file", help="JSON/JSONL/text file of documents.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many results to print.")] = 3,
+    family: FamilyOpt = None,
+    instruction: Annotated[str | None, typer.Option(help="Task instruction (Qwen3/mxbai/gemma).")] = None,
+    max_model_len: MaxLenOpt = None,
+    dtype: DtypeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Score documents in this process through vLLM's offline API, with the same recipe as `serve`."""
+    from rerank_kit.inputs import load_documents
+    from rerank_kit.offline import rank_offline
+
+    docs = run(load_documents, docs_file)
+    texts = [d if isinstance(d, str) else d["text"] for d in docs]
+    recipe = run(get_recipe, model, family)
+    if instruction and not recipe.supports_instruction:
+        fail(f"{recipe.model_id} ({recipe.family}) takes no instruction; remove --instruction", 2)
+    options = launcher.ServeOptions(max_model_len=max_model_len, dtype=dtype, eager=True)
+    ranked = run(rank_offline, recipe, options, query, texts, top_k=top_k, instruction=instruction)
+    if as_json:
+        out.print_json(json.dumps([{"index": r.index, "score": r.score, "document": docs[r.index]} for r in ranked]))
+        return
+    table = Table("rank", "index", "score", "document")
+    for n, r in enumerate(ranked, 1):
+        table.add_row(str(n), str(r.index), f"{r.score:.4f}", r.text[:100])
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

