@@ -3,6 +3,7 @@
 Importing this package is cheap: it never imports typer, torch or vllm.
 """
 
+from rerank_kit.client import AsyncRerankClient, RerankClient
 from rerank_kit.errors import (
     APIConnectionError,
     APIError,
@@ -23,6 +24,7 @@ from rerank_kit.errors import (
     UnprocessableEntityError,
 )
 from rerank_kit.recipes import FAMILIES, RECIPES, Recipe, get_recipe
+from rerank_kit.types import HealthStatus, RerankResponse, RerankResult, ScoreResponse, Usage
 
 __version__ = "0.1.0"
 
@@ -33,19 +35,26 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AsyncRerankClient",
     "AuthenticationError",
     "BadRequestError",
     "ConfigError",
+    "HealthStatus",
     "InternalServerError",
     "InvalidInputError",
     "NotFoundError",
     "RateLimitError",
     "Recipe",
     "RequestTooLargeError",
+    "RerankClient",
     "RerankKitError",
+    "RerankResponse",
+    "RerankResult",
+    "ScoreResponse",
     "ServeError",
     "ServerStartError",
     "UnknownModelError",
     "UnprocessableEntityError",
+    "Usage",
     "get_recipe",
 ]

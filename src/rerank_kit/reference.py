@@ -134,10 +134,12 @@ class Reference:
         for query, document in pairs:
             ids = torch.tensor([self.token_ids(query, document, instruction)])
             with torch.no_grad():
-                logits = self._model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float()
+                logits = self._model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
             if self.family == "qwen3-reranker-seq-cls":
-                out.append(float(logits[0]))
-            elif self.family == "mxbai-rerank-v2":
+                out.append(float(logits[0, 0]))  # [batch, num_labels=1]: the head already reads the last token
+                continue
+            logits = logits[0, -1]  # next-token logits at the last position
+            if self.family == "mxbai-rerank-v2":
                 out.append(float(logits[self._ids("1")[0]] - logits[self._ids("0")[0]]))
             elif self.family == "qwen3-reranker":
                 yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")

@@ -89,15 +89,38 @@ def piecewise_token_ids(
     return prefix + [t for e in encoded for t in e] + suffix
 
 
-def _make_processor(base: type) -> type:
+INSTRUCTION_ERROR = (
+    "this model's score template takes no instruction: remove 'instruction' "
+    "(models that take one: Qwen3-Reranker, mxbai-rerank v2, bge-reranker-v2-gemma)"
+)
+
+
+def _check_instruction(template: str | None, chat_template_kwargs: dict[str, Any] | None) -> None:
+    if (chat_template_kwargs or {}).get("instruction") and not _template_uses(template, "instruction"):
+        raise InstructionNotSupported(INSTRUCTION_ERROR)
+
+
+def _with_instruction_check(base: type) -> type:
+    """``base`` (a vLLM scoring IO processor) that refuses instructions its template would drop."""
+
+    class RerankKitScoringIOProcessor(base):  # type: ignore[misc, valid-type]
+        rerank_kit = True
+
+        def get_request_factory_online(self, ctx: Any) -> Any:
+            _check_instruction(self.chat_template, (ctx.prompt_extras or {}).get("chat_template_kwargs"))
+            return super().get_request_factory_online(ctx)
+
+    RerankKitScoringIOProcessor.__name__ = f"RerankKit{base.__name__}"
+    return RerankKitScoringIOProcessor
+
+
+def _piecewise_cross_encoder(base: type) -> type:
     from vllm import TokensPrompt
     from vllm.entrypoints.pooling.scoring.utils import parse_score_data, truncate_text_to_tokens
     from vllm.renderers.hf import safe_apply_chat_template
 
-    class RerankKitCrossEncoderIOProcessor(base):  # type: ignore[misc, valid-type]
+    class RerankKitCrossEncoderIOProcessor(_with_instruction_check(base)):  # type: ignore[misc]
         """vLLM's cross-encoder IO processor, with piecewise prompts and instruction checks."""
-
-        rerank_kit = True
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -120,26 +143,17 @@ def _make_processor(base: type) -> type:
             max_tokens_per_doc: int = 0,
             chat_template_kwargs: dict[str, Any] | None = None,
         ) -> Any:
-            instruction = (chat_template_kwargs or {}).get("instruction")
-            if instruction and not _template_uses(chat_template, "instruction"):
-                raise InstructionNotSupported(
-                    "this model's score template takes no instruction: remove 'instruction' "
-                    "(models that take one: Qwen3-Reranker, mxbai-rerank v2, bge-reranker-v2-gemma)"
-                )
+            _check_instruction(chat_template, chat_template_kwargs)
+            args = (data_1, data_2, encode_kwargs, chat_template, max_tokens_per_query, max_tokens_per_doc, chat_template_kwargs)
             if not (self._piecewise and chat_template is not None):
-                return super().get_score_prompt(
-                    data_1, data_2, encode_kwargs, chat_template, max_tokens_per_query, max_tokens_per_doc, chat_template_kwargs
-                )
+                return super().get_score_prompt(*args)
             query, document, mm_data, _ = parse_score_data(data_1, data_2, self.model_config)
             if mm_data is not None or PIECE_SEP in query or PIECE_SEP in document:
-                return super().get_score_prompt(
-                    data_1, data_2, encode_kwargs, chat_template, max_tokens_per_query, max_tokens_per_doc, chat_template_kwargs
-                )
+                return super().get_score_prompt(*args)
             if max_tokens_per_query > 0:
                 query = truncate_text_to_tokens(query, self.tokenizer, max_tokens_per_query)
             if max_tokens_per_doc > 0:
                 document = truncate_text_to_tokens(document, self.tokenizer, max_tokens_per_doc)
-            kwargs = {**(chat_template_kwargs or {}), "piece_sep": PIECE_SEP}
             rendered = safe_apply_chat_template(
                 self.model_config,
                 self.tokenizer,
@@ -147,7 +161,7 @@ def _make_processor(base: type) -> type:
                 chat_template=chat_template,
                 tools=None,
                 tokenize=False,
-                **kwargs,
+                **{**(chat_template_kwargs or {}), "piece_sep": PIECE_SEP},
             )
             max_length = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
             ids = piecewise_token_ids(
@@ -170,10 +184,10 @@ def register() -> None:
         logger.warning("rerank-kit: this vLLM has no pooling scoring IO processors; piecewise prompts are off")
         return
     processors = getattr(scoring_io, "ScoringIOProcessors", None)
-    base = processors.get("cross-encoder") if isinstance(processors, dict) else None
-    if base is None:
+    if not isinstance(processors, dict) or "cross-encoder" not in processors:
         logger.warning("rerank-kit: vLLM's cross-encoder IO processor moved; piecewise prompts are off")
         return
-    if getattr(base, "rerank_kit", False):
-        return
-    processors["cross-encoder"] = _make_processor(base)
+    for name, wrap in (("cross-encoder", _piecewise_cross_encoder), ("bi-encoder", _with_instruction_check)):
+        base = processors.get(name)
+        if base is not None and not getattr(base, "rerank_kit", False):
+            processors[name] = wrap(base)

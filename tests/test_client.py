@@ -1,0 +1,466 @@
+"""Client behaviour that a real server cannot be made to show on demand: MockTransport only.
+
+(Everything a real vLLM can show is tested against one in test_client_vllm.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import random
+
+import httpx
+import pytest
+
+from rerank_kit import _core
+from rerank_kit import client as client_mod
+from rerank_kit.client import AsyncRerankClient, RerankClient
+from rerank_kit.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigError,
+    InternalServerError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimitError,
+    RequestTooLargeError,
+    UnprocessableEntityError,
+)
+
+MODEL = "BAAI/bge-reranker-base"
+
+
+def fake_score(text: str) -> float:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+class FakeVLLM:
+    """Answers like vLLM's /v1/rerank, /v1/score and /v1/models, and records what it got."""
+
+    def __init__(self, fail: list[httpx.Response] | None = None):
+        self.requests: list[httpx.Request] = []
+        self.fail = list(fail or [])
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.fail:
+            return self.fail.pop(0)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+        body = json.loads(request.content)
+        if request.url.path == "/v1/rerank":
+            docs = body["documents"]
+            results = sorted(
+                ({"index": i, "document": {"text": d}, "relevance_score": fake_score(d)} for i, d in enumerate(docs)),
+                key=lambda r: -r["relevance_score"],
+            )
+            return httpx.Response(200, json={"id": "x", "model": body["model"], "results": results,
+                                             "usage": {"prompt_tokens": 3 * len(docs), "total_tokens": 3 * len(docs)},
+                                             "future_field": True})
+        if request.url.path == "/v1/score":
+            docs = body["documents"]
+            return httpx.Response(200, json={"model": body["model"], "data": [
+                {"index": i, "object": "score", "score": fake_score(d)} for i, d in enumerate(docs)],
+                "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        return httpx.Response(404, json={"error": {"message": "Not Found", "type": "NotFoundError", "code": 404}})
+
+    def posted(self, path: str = "/v1/rerank") -> list[dict]:
+        return [json.loads(r.content) for r in self.requests if r.url.path == path]
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    recorded: list[float] = []
+    monkeypatch.setattr(client_mod.time, "sleep", recorded.append)
+
+    async def fake_async_sleep(delay):
+        recorded.append(delay)
+
+    monkeypatch.setattr(client_mod.asyncio, "sleep", fake_async_sleep)
+    return recorded
+
+
+def make(fake, **kwargs) -> RerankClient:
+    kwargs.setdefault("model", MODEL)
+    return RerankClient("http://server:8000", transport=httpx.MockTransport(fake), **kwargs)
+
+
+# --- shape of the API ---------------------------------------------------------------------------------
+
+
+def test_sync_and_async_clients_have_the_same_public_signatures():
+    def public(cls):
+        return {
+            name: inspect.signature(fn)
+            for name, fn in inspect.getmembers(cls, inspect.isfunction)
+            if not name.startswith("_") and name not in ("close", "aclose")
+        }
+
+    sync, async_ = public(RerankClient), public(AsyncRerankClient)
+    assert sync.keys() == async_.keys()
+    for name in sync:
+        assert list(sync[name].parameters) == list(async_[name].parameters), name
+        for p in sync[name].parameters:
+            assert sync[name].parameters[p].default == async_[name].parameters[p].default, (name, p)
+    assert list(inspect.signature(RerankClient.__init__).parameters) == list(
+        inspect.signature(AsyncRerankClient.__init__).parameters
+    )
+    for name in sync:
+        shared = getattr(client_mod._Base, name, None) is not None  # plain accessors shared by both
+        assert shared or inspect.iscoroutinefunction(getattr(AsyncRerankClient, name)), name
+
+
+def test_rerank_returns_original_indices_sorted_with_documents_and_usage():
+    fake = FakeVLLM()
+    docs = ["alpha", "beta", "gamma", "delta"]
+    with make(fake) as client:
+        response = client.rerank("q", docs)
+    expected = sorted(range(4), key=lambda i: -fake_score(docs[i]))
+    assert [r.index for r in response.results] == expected
+    assert [r.document for r in response.results] == [docs[i] for i in expected]
+    assert response.usage.prompt_tokens == 12
+    assert response.model == MODEL
+
+
+def test_metadata_comes_back_untouched_on_each_result():
+    class Doc:
+        def __init__(self, text):
+            self.page_content = text
+            self.metadata = {"source": text}
+
+    docs = [{"text": "a", "id": 1, "tags": ["x"]}, Doc("b"), "c"]
+    with make(FakeVLLM()) as client:
+        response = client.rerank("q", docs)
+    by_index = {r.index: r.document for r in response.results}
+    assert by_index[0] is docs[0] and by_index[1] is docs[1] and by_index[2] == "c"
+    assert {r.text for r in response.results} == {"a", "b", "c"}
+
+
+def test_return_documents_false_omits_them():
+    with make(FakeVLLM()) as client:
+        assert all(r.document is None for r in client.rerank("q", ["a", "b"], return_documents=False).results)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c: c.rerank("   ", ["a"]), "query is empty"),
+        (lambda c: c.rerank("q", ["a", 3]), "document 1 is int"),
+        (lambda c: c.rerank("q", ["a", {"title": "no text"}]), "document 1"),
+        (lambda c: c.rerank("q", "not a list"), "documents must be a list"),
+        (lambda c: c.rerank("q", ["a"], top_n=0), "top_n must be an integer >= 1"),
+        (lambda c: c.score(["q1", "q2"], ["a", "b", "c"]), "2 queries and 3 documents"),
+        (lambda c: c.score("q", [1]), r"documents\[0\] is int"),
+    ],
+)
+def test_bad_input_fails_fast_without_a_request(call, message):
+    fake = FakeVLLM()
+    with make(fake) as client, pytest.raises(InvalidInputError, match=message):
+        call(client)
+    assert fake.requests == []
+
+
+def test_empty_document_list_returns_no_results_without_a_request():
+    fake = FakeVLLM()
+    with make(fake) as client:
+        response = client.rerank("q", [])
+    assert response.results == [] and fake.requests == []
+
+
+def test_instruction_for_a_model_that_cannot_use_it_is_refused():
+    fake = FakeVLLM()
+    with make(fake) as client, pytest.raises(InvalidInputError, match="takes no instruction"):
+        client.rerank("q", ["a"], instruction="find code")
+    assert fake.requests == []
+
+
+def test_instruction_is_sent_for_models_that_take_one():
+    fake = FakeVLLM()
+    with make(fake, model="Qwen/Qwen3-Reranker-0.6B") as client:
+        client.rerank("q", ["a"], instruction="find code", max_tokens_per_doc=64)
+    sent = fake.posted()[0]
+    assert sent["instruction"] == "find code" and sent["max_tokens_per_doc"] == 64
+
+
+# --- chunking and deduplication -----------------------------------------------------------------------
+
+
+def test_long_lists_are_split_merged_and_cut_to_top_n():
+    fake = FakeVLLM()
+    docs = [f"doc {i}" for i in range(250)]
+    with make(fake, max_docs_per_request=100) as client:
+        response = client.rerank("q", docs, top_n=7)
+    sent = fake.posted()
+    assert len(sent) == 3 and max(len(s["documents"]) for s in sent) <= 100
+    assert sorted(d for s in sent for d in s["documents"]) == sorted(docs)
+    expected = sorted(range(250), key=lambda i: -fake_score(docs[i]))[:7]
+    assert [r.index for r in response.results] == expected
+    assert response.requests == 3
+    assert "top_n" not in sent[0]  # cut after merging, never per chunk
+
+
+def test_identical_documents_are_scored_once_and_all_returned():
+    fake = FakeVLLM()
+    docs = ["same", "other", "same", "same"]
+    with make(fake) as client:
+        response = client.rerank("q", docs)
+    assert fake.posted()[0]["documents"] == ["same", "other"]
+    assert sorted(r.index for r in response.results) == [0, 1, 2, 3]
+    assert len({r.relevance_score for r in response.results if r.document == "same"}) == 1
+
+
+def test_async_chunks_are_sent_concurrently_and_merged_identically():
+    fake = FakeVLLM()
+    docs = [f"doc {i}" for i in range(45)]
+
+    async def run():
+        async with AsyncRerankClient(
+            "http://server:8000", model=MODEL, max_docs_per_request=10, transport=httpx.MockTransport(fake)
+        ) as client:
+            return await client.rerank("q", docs)
+
+    chunked = asyncio.run(run())
+    with make(FakeVLLM(), max_docs_per_request=1000) as client:
+        whole = client.rerank("q", docs)
+    assert len(fake.posted()) == 5
+    assert [(r.index, r.relevance_score) for r in chunked.results] == [(r.index, r.relevance_score) for r in whole.results]
+
+
+# --- retries ---------------------------------------------------------------------------------------------
+
+
+def _busy(status, retry_after=None):
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return httpx.Response(status, json={"error": {"message": "busy", "type": "ServiceUnavailable", "code": status}},
+                          headers=headers)
+
+
+def test_503_storm_is_retried_with_growing_jittered_backoff(sleeps):
+    fake = FakeVLLM(fail=[_busy(503)] * 5)
+    with make(fake) as client:
+        client.rerank("q", ["a"])
+    assert len(sleeps) == 5
+    for attempt, delay in enumerate(sleeps):
+        backoff = min(_core.MAX_BACKOFF, _core.INITIAL_BACKOFF * 2**attempt)
+        assert backoff / 2 <= delay <= backoff
+
+
+def test_429_retry_after_is_honoured(sleeps):
+    fake = FakeVLLM(fail=[_busy(429, "2"), _busy(429, "0.5")])
+    with make(fake) as client:
+        client.rerank("q", ["a"])
+    assert sleeps == [2.0, 0.5]
+
+
+def test_retry_after_is_capped():
+    assert _core.retry_delay(
+        RateLimitError(429, retry_after=3600), 0, 5, failover=False, rng=random.Random(0)
+    ) == _core.MAX_RETRY_AFTER
+
+
+def test_400_is_never_retried(sleeps):
+    body = {"error": {"message": "top_n must be >= 0", "type": "BadRequestError", "param": "top_n", "code": 400}}
+    fake = FakeVLLM(fail=[httpx.Response(400, json=body)])
+    with make(fake) as client, pytest.raises(BadRequestError) as exc:
+        client.rerank("q", ["a"])
+    assert len(fake.requests) == 1 and sleeps == []
+    assert exc.value.message == "top_n must be >= 0"
+    assert exc.value.param == "top_n" and exc.value.type == "BadRequestError"
+
+
+def test_retries_are_bounded_and_the_last_error_is_raised(sleeps):
+    fake = FakeVLLM(fail=[_busy(500)] * 10)
+    with make(fake, max_retries=3) as client, pytest.raises(InternalServerError, match="busy"):
+        client.rerank("q", ["a"])
+    assert len(fake.requests) == 4
+
+
+def test_per_call_max_retries_overrides_the_client(sleeps):
+    fake = FakeVLLM(fail=[_busy(502)] * 10)
+    with make(fake, max_retries=8) as client, pytest.raises(InternalServerError):
+        client.rerank("q", ["a"], max_retries=1)
+    assert len(fake.requests) == 2
+
+
+def test_timeouts_and_dropped_connections_are_retried_then_typed(sleeps):
+    calls = []
+
+    def flaky(request):
+        calls.append(request)
+        if len(calls) == 1:
+            raise httpx.ReadTimeout("slow", request=request)
+        if len(calls) == 2:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response", request=request)
+        return FakeVLLM()(request)
+
+    with make(flaky) as client:
+        assert len(client.rerank("q", ["a"]).results) == 1
+    assert len(sleeps) == 2
+
+    def always_timeout(request):
+        raise httpx.ConnectTimeout("no route", request=request)
+
+    with make(always_timeout, max_retries=2) as client, pytest.raises(APITimeoutError):
+        client.rerank("q", ["a"])
+
+
+def test_retries_are_logged(sleeps, caplog):
+    fake = FakeVLLM(fail=[_busy(503)])
+    with caplog.at_level("WARNING", logger="rerank_kit"), make(fake) as client:
+        client.rerank("q", ["a"])
+    assert any("retrying POST http://server:8000/v1/rerank" in r.message and "HTTP 503" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [(400, BadRequestError), (401, AuthenticationError), (404, NotFoundError), (413, RequestTooLargeError),
+     (422, UnprocessableEntityError), (429, RateLimitError), (500, InternalServerError), (503, InternalServerError),
+     (418, APIStatusError)],
+)
+def test_status_codes_map_to_one_error_class_each(status, cls):
+    err = _core.error_from_response(status, json.dumps({"error": {"message": "m", "type": "t", "param": "p"}}), {}, "u")
+    assert type(err) is cls and err.status_code == status and (err.message, err.type, err.param) == ("m", "t", "p")
+
+
+def test_fastapi_validation_errors_are_readable():
+    body = {"detail": [{"loc": ["body", "query"], "msg": "Field required", "type": "missing"}]}
+    err = _core.error_from_response(422, json.dumps(body), {}, "u")
+    assert isinstance(err, UnprocessableEntityError) and "body.query: Field required" in str(err)
+
+
+def test_a_response_missing_required_fields_is_an_error_not_silence():
+    def broken(request):
+        return httpx.Response(200, json={"model": MODEL, "results": [{"index": 0}]})
+
+    with make(broken) as client, pytest.raises(Exception, match="relevance_score"):
+        client.rerank("q", ["a"])
+
+
+# --- replicas ------------------------------------------------------------------------------------------
+
+
+def test_a_refusing_replica_is_skipped_and_requests_fail_over(sleeps):
+    seen = {"a": 0, "b": 0}
+
+    def two_replicas(request):
+        host = request.url.host
+        seen[host] += 1
+        if host == "a":
+            raise httpx.ConnectError("Connection refused", request=request)
+        return FakeVLLM()(request)
+
+    client = RerankClient(["http://a:8000", "http://b:8000"], model=MODEL, cooldown=60,
+                          transport=httpx.MockTransport(two_replicas))
+    for _ in range(20):
+        assert len(client.rerank("q", ["x", "y"]).results) == 2
+    assert seen["a"] == 1  # tried once, then skipped for the cool-down
+    assert sleeps == [0.0]  # failover is immediate when another replica is up
+    assert client.replica_counts() == {"http://a:8000": 0, "http://b:8000": 20}
+
+
+def test_a_replica_answering_5xx_is_cooled_down_then_tried_again():
+    replicas = _core.Replicas(["http://a", "http://b"], cooldown=5, rng=random.Random(0))
+    a = replicas.acquire(now=0, avoid=replicas.replicas[1])
+    assert a.url == "http://a"
+    replicas.release(a, ok=False, now=0)  # e.g. it answered 503
+    for _ in range(3):
+        b = replicas.acquire(now=1)
+        assert b.url == "http://b"
+        replicas.release(b, ok=True, now=1)
+    busy_b = replicas.acquire(now=6)  # both healthy again; b gets one request in flight...
+    assert replicas.acquire(now=6) is not busy_b  # ...so the next goes to the other one
+    assert {r.url for r in replicas.replicas if r.outstanding} == {"http://a", "http://b"}
+
+
+def test_least_outstanding_requests_balancing():
+    replicas = _core.Replicas(["http://a", "http://b", "http://c"], cooldown=5, rng=random.Random(1))
+    held = [replicas.acquire(now=0) for _ in range(6)]
+    assert sorted(r.outstanding for r in replicas.replicas) == [2, 2, 2]
+    for r in held[:2]:
+        replicas.release(r, ok=True, now=0)
+    freed = {held[0].url, held[1].url}
+    assert replicas.acquire(now=0).url in freed
+
+
+def test_async_load_spreads_over_replicas():
+    seen: dict[str, int] = {}
+
+    async def slow(request):
+        seen[request.url.host] = seen.get(request.url.host, 0) + 1
+        await asyncio.sleep(0.01)
+        return FakeVLLM()(request)
+
+    async def run():
+        async with AsyncRerankClient(["http://a:1", "http://b:1"], model=MODEL,
+                                     transport=httpx.MockTransport(slow)) as client:
+            await asyncio.gather(*(client.rerank("q", [f"d{i}"]) for i in range(40)))
+
+    asyncio.run(run())
+    assert seen["a"] >= 10 and seen["b"] >= 10
+
+
+# --- auth, configuration, model discovery ---------------------------------------------------------------
+
+
+def test_auth_headers_bearer_and_modal_proxy():
+    fake = FakeVLLM()
+    with make(fake, api_key="k1", modal_key="mk", modal_secret="ms") as client:
+        client.rerank("q", ["a"])
+    headers = fake.requests[0].headers
+    assert headers["authorization"] == "Bearer k1"
+    assert headers["modal-key"] == "mk" and headers["modal-secret"] == "ms"
+
+
+def test_environment_is_read_only_when_arguments_are_missing(monkeypatch):
+    monkeypatch.setenv("RERANK_KIT_URL", "http://env-a:1, http://env-b:2")
+    monkeypatch.setenv("RERANK_KIT_API_KEY", "env-key")
+    monkeypatch.setenv("RERANK_KIT_MODEL", "env-model")
+    cfg = _core.resolve_config()
+    assert cfg.base_urls == ("http://env-a:1", "http://env-b:2")
+    assert (cfg.api_key, cfg.model) == ("env-key", "env-model")
+    explicit = _core.resolve_config("http://arg:3/v1/", api_key="arg-key", model="arg-model")
+    assert explicit.base_urls == ("http://arg:3",)
+    assert (explicit.api_key, explicit.model) == ("arg-key", "arg-model")
+
+
+def test_configuration_errors_say_what_to_change(monkeypatch):
+    with pytest.raises(ConfigError, match="RERANK_KIT_URL"):
+        RerankClient()
+    with pytest.raises(ConfigError, match="http://"):
+        RerankClient("server:8000")
+
+
+def test_model_is_asked_from_the_server_once():
+    fake = FakeVLLM()
+    with RerankClient("http://server:8000", transport=httpx.MockTransport(fake)) as client:
+        client.rerank("q", ["a"])
+        client.score("q", ["a", "b"])
+        client.rerank("q", ["b"])
+    assert [r.url.path for r in fake.requests].count("/v1/models") == 1
+    assert all(body["model"] == MODEL for body in fake.posted())
+
+
+def test_score_returns_input_order_for_one_to_many_and_pairs():
+    fake = FakeVLLM()
+    with make(fake) as client:
+        one_to_many = client.score("q", ["a", "b", "c"])
+        pairs = client.score(["q1", "q2"], ["a", "b"])
+        single = client.score("q", "a")
+    assert one_to_many.scores == [fake_score(d) for d in "abc"]
+    assert pairs.scores == [fake_score("a"), fake_score("b")]
+    assert single.scores == [fake_score("a")]
+    assert fake.posted("/v1/score")[1]["queries"] == ["q1", "q2"]
+
+
+def test_connection_error_after_retries_is_typed(sleeps):
+    def refuse(request):
+        raise httpx.ConnectError("Connection refused", request=request)
+
+    with make(refuse, max_retries=2) as client, pytest.raises(APIConnectionError, match="cannot reach http://server:8000"):
+        client.rerank("q", ["a"])
+    assert len(sleeps) == 2

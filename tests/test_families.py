@@ -1,0 +1,250 @@
+"""Every recipe architecture served by real vLLM through rerank-kit's launcher, and its scores
+compared with the model authors' reference implementation (rerank_kit.reference) in float32.
+
+One server per family (a tiny fixed-seed model of the real architecture), shared by the
+serving checks and the parity checks of that family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+import pytest
+from conftest import TINY_FAMILIES, start_server
+
+from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
+from rerank_kit.reference import load_reference
+
+pytestmark = pytest.mark.vllm
+
+# Parity tolerance on raw scores (logits; cosine for embeddings) in float32.
+TOLERANCE = 1e-4
+# A negative control must miss the reference by at least this much.
+CONTROL_MARGIN = 100 * TOLERANCE
+
+QUERIES = [
+    "What is vLLM?",
+    "how do I bake bread",
+    "Who wrote To Kill a Mockingbird?",
+]
+DOCUMENTS = [
+    "vLLM is a fast and easy-to-use library for LLM inference and serving.",
+    "Mix flour, water, salt and yeast.\nLet it rise, then bake it in a hot oven!",
+    "Harper Lee wrote To Kill a Mockingbird, published in 1960.",
+    "def rerank(query, documents):\n    return sorted(documents, key=score, reverse=True)",
+    "Wie spät ist es? 今天天气很好。",
+]
+LLM_FAMILIES = {"qwen3-reranker", "qwen3-reranker-seq-cls", "mxbai-rerank-v2", "bge-reranker-v2-gemma"}
+INSTRUCTION = "Given a question, find the passage that answers it"
+
+
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
+def family_server(request, tiny_model, server_logs):
+    family = request.param
+    recipe = get_recipe(str(tiny_model(family)), family=family)
+    with start_server(recipe, server_logs) as server:
+        yield server
+
+
+# jina-reranker-v2's weights carry its flash-attention names, which only its remote modeling code
+# reads; the reference runs the same weights under the standard XLM-R names they were renamed from.
+REFERENCE_WEIGHTS = {"jina-reranker-v2": "bge-reranker"}
+
+
+@pytest.fixture(scope="module")
+def reference(family_server, tiny_model):
+    family = family_server.recipe.family
+    path = tiny_model(REFERENCE_WEIGHTS[family]) if family in REFERENCE_WEIGHTS else family_server.model
+    return load_reference(family, str(path))
+
+
+def _rerank(server, query, documents, **extra):
+    resp = httpx.post(f"{server.url}/v1/rerank", json={"query": query, "documents": documents, **extra}, timeout=120)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def _score(server, queries, documents, **extra):
+    resp = httpx.post(f"{server.url}/v1/score", json={"queries": queries, "documents": documents, **extra}, timeout=120)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def _all_pairs():
+    return [(q, d) for q in QUERIES for d in DOCUMENTS]
+
+
+# --- serving ---------------------------------------------------------------------------------------
+
+
+def test_rerank_returns_every_document_sorted_by_score(family_server):
+    body = _rerank(family_server, QUERIES[0], DOCUMENTS)
+    results = body["results"]
+    assert sorted(r["index"] for r in results) == list(range(len(DOCUMENTS)))
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert all(r["document"]["text"] == DOCUMENTS[r["index"]] for r in results)
+    assert body["usage"]["prompt_tokens"] > 0
+
+
+def test_rerank_top_n(family_server):
+    full = _rerank(family_server, QUERIES[1], DOCUMENTS)["results"]
+    top = _rerank(family_server, QUERIES[1], DOCUMENTS, top_n=2)["results"]
+    assert [r["index"] for r in top] == [r["index"] for r in full[:2]]
+
+
+def test_score_one_to_many_matches_rerank(family_server):
+    ranked = {r["index"]: r["relevance_score"] for r in _rerank(family_server, QUERIES[2], DOCUMENTS)["results"]}
+    data = _score(family_server, QUERIES[2], DOCUMENTS)["data"]
+    assert [d["index"] for d in data] == list(range(len(DOCUMENTS)))
+    for d in data:
+        assert d["score"] == pytest.approx(ranked[d["index"]], abs=1e-6)
+
+
+def test_score_many_to_many_is_pairwise(family_server):
+    one_to_one = [_score(family_server, q, d)["data"][0]["score"] for q, d in zip(QUERIES, DOCUMENTS, strict=False)]
+    paired = _score(family_server, QUERIES, DOCUMENTS[: len(QUERIES)])["data"]
+    assert [d["score"] for d in paired] == pytest.approx(one_to_one, abs=1e-6)
+
+
+# --- parity with the reference implementation ------------------------------------------------------
+
+
+def test_scores_match_reference(family_server, reference):
+    pairs = _all_pairs()
+    raw_ref = reference.scores(pairs)
+    served_raw, served = [], []
+    for query in QUERIES:
+        raw = _rerank(family_server, query, DOCUMENTS, use_activation=False)["results"]
+        served_raw += [s for _, s in sorted((r["index"], r["relevance_score"]) for r in raw)]
+        served += [d["score"] for d in _score(family_server, query, DOCUMENTS)["data"]]
+    worst_raw = max(abs(a - b) for a, b in zip(served_raw, raw_ref, strict=True))
+    worst = max(abs(a - b) for a, b in zip(served, reference.activate(raw_ref), strict=True))
+    print(f"{family_server.recipe.family}: max |Δ raw| = {worst_raw:.2e}, max |Δ score| = {worst:.2e}")
+    assert worst_raw <= TOLERANCE
+    assert worst <= TOLERANCE
+
+
+def test_token_ids_match_reference(family_server, reference):
+    if family_server.recipe.score_kind == "cosine":
+        pytest.skip("bi-encoders embed query and document separately; their scores are compared above")
+    from vllm_prompts import prompt_token_ids
+
+    for query, document in _all_pairs():
+        expected = reference.token_ids(query, document)
+        assert prompt_token_ids(family_server.command, query, document) == expected, (query, document)
+        served = _rerank(family_server, query, [document])
+        assert served["usage"]["prompt_tokens"] == len(expected)
+
+
+def test_instruction_matches_reference(family_server, reference):
+    if family_server.recipe.family not in LLM_FAMILIES:
+        body = httpx.post(
+            f"{family_server.url}/v1/rerank",
+            json={"query": QUERIES[0], "documents": DOCUMENTS, "instruction": INSTRUCTION},
+            timeout=60,
+        )
+        assert body.status_code == 400, "an instruction the model cannot use must be refused, not ignored"
+        assert "instruction" in body.json()["error"]["message"]
+        return
+    from vllm_prompts import prompt_token_ids
+
+    query, document = QUERIES[0], DOCUMENTS[0]
+    expected_ids = reference.token_ids(query, document, INSTRUCTION)
+    assert prompt_token_ids(family_server.command, query, document, INSTRUCTION) == expected_ids
+    raw_ref = reference.scores([(query, d) for d in DOCUMENTS], instruction=INSTRUCTION)
+    served = _rerank(family_server, query, DOCUMENTS, instruction=INSTRUCTION, use_activation=False)["results"]
+    served_raw = [s for _, s in sorted((r["index"], r["relevance_score"]) for r in served)]
+    assert max(abs(a - b) for a, b in zip(served_raw, raw_ref, strict=True)) <= TOLERANCE
+    without = reference.scores([(query, d) for d in DOCUMENTS])
+    assert max(abs(a - b) for a, b in zip(without, raw_ref, strict=True)) > CONTROL_MARGIN
+
+
+def test_seq_cls_conversion_scores_like_the_original(family_server, tiny_model):
+    if family_server.recipe.family != "qwen3-reranker-seq-cls":
+        pytest.skip("only for the converted Qwen3 checkpoint")
+    original = load_reference("qwen3-reranker", str(tiny_model("qwen3-reranker")))
+    served = [d["score"] for d in _score(family_server, QUERIES[0], DOCUMENTS)["data"]]
+    expected = original.activate(original.scores([(QUERIES[0], d) for d in DOCUMENTS]))
+    assert max(abs(a - b) for a, b in zip(served, expected, strict=True)) <= TOLERANCE
+
+
+# --- negative controls: each comparison above can fail ----------------------------------------------
+
+
+def test_negative_control_swapped_roles_miss_the_reference(family_server, reference):
+    """Scoring (document, query) instead of (query, document) must miss the reference by far."""
+    if family_server.recipe.score_kind == "cosine":
+        # Cosine is symmetric; the embedding control is the pooling one below.
+        pytest.skip("symmetric score")
+    raw_ref = reference.scores(_all_pairs())
+    swapped = []
+    for query in QUERIES:
+        swapped += [
+            _rerank(family_server, document, [query], use_activation=False)["results"][0]["relevance_score"]
+            for document in DOCUMENTS
+        ]
+    assert max(abs(a - b) for a, b in zip(swapped, raw_ref, strict=True)) > CONTROL_MARGIN
+
+
+def test_negative_control_wrong_pooling_misses_the_reference(family_server, reference):
+    if family_server.recipe.score_kind != "cosine":
+        pytest.skip("embedding models only")
+    from sentence_transformers import SentenceTransformer, models
+
+    module = SentenceTransformer(family_server.model, device="cpu")
+    transformer = module[0]
+    cls_model = SentenceTransformer(modules=[transformer, models.Pooling(transformer.get_word_embedding_dimension(), "cls"), models.Normalize()])
+    q = cls_model.encode([q for q, _ in _all_pairs()], convert_to_numpy=True)
+    d = cls_model.encode([d for _, d in _all_pairs()], convert_to_numpy=True)
+    wrong = [float((a * b).sum()) for a, b in zip(q, d, strict=True)]
+    served = []
+    for query in QUERIES:
+        served += [x["score"] for x in _score(family_server, query, DOCUMENTS)["data"]]
+    assert max(abs(a - b) for a, b in zip(served, wrong, strict=True)) > CONTROL_MARGIN
+    assert max(abs(a - b) for a, b in zip(served, reference.scores(_all_pairs()), strict=True)) <= TOLERANCE
+
+
+@pytest.fixture(scope="module", params=sorted(LLM_FAMILIES))
+def bare_server(request, tiny_model, server_logs):
+    """The LLM reranker served like most blog posts do: overrides but no score template."""
+    family = request.param
+    recipe = get_recipe(str(tiny_model(family)), family=family)
+    overrides = {k: v for k, v in recipe.hf_overrides.items() if k != PIECEWISE_KEY}
+    bare = dataclasses.replace(recipe, template=None, hf_overrides=overrides)
+    with start_server(bare, server_logs) as server:
+        yield server
+
+
+def test_negative_control_without_template_misses_the_reference(bare_server):
+    reference = load_reference(bare_server.recipe.family, bare_server.model)
+    raw_ref = reference.scores(_all_pairs())
+    served = []
+    for query in QUERIES:
+        results = _rerank(bare_server, query, DOCUMENTS, use_activation=False)["results"]
+        served += [s for _, s in sorted((r["index"], r["relevance_score"]) for r in results)]
+    worst = max(abs(a - b) for a, b in zip(served, raw_ref, strict=True))
+    print(f"{bare_server.recipe.family} without template: max |Δ raw| = {worst:.2e}")
+    assert worst > CONTROL_MARGIN
+
+
+@pytest.fixture(scope="module")
+def mxbai_without_plugin(tiny_model, server_logs):
+    """mxbai served with the right template but vLLM's whole-string tokenization (plugin disabled)."""
+    recipe = get_recipe(str(tiny_model("mxbai-rerank-v2")), family="mxbai-rerank-v2")
+    # VLLM_PLUGINS lists the general plugins vLLM may load; leaving rerank_kit out disables it.
+    with start_server(recipe, server_logs, env={"VLLM_PLUGINS": "lora_filesystem_resolver"}) as server:
+        yield server
+
+
+def test_mxbai_needs_piecewise_tokenization(mxbai_without_plugin):
+    """The gap the plugin closes: same template, whole-string tokenization, scores move."""
+    reference = load_reference("mxbai-rerank-v2", mxbai_without_plugin.model)
+    query = "What is vLLM?"  # ends in punctuation: "?" + "\n" in the reference, "?\n" whole
+    raw_ref = reference.scores([(query, d) for d in DOCUMENTS])
+    results = _rerank(mxbai_without_plugin, query, DOCUMENTS, use_activation=False)["results"]
+    served = [s for _, s in sorted((r["index"], r["relevance_score"]) for r in results)]
+    worst = max(abs(a - b) for a, b in zip(served, raw_ref, strict=True))
+    print(f"mxbai without rerank-kit's plugin: max |Δ raw| = {worst:.2e}")
+    assert worst > CONTROL_MARGIN

