@@ -37,12 +37,18 @@ TINY_FAMILIES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_state(tmp_path_factory, monkeypatch):
-    """Daemon pid/log files go to a temporary directory, never the developer's own."""
-    monkeypatch.setenv("RERANK_KIT_STATE_DIR", str(tmp_path_factory.mktemp("state")))
-    for name in ("RERANK_KIT_URL", "RERANK_KIT_API_KEY", "RERANK_KIT_MODEL"):
-        monkeypatch.delenv(name, raising=False)
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_state(tmp_path_factory):
+    """Daemon pid/log files go to a temporary directory, never the developer's own; the client's
+    environment fallbacks start unset."""
+    saved = dict(os.environ)
+    os.environ["RERANK_KIT_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+    for name in list(os.environ):
+        if name.startswith("RERANK_KIT_") and name != "RERANK_KIT_STATE_DIR" and name != "RERANK_KIT_REFERENCE_PYTHON":
+            del os.environ[name]
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -398,6 +398,132 @@ def rank_cmd(
     out.print(table)
 
 
+# --- client commands ---------------------------------------------------------------------------------
+
+UrlOpt = Annotated[
+    list[str] | None,
+    typer.Option("--url", help="Server URL; repeat (or separate with commas) for replicas. Default: $RERANK_KIT_URL."),
+]
+ClientKeyOpt = Annotated[
+    str | None, typer.Option("--api-key", help="Bearer key. Default: $RERANK_KIT_API_KEY (preferred: not visible in ps).")
+]
+ModelNameOpt = Annotated[str | None, typer.Option("--model", help="Model name to send (default: ask the server).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _client(url: list[str] | None, api_key: str | None, **kwargs: Any) -> Any:
+    from rerank_kit.client import RerankClient
+
+    urls = [u for item in url for u in item.split(",") if u.strip()] if url else None
+    return run(RerankClient, urls, api_key=api_key, **kwargs)
+
+
+def _snippet(text: str | None, width: int = 90) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command("rerank")
+def rerank_cmd(
+    query: Annotated[str, typer.Option(help="The query.")],
+    docs_file: Annotated[Path, typer.Option("--docs-file", help="JSON/JSONL/text file of documents.")],
+    url: UrlOpt = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Only the best K results.")] = None,
+    model: ModelNameOpt = None,
+    instruction: Annotated[str | None, typer.Option(help="Task instruction (Qwen3/mxbai/gemma).")] = None,
+    api_key: ClientKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rerank the documents in a file against a query on a running server."""
+    from rerank_kit.inputs import load_documents
+
+    docs = run(load_documents, docs_file)
+    with _client(url, api_key, model=model) as client:
+        response = run(client.rerank, query, docs, top_n=top_k, instruction=instruction)
+    if as_json:
+        print(response.model_dump_json(indent=2))
+        return
+    table = Table("rank", "index", "score", "document", title=f"{response.model}: {_snippet(query, 60)}")
+    for n, r in enumerate(response.results, 1):
+        table.add_row(str(n), str(r.index), f"{r.relevance_score:.4f}", _snippet(r.text))
+    out.print(table)
+
+
+@app.command("score")
+def score_cmd(
+    query: Annotated[list[str], typer.Option(help="A query (1:N); repeat it once per document for N:N pairs.")],
+    docs_file: Annotated[Path, typer.Option("--docs-file", help="JSON/JSONL/text file of documents.")],
+    url: UrlOpt = None,
+    model: ModelNameOpt = None,
+    api_key: ClientKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score query-document pairs (/v1/score) in input order."""
+    from rerank_kit._core import document_text
+    from rerank_kit.inputs import load_documents
+
+    docs = run(load_documents, docs_file)
+    texts = [document_text(d) for d in docs]
+    queries: str | list[str] = query[0] if len(query) == 1 else query
+    with _client(url, api_key, model=model) as client:
+        response = run(client.score, queries, texts)
+    if as_json:
+        print(response.model_dump_json(indent=2))
+        return
+    table = Table("index", "score", "query", "document", title=response.model)
+    for i, score in enumerate(response.scores):
+        table.add_row(str(i), f"{score:.4f}", _snippet(query[0] if len(query) == 1 else query[i], 30), _snippet(texts[i], 70))
+    out.print(table)
+
+
+@app.command("health")
+def health_cmd(url: UrlOpt = None, api_key: ClientKeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Check each server: /health, the model it serves, its vLLM version. Exit 1 if any is down."""
+    with _client(url, api_key) as client:
+        statuses = client.health()
+    if as_json:
+        print(json.dumps([s.model_dump() for s in statuses], indent=2))
+    else:
+        table = Table("url", "healthy", "models", "vLLM", "latency")
+        for s in statuses:
+            table.add_row(s.url, "yes" if s.healthy else f"no ({s.error or 'unhealthy'})", ", ".join(s.models) or "-",
+                          s.version or "-", f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "-")
+        out.print(table)
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+@app.command("batch")
+def batch_cmd(
+    cases_file: Annotated[Path, typer.Option("--cases-file", help="JSON/JSONL list of {query, documents} cases.")],
+    url: UrlOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Results shown per case.")] = 3,
+    model: ModelNameOpt = None,
+    api_key: ClientKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rerank many cases from one file; print the top results of each."""
+    from rerank_kit.inputs import load_cases
+
+    cases = run(load_cases, cases_file)
+    report = []
+    with _client(url, api_key, model=model) as client:
+        for i, case in enumerate(cases):
+            response = run(client.rerank, case["query"], case["documents"], top_n=case.get("top_n", top_k),
+                           instruction=case.get("instruction"))
+            report.append((case.get("name", f"case {i}"), case, response))
+    if as_json:
+        print(json.dumps([{"name": name, "query": case["query"], **response.model_dump()} for name, case, response in report],
+                         indent=2, default=str))
+        return
+    table = Table("case", "query", "rank", "index", "score", "document")
+    for name, case, response in report:
+        for n, r in enumerate(response.results, 1):
+            table.add_row(name if n == 1 else "", _snippet(case["query"], 40) if n == 1 else "", str(n), str(r.index),
+                          f"{r.relevance_score:.4f}", _snippet(r.text, 60))
+    out.print(table)
+
+
 def main() -> None:
     app()
 

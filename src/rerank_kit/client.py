@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -130,6 +131,7 @@ class RerankClient(_Base):
             transport=transport,
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
+        self._model_lock = threading.Lock()
 
     # --- I/O ---------------------------------------------------------------------------------------
 
@@ -156,11 +158,12 @@ class RerankClient(_Base):
     def _resolve_model(self, model: str | None) -> str:
         if model is not None:
             return model
-        if self._model is None:
-            names = _core.parse_models(self._request("GET", _core.MODELS_PATH))
-            if not names:
-                raise APIError("the server lists no models at /v1/models")
-            self._model = names[0]
+        with self._model_lock:  # threads sharing the client ask the server once, not once each
+            if self._model is None:
+                names = _core.parse_models(self._request("GET", _core.MODELS_PATH))
+                if not names:
+                    raise APIError("the server lists no models at /v1/models")
+                self._model = names[0]
         return self._model
 
     # --- API ---------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Reading documents and rerank cases from the files users point the CLI at.
 
 Documents: a JSON list of strings or of objects with a "text" field, JSONL with one such item per
-line, or plain text with one document per line.
+line, a JSON object with a "documents" list, or plain text with one document per line.
 
-Cases: a JSON list (or JSONL) of ``{"query": ..., "documents": [...]}`` objects, optionally with
-"name", "instruction" and "top_n".
+Cases: a JSON list (or JSONL) of ``{"query": ..., "documents": [...]}`` objects, or one such object,
+optionally with "name", "instruction" and "top_n".
 
     >>> import json, tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "docs.json"
@@ -32,26 +32,26 @@ def _read(path: Path) -> str:
 
 
 def _json_items(path: Path, text: str) -> list[Any] | None:
+    """A JSON list, a single JSON object (returned as a one-item list), or JSONL; None for plain text."""
     stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+    if not stripped.startswith(("[", "{")):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if stripped.startswith("["):
             raise InvalidInputError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-        return list(data)
-    if stripped.startswith("{"):
-        items = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}:{lineno}: invalid JSON line: {exc.msg}") from None
-        if len(items) == 1 and isinstance(items[0], dict) and "documents" in items[0] and "query" not in items[0]:
-            return list(items[0]["documents"])
-        return items
-    return None
+    else:
+        return list(data) if isinstance(data, list) else [data]
+    items = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path}:{lineno}: invalid JSON line: {exc.msg}") from None
+    return items
 
 
 def load_documents(path: str | Path) -> list[str | dict[str, Any]]:
@@ -61,6 +61,8 @@ def load_documents(path: str | Path) -> list[str | dict[str, Any]]:
     items = _json_items(path, text)
     if items is None:
         items = [line for line in text.splitlines() if line.strip()]
+    elif len(items) == 1 and isinstance(items[0], dict) and isinstance(items[0].get("documents"), list):
+        items = list(items[0]["documents"])  # a case file: {"query": ..., "documents": [...]}
     for i, item in enumerate(items):
         if not isinstance(item, str) and not (isinstance(item, dict) and isinstance(item.get("text"), str)):
             raise InvalidInputError(

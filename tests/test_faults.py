@@ -1,0 +1,130 @@
+"""Real processes, real faults: a replica killed with SIGKILL mid-run, a server restarted mid-run.
+
+Two CPU servers of the MiniLM-L6 cross-encoder, started by rerank-kit's daemon launcher. The
+client must lose no request: failover while another replica is up, retries while none is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import SERVER_START_TIMEOUT, server_options
+
+from rerank_kit import RerankClient, launcher, machine
+from rerank_kit.recipes import get_recipe
+
+pytestmark = pytest.mark.vllm
+
+DOCS = [f"passage {i} about reranking and retrieval with vLLM" for i in range(8)]
+
+
+def _command(path, port):
+    recipe = get_recipe(str(path), family="ms-marco-cross-encoder")
+    return launcher.build_command(recipe, server_options(port=port, dtype=None), vllm_version=launcher.vllm_version(),
+                                  machine=machine.detect())
+
+
+@pytest.fixture(scope="module")
+def replicas(tiny_model):
+    path = tiny_model("ms-marco-cross-encoder")
+    commands = [_command(path, launcher.free_port()) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        records = list(pool.map(lambda c: launcher.start_daemon(c, timeout=SERVER_START_TIMEOUT), commands))
+    yield commands, records
+    for record in records:
+        launcher.stop_daemon(record.port)
+
+
+class Load:
+    """Requests in a loop from a few threads until stopped; counts successes and failures."""
+
+    def __init__(self, client: RerankClient, threads: int = 4):
+        self.client = client
+        self.ok = 0
+        self.errors: list[BaseException] = []
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self):
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            try:
+                response = self.client.rerank("what is a reranker?", DOCS)
+                assert len(response.results) == len(DOCS)
+            except BaseException as exc:  # noqa: BLE001 - every failure is a lost request here
+                with self._lock:
+                    self.errors.append(exc)
+            else:
+                with self._lock:
+                    self.ok += 1
+                    self.latencies.append(time.perf_counter() - start)
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=300)
+
+
+def _wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def test_kill_9_one_replica_mid_run_loses_nothing(replicas):
+    commands, records = replicas
+    victim, survivor = records
+    client = RerankClient([r.url for r in records], cooldown=2.0)
+    with Load(client) as load:
+        _wait_for(lambda: load.ok >= 20)
+        os.kill(victim.pid, signal.SIGKILL)  # the API server dies mid-request, like an OOM kill
+        served_before = client.replica_counts()[survivor.url]
+        _wait_for(lambda: client.replica_counts()[survivor.url] >= served_before + 40)
+    assert load.errors == []
+    counts = client.replica_counts()
+    assert counts[victim.url] > 0 and counts[survivor.url] > 0
+    print(f"kill -9: {load.ok} requests, 0 lost; per replica {counts}")
+
+
+def test_restarted_server_loses_nothing_within_the_retry_budget(replicas):
+    """Only one replica in the client: while it restarts, requests wait and retry instead of failing."""
+    commands, records = replicas
+    victim, survivor = records
+    launcher.stop_daemon(victim.port)  # clean up what the SIGKILL left (engine processes)
+    # A budget of 15 retries waits up to ~120 s in all: a CPU restart (stop + start) takes 50-70 s here.
+    client = RerankClient(survivor.url, max_retries=15)
+    with Load(client, threads=2) as load:
+        _wait_for(lambda: load.ok >= 5)
+        launcher.stop_daemon(survivor.port)
+        stopped = time.monotonic()
+        launcher.start_daemon(commands[1], timeout=SERVER_START_TIMEOUT)
+        restart_s = time.monotonic() - stopped
+        done_before = load.ok
+        _wait_for(lambda: load.ok >= done_before + 5)
+    assert load.errors == []
+    print(f"restart took {restart_s:.0f} s; {load.ok} requests, 0 lost; slowest {max(load.latencies):.1f} s")
+
+
+def test_killed_replica_restarted_gets_traffic_again(replicas):
+    commands, records = replicas
+    victim = records[0]
+    launcher.start_daemon(commands[0], timeout=SERVER_START_TIMEOUT)
+    client = RerankClient([r.url for r in records], cooldown=1.0)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: client.rerank("q", DOCS), range(40)))
+    counts = client.replica_counts()
+    print(f"after restart: per replica {counts}")
+    assert counts[victim.url] >= 5, counts
