@@ -433,6 +433,7 @@ class Replicas:
     def __init__(self, urls: Sequence[str], cooldown: float, rng: random.Random | None = None) -> None:
         self.replicas = [Replica(u) for u in urls]
         self.cooldown = cooldown
+        self.retries = 0  # retries decided so far (failovers included)
         self._lock = threading.Lock()
         self._rng = rng or random.Random()
 
@@ -514,6 +515,8 @@ class RetryLoop:
         if delay is None:
             raise error
         log_retry(self.method, replica.url + self.path, error, delay, self.attempt, self.max_retries)
+        with self.replicas._lock:
+            self.replicas.retries += 1
         self._avoid = replica if failover else None
         self.attempt += 1
         return delay

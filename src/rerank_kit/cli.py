@@ -5,11 +5,14 @@ Library errors become one readable line on stderr and exit code 1 (2 for bad usa
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import shlex
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -36,7 +39,7 @@ EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"error: {message}", markup=False, highlight=False)
+    typer.echo(f"error: {message}", err=True)  # one unwrapped line, whatever the terminal width
     raise typer.Exit(code)
 
 
@@ -45,7 +48,7 @@ def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except ServerStartError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except ConfigError as exc:
         fail(str(exc), 2)
@@ -58,52 +61,56 @@ def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 ModelArg = Annotated[
     str | None,
     typer.Argument(
+        metavar="MODEL",
         help="Hub id from `rerank-kit models`, or a local directory with --family. "
         f"Default: {DEFAULT_GPU_MODEL} with a GPU, {DEFAULT_CPU_MODEL} (packaged weights) without."
     ),
 ]
 FamilyOpt = Annotated[str | None, typer.Option("--family", help=f"Apply this family's recipe: {', '.join(FAMILIES)}.")]
-HostOpt = Annotated[str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the server to the network.")]
-PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
 MaxLenOpt = Annotated[int | None, typer.Option("--max-model-len", help="Longest query+document prompt, in tokens.")]
-TPOpt = Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="GPUs per replica (tensor parallel).")]
-DPOpt = Annotated[int, typer.Option("--data-parallel-size", "-dp", help="Replicas inside one server (data parallel).")]
 DtypeOpt = Annotated[str | None, typer.Option(help="Override the dtype (default: chosen for this machine).")]
-DeviceOpt = Annotated[str, typer.Option(help="auto (GPU if nvidia-smi sees one), cpu or cuda.")]
-EagerOpt = Annotated[bool, typer.Option("--eager", help="Skip torch.compile: faster start, slower serving.")]
-KvOpt = Annotated[float | None, typer.Option("--kv-cache-gib", help="CPU backend: memory for the KV cache, GiB.")]
-ReservedOpt = Annotated[
-    int | None, typer.Option("--reserved-cpus", help="CPU backend: cores kept free for vLLM's scheduler.")
+# The options `cmd`, `serve` and `up` share, declared once: (name, default, typer annotation).
+_SERVE_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("family", None, Annotated[str | None, typer.Option("--family", help=f"Apply this family's recipe: {', '.join(FAMILIES)}.")]),
+    ("host", launcher.DEFAULT_HOST, Annotated[str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the server to the network.")]),
+    ("port", launcher.DEFAULT_PORT, Annotated[int, typer.Option(help="Port to listen on.")]),
+    ("max_model_len", None, Annotated[int | None, typer.Option("--max-model-len", help="Longest query+document prompt, in tokens.")]),
+    ("tensor_parallel_size", 1, Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="GPUs per replica (tensor parallel).")]),
+    ("data_parallel_size", 1, Annotated[int, typer.Option("--data-parallel-size", "-dp", help="Replicas inside one server (data parallel).")]),
+    ("dtype", None, Annotated[str | None, typer.Option(help="Override the dtype (default: chosen for this machine).")]),
+    ("device", "auto", Annotated[str, typer.Option(help="auto (GPU if nvidia-smi sees one), cpu or cuda.")]),
+    ("eager", False, Annotated[bool, typer.Option("--eager", help="Skip torch.compile: faster start, slower serving.")]),
+    ("kv_cache_gib", None, Annotated[float | None, typer.Option("--kv-cache-gib", help="CPU backend: memory for the KV cache, GiB.")]),
+    ("reserved_cpus", None, Annotated[int | None, typer.Option("--reserved-cpus", help="CPU backend: cores kept free for vLLM's scheduler.")]),
+    ("served_model_name", None, Annotated[str | None, typer.Option("--served-model-name", help="Model name clients send.")]),
+    ("strict_length", False, Annotated[bool, typer.Option("--strict-length", help="Reject pairs longer than --max-model-len (HTTP 400) instead of truncating the document.")]),
+    ("api_key", None, Annotated[str | None, typer.Option("--api-key", help="Require this bearer key. Visible in `ps` while rerank-kit runs: prefer --api-key-file or the RERANK_KIT_API_KEY environment variable.")]),
+    ("api_key_file", None, Annotated[Path | None, typer.Option("--api-key-file", help="Read the bearer key from this file.")]),
 ]
-NameOpt = Annotated[str | None, typer.Option("--served-model-name", help="Model name clients send.")]
-KeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        help="Require this bearer key. Visible in `ps` while rerank-kit runs: prefer --api-key-file "
-        "or the RERANK_KIT_API_KEY environment variable.",
-    ),
-]
-KeyFileOpt = Annotated[Path | None, typer.Option("--api-key-file", help="Read the bearer key from this file.")]
 
 
-def _options(
-    ctx: typer.Context,
-    *,
-    host: str,
-    port: int,
-    max_model_len: int | None,
-    tensor_parallel_size: int,
-    data_parallel_size: int,
-    dtype: str | None,
-    device: str,
-    eager: bool,
-    kv_cache_gib: float | None,
-    reserved_cpus: int | None,
-    served_model_name: str | None,
-    api_key: str | None,
-    api_key_file: Path | None,
-) -> launcher.ServeOptions:
+def serve_options(fn: Any) -> Any:
+    """Give a command the shared serve options; it receives them as ``family`` and ``options``."""
+    signature = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)  # this module uses postponed annotations
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+           if p.name not in ("options", "family")]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+              for name, default, annotation in _SERVE_OPTIONS]
+
+    @functools.wraps(fn)
+    def command(ctx: typer.Context, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name, _, _ in _SERVE_OPTIONS}
+        family = values.pop("family")
+        return fn(ctx, family=family, options=_options(ctx, **values), **kwargs)
+
+    params = [*own, *shared]
+    command.__signature__ = signature.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+def _options(ctx: typer.Context, *, device: str, api_key: str | None, api_key_file: Path | None, **values: Any) -> launcher.ServeOptions:
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}", 2)
     api_key_env = None
@@ -114,22 +121,12 @@ def _options(
     elif api_key_file is None and os.environ.get("RERANK_KIT_API_KEY"):
         # RERANK_KIT_API_KEY: serve with this bearer key when no --api-key/--api-key-file is given.
         api_key_env = "RERANK_KIT_API_KEY"
-    extra = tuple(a for a in ctx.args if a != "--")
     return launcher.ServeOptions(
-        host=host,
-        port=port,
-        max_model_len=max_model_len,
-        tensor_parallel_size=tensor_parallel_size,
-        data_parallel_size=data_parallel_size,
-        dtype=dtype,
         device=device,  # type: ignore[arg-type]
-        eager=eager,
-        kv_cache_gib=kv_cache_gib,
-        reserved_cpus=reserved_cpus,
-        served_model_name=served_model_name,
         api_key_env=api_key_env,
         api_key_file=str(api_key_file) if api_key_file else None,
-        extra_args=extra,
+        extra_args=tuple(a for a in ctx.args if a != "--"),
+        **values,
     )
 
 
@@ -158,7 +155,7 @@ def models_cmd(
 ) -> None:
     """List the recipe table: every model rerank-kit knows how to serve."""
     if as_json:
-        out.print_json(json.dumps({"models": [r.as_dict() for r in RECIPES.values()], "families": list(FAMILIES)}))
+        print(json.dumps({"models": [r.as_dict() for r in RECIPES.values()], "families": list(FAMILIES)}, indent=2))
         return
     table = Table("model", "family", "architecture", "template", "max len", "instruction")
     for r in RECIPES.values():
@@ -169,32 +166,12 @@ def models_cmd(
 
 
 @app.command("cmd", context_settings=EXTRA_ARGS)
-def cmd_cmd(
-    ctx: typer.Context,
-    model: ModelArg = None,
-    family: FamilyOpt = None,
-    host: HostOpt = launcher.DEFAULT_HOST,
-    port: PortOpt = launcher.DEFAULT_PORT,
-    max_model_len: MaxLenOpt = None,
-    tensor_parallel_size: TPOpt = 1,
-    data_parallel_size: DPOpt = 1,
-    dtype: DtypeOpt = None,
-    device: DeviceOpt = "auto",
-    eager: EagerOpt = False,
-    kv_cache_gib: KvOpt = None,
-    reserved_cpus: ReservedOpt = None,
-    served_model_name: NameOpt = None,
-    api_key: KeyOpt = None,
-    api_key_file: KeyFileOpt = None,
-) -> None:
+@serve_options
+def cmd_cmd(ctx: typer.Context, model: ModelArg = None, *, family: str | None, options: launcher.ServeOptions) -> None:
     """Print the exact vLLM command (with its environment) that `serve` would run.
 
     Extra vLLM flags go after `--`, e.g. `rerank-kit cmd BAAI/bge-reranker-base -- --max-num-seqs 64`.
     """
-    options = _options(ctx, host=host, port=port, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                       data_parallel_size=data_parallel_size, dtype=dtype, device=device, eager=eager,
-                       kv_cache_gib=kv_cache_gib, reserved_cpus=reserved_cpus, served_model_name=served_model_name,
-                       api_key=api_key, api_key_file=api_key_file)
     command = _command(model, family, options)
     if command.choices:
         err.print("Chosen for this machine:", highlight=False)
@@ -203,29 +180,9 @@ def cmd_cmd(
 
 
 @app.command("serve", context_settings=EXTRA_ARGS)
-def serve_cmd(
-    ctx: typer.Context,
-    model: ModelArg = None,
-    family: FamilyOpt = None,
-    host: HostOpt = launcher.DEFAULT_HOST,
-    port: PortOpt = launcher.DEFAULT_PORT,
-    max_model_len: MaxLenOpt = None,
-    tensor_parallel_size: TPOpt = 1,
-    data_parallel_size: DPOpt = 1,
-    dtype: DtypeOpt = None,
-    device: DeviceOpt = "auto",
-    eager: EagerOpt = False,
-    kv_cache_gib: KvOpt = None,
-    reserved_cpus: ReservedOpt = None,
-    served_model_name: NameOpt = None,
-    api_key: KeyOpt = None,
-    api_key_file: KeyFileOpt = None,
-) -> None:
+@serve_options
+def serve_cmd(ctx: typer.Context, model: ModelArg = None, *, family: str | None, options: launcher.ServeOptions) -> None:
     """Run a vLLM server in the foreground (Ctrl-C stops it). Extra vLLM flags go after `--`."""
-    options = _options(ctx, host=host, port=port, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                       data_parallel_size=data_parallel_size, dtype=dtype, device=device, eager=eager,
-                       kv_cache_gib=kv_cache_gib, reserved_cpus=reserved_cpus, served_model_name=served_model_name,
-                       api_key=api_key, api_key_file=api_key_file)
     command = _command(model, family, options)
     err.print(f"Serving {command.recipe.model_id} ({command.recipe.family}) at {command.url}", highlight=False)
     _print_choices(command)
@@ -249,30 +206,16 @@ def _example_request(record: launcher.ServerRecord, keyed: bool) -> str:
 
 
 @app.command("up", context_settings=EXTRA_ARGS)
+@serve_options
 def up_cmd(
     ctx: typer.Context,
     model: ModelArg = None,
-    family: FamilyOpt = None,
-    host: HostOpt = launcher.DEFAULT_HOST,
-    port: PortOpt = launcher.DEFAULT_PORT,
-    max_model_len: MaxLenOpt = None,
-    tensor_parallel_size: TPOpt = 1,
-    data_parallel_size: DPOpt = 1,
-    dtype: DtypeOpt = None,
-    device: DeviceOpt = "auto",
-    eager: EagerOpt = False,
-    kv_cache_gib: KvOpt = None,
-    reserved_cpus: ReservedOpt = None,
-    served_model_name: NameOpt = None,
-    api_key: KeyOpt = None,
-    api_key_file: KeyFileOpt = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = launcher.DEFAULT_START_TIMEOUT,
+    *,
+    family: str | None,
+    options: launcher.ServeOptions,
 ) -> None:
     """Start a server in the background, wait until /health answers, print a request to try."""
-    options = _options(ctx, host=host, port=port, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                       data_parallel_size=data_parallel_size, dtype=dtype, device=device, eager=eager,
-                       kv_cache_gib=kv_cache_gib, reserved_cpus=reserved_cpus, served_model_name=served_model_name,
-                       api_key=api_key, api_key_file=api_key_file)
     command = _command(model, family, options)
     err.print(f"Starting {command.recipe.model_id} ({command.recipe.family}) on {command.url}", highlight=False)
     _print_choices(command)
@@ -326,7 +269,7 @@ def status_cmd(
         rows.append({"port": r.port, "pid": r.pid, "model": r.model, "url": r.url, "running": r.alive,
                      "healthy": healthy, "log": r.log, "uptime_s": round(time.time() - r.started)})
     if as_json:
-        out.print_json(json.dumps(rows))
+        print(json.dumps(rows, indent=2))
     elif not rows:
         err.print("No rerank-kit servers are running.", highlight=False)
     else:
@@ -390,7 +333,7 @@ def rank_cmd(
     options = launcher.ServeOptions(max_model_len=max_model_len, dtype=dtype, eager=True)
     ranked = run(rank_offline, recipe, options, query, texts, top_k=top_k, instruction=instruction)
     if as_json:
-        out.print_json(json.dumps([{"index": r.index, "score": r.score, "document": docs[r.index]} for r in ranked]))
+        print(json.dumps([{"index": r.index, "score": r.score, "document": docs[r.index]} for r in ranked], indent=2))
         return
     table = Table("rank", "index", "score", "document")
     for n, r in enumerate(ranked, 1):
@@ -402,7 +345,7 @@ def rank_cmd(
 
 UrlOpt = Annotated[
     list[str] | None,
-    typer.Option("--url", help="Server URL; repeat (or separate with commas) for replicas. Default: $RERANK_KIT_URL."),
+    typer.Option("--url", metavar="URL", help="Server URL; repeat (or separate with commas) for replicas. Default: $RERANK_KIT_URL."),
 ]
 ClientKeyOpt = Annotated[
     str | None, typer.Option("--api-key", help="Bearer key. Default: $RERANK_KIT_API_KEY (preferred: not visible in ps).")
@@ -505,13 +448,25 @@ def batch_cmd(
     """Rerank many cases from one file; print the top results of each."""
     from rerank_kit.inputs import load_cases
 
+    from rerank_kit.errors import InvalidInputError
+
     cases = run(load_cases, cases_file)
     report = []
     with _client(url, api_key, model=model) as client:
         for i, case in enumerate(cases):
-            response = run(client.rerank, case["query"], case["documents"], top_n=case.get("top_n", top_k),
-                           instruction=case.get("instruction"))
-            report.append((case.get("name", f"case {i}"), case, response))
+            name = case.get("name", f"case {i}")
+            kwargs = {"top_n": case.get("top_n", top_k), "instruction": case.get("instruction")}
+            try:
+                response = client.rerank(case["query"], case["documents"], **kwargs)
+            except InvalidInputError as exc:
+                if kwargs["instruction"] is None or "instruction" not in str(exc):
+                    fail(f"{name}: {exc}", 2)
+                # A sample written for instruction-following models: run it plainly, and say so.
+                err.print(f"note: {name}: this model takes no instruction; ranked without it", highlight=False)
+                response = run(client.rerank, case["query"], case["documents"], top_n=kwargs["top_n"])
+            except RerankKitError as exc:
+                fail(f"{name}: {exc}")
+            report.append((name, case, response))
     if as_json:
         print(json.dumps([{"name": name, "query": case["query"], **response.model_dump()} for name, case, response in report],
                          indent=2, default=str))
@@ -522,6 +477,164 @@ def batch_cmd(
             table.add_row(name if n == 1 else "", _snippet(case["query"], 40) if n == 1 else "", str(n), str(r.index),
                           f"{r.relevance_score:.4f}", _snippet(r.text, 60))
     out.print(table)
+
+
+# --- bench ------------------------------------------------------------------------------------------
+
+bench_app = typer.Typer(
+    help="Benchmark a rerank endpoint: throughput, latency, and retrieval quality on judged data.\n\n"
+    "Run: rerank-kit bench --url URL --concurrency 16. Build a BEIR workload: rerank-kit bench build --dataset DIR.",
+    invoke_without_command=True,
+    rich_markup_mode=None,
+)
+app.add_typer(bench_app, name="bench")
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--concurrency must be a number or a comma-separated list like 1,4,16,64, not {text!r}", 2)
+    if not levels or min(levels) < 1:
+        fail("--concurrency values must be >= 1", 2)
+    return levels
+
+
+@bench_app.callback()
+def bench_cmd(
+    ctx: typer.Context,
+    url: UrlOpt = None,
+    concurrency: Annotated[str, typer.Option(help="In-flight requests (closed loop); a list like 1,4,16,64 sweeps.")] = "16",
+    requests: Annotated[int | None, typer.Option(help="Measured requests per level (default: one pass over the workload).")] = None,
+    duration: Annotated[float | None, typer.Option(help="Measure for this many seconds instead of a request count.")] = None,
+    rate: Annotated[float | None, typer.Option(help="Open loop: Poisson arrivals at this many requests/s.")] = None,
+    workload: Annotated[str, typer.Option(help="random, a JSON/JSONL file of {query, documents}, or beir:DIR (beir:NAME downloads).")] = "random",
+    docs_per_request: Annotated[int, typer.Option("--docs-per-request", help="Documents per request (random; top-k for beir:).")] = 100,
+    doc_tokens: Annotated[int, typer.Option("--doc-tokens", help="Tokens per random document.")] = 120,
+    cases: Annotated[int, typer.Option(help="Distinct random requests generated.")] = 64,
+    warmup: Annotated[int, typer.Option(help="Requests sent first and not counted.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for the random workload and open-loop arrivals.")] = 0,
+    model: ModelNameOpt = None,
+    api_key: ClientKeyOpt = None,
+    max_retries: Annotated[int | None, typer.Option("--max-retries", help="Client retries per request (default: the client's).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write the full report as JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Sweep plot (PNG) path; default next to --out.")] = None,
+    compare: Annotated[tuple[Path, Path] | None, typer.Option(help="Print two saved reports side by side and exit.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Benchmark a rerank endpoint (see `rerank-kit bench --help`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rerank_kit.bench import report as rep
+
+    if compare is not None:
+        a, b = (run(rep.load_report, p) for p in compare)
+        out.print(rep.compare_table(a, b, (compare[0].name, compare[1].name)))
+        return
+    if requests is not None and duration is not None:
+        fail("pass --requests or --duration, not both", 2)
+    levels = _levels(concurrency)
+    if rate is not None and len(levels) > 1:
+        fail("--rate runs one open-loop level; drop the concurrency list", 2)
+    urls = [u for item in url for u in item.split(",") if u.strip()] if url else None
+    if urls is None:
+        env_url = os.environ.get("RERANK_KIT_URL")
+        urls = [u for u in env_url.split(",") if u.strip()] if env_url else None
+    if not urls:
+        fail("no server URL: pass --url (or set RERANK_KIT_URL)", 2)
+    from rerank_kit.bench.runner import BenchConfig
+    from rerank_kit.bench.workloads import load_workload
+
+    err.print(f"Loading workload {workload} ...", highlight=False)
+    wl = run(load_workload, workload, docs_per_request=docs_per_request, doc_tokens=doc_tokens, cases=cases, seed=seed)
+    reports = []
+    for level in levels:
+        config = BenchConfig(
+            urls=urls, api_key=api_key, model=model, workload=workload, docs_per_request=docs_per_request,
+            doc_tokens=doc_tokens, cases=cases, seed=seed, concurrency=level, rate=rate, requests=requests,
+            duration=duration, warmup=warmup, max_retries=max_retries,
+        )
+        report = _run_bench_level(config, wl)
+        report["command"] = shlex.join(["rerank-kit", *sys.argv[1:]])
+        reports.append(report)
+        if not as_json:
+            out.print(rep.summary_table(report))
+            for extra in (rep.quality_table(report), rep.replica_table(report)):
+                if extra is not None:
+                    out.print(extra)
+        if report["summary"]["interrupted"]:
+            break
+    data: dict[str, Any] = reports[0] if len(reports) == 1 else {"sweep": reports}
+    if len(reports) > 1:
+        if not as_json:
+            out.print(rep.sweep_table(reports))
+        png = plot or (out_path.with_suffix(".png") if out_path else Path("bench-sweep.png"))
+        rep.plot_sweep(reports, png)
+        err.print(f"Plot: {png}", highlight=False)
+    if out_path:
+        rep.write_json(data, out_path)
+        err.print(f"Report: {out_path}", highlight=False)
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    if any(r["summary"]["ok"] == 0 for r in reports):
+        raise typer.Exit(1)
+
+
+def _run_bench_level(config: Any, workload: Any) -> dict[str, Any]:
+    """One load level with a live progress bar; Ctrl-C stops it and keeps what was measured."""
+    import asyncio
+    import signal
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rerank_kit.bench.runner import run_bench
+
+    total = config.requests or (None if config.duration else len(workload.cases))
+    label = f"rate {config.rate}/s" if config.rate else f"concurrency {config.concurrency}"
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
+        TextColumn("{task.fields[live]}"), TimeElapsedColumn(), console=err, transient=False,
+    ) as bar:
+        task = bar.add_task(label, total=total or config.duration, live="warming up")
+        stats = {"ok": 0, "errors": 0, "pairs": 0}
+
+        def progress(sample: Any, elapsed: float) -> None:
+            stats["ok" if sample.ok else "errors"] += 1
+            stats["pairs"] += sample.pairs
+            live = f"{stats['pairs'] / max(elapsed, 1e-9):,.0f} pairs/s, {stats['errors']} errors"
+            if total:
+                bar.update(task, completed=stats["ok"] + stats["errors"], live=live)
+            else:
+                bar.update(task, completed=min(elapsed, config.duration), live=live)
+
+        async def main() -> dict[str, Any]:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            try:
+                return await run_bench(config, workload=workload, on_progress=progress, stop=stop)
+            finally:
+                loop.remove_signal_handler(signal.SIGINT)
+
+        return run(asyncio.run, main())
+
+
+@bench_app.command("build")
+def bench_build_cmd(
+    dataset: Annotated[str, typer.Option(help="BEIR dataset directory (or a BEIR name such as scifact to download).")],
+    out: Annotated[Path, typer.Option(help="Where to write the workload (JSONL).")] = Path("workload.jsonl"),
+    top_k: Annotated[int, typer.Option("--top-k", help="BM25 candidates per query.")] = 100,
+    split: Annotated[str, typer.Option(help="Which qrels split to judge against.")] = "test",
+    max_queries: Annotated[int | None, typer.Option("--max-queries", help="Only the first N queries.")] = None,
+) -> None:
+    """Build a reranking workload from a BEIR dataset: BM25 (bm25s) top-k candidates per query, with qrels."""
+    from rerank_kit.bench.workloads import build_beir_workload, write_workload
+
+    wl = run(build_beir_workload, dataset, top_k=top_k, split=split, max_queries=max_queries,
+             progress=lambda m: err.print(m, highlight=False))
+    write_workload(wl, out)
+    judged = len(wl.qrels or {})
+    err.print(f"Wrote {len(wl.cases)} queries x top-{top_k} candidates ({judged} judged) to {out}", highlight=False)
 
 
 def main() -> None:

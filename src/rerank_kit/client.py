@@ -93,6 +93,10 @@ class _Base:
         """Successful requests per replica URL since the client was created."""
         return self._replicas.counts()
 
+    def retry_count(self) -> int:
+        """Requests retried (or failed over) since the client was created."""
+        return self._replicas.retries
+
 
 class RerankClient(_Base):
     """Synchronous client. Thread-safe; use one per process and close it (or use ``with``).

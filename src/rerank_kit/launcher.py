@@ -115,6 +115,8 @@ class ServeOptions:
     # Where the API key comes from. The key itself never goes into argv: vLLM reads VLLM_API_KEY.
     api_key_env: str | None = None
     api_key_file: str | None = None
+    # Reject query+document pairs longer than --max-model-len (vLLM's default) instead of truncating them.
+    strict_length: bool = False
     extra_args: tuple[str, ...] = ()
 
 
@@ -317,6 +319,8 @@ def build_command(
     key = _api_key_ref(options)
     if key is not None:
         env["VLLM_API_KEY"] = key
+    if options.strict_length:
+        env["RERANK_KIT_STRICT_LENGTH"] = "1"  # read by rerank-kit's vLLM plugin
 
     argv += list(options.extra_args)
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host

@@ -67,6 +67,8 @@ def rank_offline(
     command = build_command(recipe, options, vllm_version=vllm_version(), machine=machine_mod.detect())
     for name, value in command.environ({}).items():
         os.environ[name] = value
+    # vLLM logs to stdout by default; keep stdout for results (`rank --json` is read by programs).
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     kwargs, template = engine_kwargs_from_argv(command.argv[3:])
 
     from vllm import LLM, PoolingParams  # imported late: seconds of start-up and torch

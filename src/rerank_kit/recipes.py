@@ -92,9 +92,11 @@ class Recipe:
         return dataclasses.replace(self, model_id=model_id)
 
     def as_dict(self) -> dict[str, object]:
-        data = dataclasses.asdict(self)
+        """Plain JSON-serialisable fields (for `rerank-kit models --json`)."""
+        data: dict[str, object] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["hf_overrides"] = dict(self.hf_overrides)
         data["pooler_config"] = dict(self.pooler_config) if self.pooler_config else None
+        data["template_path"] = str(self.template_path()) if self.template else None
         data["piecewise"] = self.piecewise
         return data
 

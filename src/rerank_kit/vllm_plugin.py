@@ -11,7 +11,10 @@ get this behaviour: the template receives ``piece_sep``, the rendered text is sp
 piece is tokenized on its own. Without the plugin the same template renders the same text with
 an empty separator, i.e. vLLM's own behaviour.
 
-The plugin also rejects an ``instruction`` that the served template would silently ignore.
+The plugin also rejects an ``instruction`` that the served template would silently ignore, and
+makes truncation the default: a query-document pair longer than ``--max-model-len`` is cut to fit
+(the document loses its tail; with piecewise prompts the task prompt and suffix are kept) instead
+of failing the whole request. ``RERANK_KIT_STRICT_LENGTH=1`` restores vLLM's reject-with-400.
 
 vLLM loads it through the ``vllm.general_plugins`` entry point of the installed rerank-kit
 distribution, in every vLLM process; the work happens only in the API server, where requests are
@@ -21,6 +24,7 @@ rendered. Set ``VLLM_PLUGINS`` to a list without ``rerank_kit`` to disable it.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from rerank_kit.recipes import PIECEWISE_KEY
@@ -32,6 +36,7 @@ logger = logging.getLogger("vllm.rerank_kit")
 # across it because it never reaches a tokenizer, and text that contains it falls back to vLLM's
 # whole-string path.
 PIECE_SEP = "\U000f8a5e"
+STRICT_ENV = "RERANK_KIT_STRICT_LENGTH"
 ACTIVE_MESSAGE = "rerank-kit: piecewise score-prompt tokenization active for this model"
 
 
@@ -100,14 +105,25 @@ def _check_instruction(template: str | None, chat_template_kwargs: dict[str, Any
         raise InstructionNotSupported(INSTRUCTION_ERROR)
 
 
-def _with_instruction_check(base: type) -> type:
-    """``base`` (a vLLM scoring IO processor) that refuses instructions its template would drop."""
+def _default_truncation(request: Any) -> None:
+    """Truncate over-long inputs to the model's length unless the request or the server says otherwise."""
+    # RERANK_KIT_STRICT_LENGTH=1 (set by `rerank-kit serve --strict-length`): keep vLLM's 400 for long inputs.
+    if os.environ.get(STRICT_ENV, "").lower() in ("1", "true", "yes"):
+        return
+    if getattr(request, "truncate_prompt_tokens", 0) is None:
+        request.truncate_prompt_tokens = -1  # vLLM: -1 means "to max_model_len"
+
+
+def _with_request_checks(base: type) -> type:
+    """``base`` (a vLLM scoring IO processor) that refuses instructions its template would drop and
+    truncates over-long inputs by default."""
 
     class RerankKitScoringIOProcessor(base):  # type: ignore[misc, valid-type]
         rerank_kit = True
 
         def get_request_factory_online(self, ctx: Any) -> Any:
             _check_instruction(self.chat_template, (ctx.prompt_extras or {}).get("chat_template_kwargs"))
+            _default_truncation(ctx.request)
             return super().get_request_factory_online(ctx)
 
     RerankKitScoringIOProcessor.__name__ = f"RerankKit{base.__name__}"
@@ -119,7 +135,7 @@ def _piecewise_cross_encoder(base: type) -> type:
     from vllm.entrypoints.pooling.scoring.utils import parse_score_data, truncate_text_to_tokens
     from vllm.renderers.hf import safe_apply_chat_template
 
-    class RerankKitCrossEncoderIOProcessor(_with_instruction_check(base)):  # type: ignore[misc]
+    class RerankKitCrossEncoderIOProcessor(_with_request_checks(base)):  # type: ignore[misc]
         """vLLM's cross-encoder IO processor, with piecewise prompts and instruction checks."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -187,7 +203,7 @@ def register() -> None:
     if not isinstance(processors, dict) or "cross-encoder" not in processors:
         logger.warning("rerank-kit: vLLM's cross-encoder IO processor moved; piecewise prompts are off")
         return
-    for name, wrap in (("cross-encoder", _piecewise_cross_encoder), ("bi-encoder", _with_instruction_check)):
+    for name, wrap in (("cross-encoder", _piecewise_cross_encoder), ("bi-encoder", _with_request_checks)):
         base = processors.get(name)
         if base is not None and not getattr(base, "rerank_kit", False):
             processors[name] = wrap(base)

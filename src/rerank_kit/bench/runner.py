@@ -1,0 +1,127 @@
+"""`rerank-kit bench`: run a workload against an endpoint and return a JSON-able report.
+
+    >>> import asyncio                                                  # doctest: +SKIP
+    >>> report = asyncio.run(run_bench(BenchConfig(urls=["http://127.0.0.1:8000"], concurrency=16)))
+    >>> report["summary"]["pairs_per_s"]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+
+from rerank_kit import __version__, machine
+from rerank_kit.bench.loadgen import LoadConfig, Sample, run_load
+from rerank_kit.bench.metrics import run_quality, summarize
+from rerank_kit.bench.workloads import Workload, load_workload
+from rerank_kit.client import AsyncRerankClient
+
+
+@dataclass
+class BenchConfig:
+    urls: list[str]
+    api_key: str | None = None
+    model: str | None = None
+    workload: str = "random"
+    docs_per_request: int = 100
+    doc_tokens: int = 120
+    cases: int = 64
+    seed: int = 0
+    concurrency: int = 16
+    rate: float | None = None
+    requests: int | None = None
+    duration: float | None = None
+    warmup: int = 8
+    max_retries: int | None = None
+    timeout: float = 300.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def machine_facts() -> dict[str, Any]:
+    host = machine.detect()
+    cpu_model = ""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model,
+        "cpus": host.cpu_count,
+        "memory_gib": round(host.total_memory / 2**30, 1),
+        "gpus": host.gpus,
+        "bf16": host.bf16_fast,
+    }
+
+
+def server_facts(urls: list[str], api_key: str | None = None) -> dict[str, Any]:
+    """What the server says about itself: /version, /v1/models; and rerank-kit's launch command when it started it."""
+    from rerank_kit import launcher
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    facts: dict[str, Any] = {"urls": urls}
+    with httpx.Client(timeout=10, headers=headers) as http:
+        for url in urls:
+            info: dict[str, Any] = {}
+            try:
+                info["version"] = http.get(f"{url}/version").json().get("version")
+                models = http.get(f"{url}/v1/models").json().get("data", [])
+                info["models"] = [{k: m.get(k) for k in ("id", "root", "max_model_len")} for m in models]
+            except (httpx.HTTPError, ValueError) as exc:
+                info["error"] = str(exc)
+            for record in launcher.list_servers():
+                if record.url == url.rstrip("/"):
+                    info["launch_command"] = record.command
+            facts[url] = info
+    return facts
+
+
+async def run_bench(
+    config: BenchConfig,
+    *,
+    workload: Workload | None = None,
+    on_progress: Callable[[Sample, float], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    """Run one load level and return the report (JSON-able)."""
+    workload = workload or load_workload(
+        config.workload, docs_per_request=config.docs_per_request, doc_tokens=config.doc_tokens,
+        cases=config.cases, seed=config.seed,
+    )
+    largest = max(len(c.documents) for c in workload.cases)
+    load = LoadConfig(
+        concurrency=config.concurrency, rate=config.rate, requests=config.requests, duration=config.duration,
+        warmup=config.warmup, seed=config.seed, keep_scores=workload.judged,
+    )
+    # One request per case, exactly as the workload defines it: no client-side splitting.
+    async with AsyncRerankClient(
+        config.urls, api_key=config.api_key, model=config.model, timeout=config.timeout,
+        max_retries=config.max_retries, max_docs_per_request=largest,
+    ) as client:
+        result = await run_load(client, workload, load, on_progress=on_progress, stop=stop)
+        replicas = client.replica_counts()
+        retries = client.retry_count()
+    return {
+        "rerank_kit": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_facts(),
+        "server": await asyncio.to_thread(server_facts, config.urls, config.api_key),
+        "workload": {"name": workload.name, "description": workload.description, "cases": len(workload.cases),
+                     **workload.params},
+        "load": {k: v for k, v in asdict(load).items() if k != "keep_scores"},
+        "summary": summarize(result),
+        "quality": run_quality(workload, result),
+        "replicas": replicas,
+        "retries": retries,
+    }
