@@ -20,7 +20,7 @@ BACKEND := $(if $(HAS_GPU),gpu,cpu)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PIP_INSTALL = $(BIN)/pip install --disable-pip-version-check $(if $(HAS_GPU),,--extra-index-url $(TORCH_INDEX))
 
-.PHONY: help venv dev vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker gpu-check test test-fast lint clean
+.PHONY: help venv dev vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker vllm-down-docker gpu-check test test-fast lint clean
 
 help:
 	@sed -n '1,8p' Makefile
@@ -59,6 +59,18 @@ vllm-logs: venv
 
 vllm-cmd: venv
 	@$(RK) cmd $(MODEL) --port $(PORT) $(ARGS)
+
+# --- CUDA box with Docker -------------------------------------------------------------------------
+vllm-up-docker:
+	@mkdir -p secrets && test -s secrets/api-key || (umask 077 && python3 -c "import secrets; print(secrets.token_hex(24))" > secrets/api-key)
+	MODEL=$(MODEL) PORT=$(PORT) docker compose up -d --build
+	@echo "API key: secrets/api-key. Health: curl -s http://127.0.0.1:$(PORT)/health"
+
+vllm-down-docker:
+	docker compose down
+
+gpu-check:
+	docker run --rm --gpus all nvidia/cuda:12.8.1-base-ubuntu22.04 nvidia-smi
 
 test: dev
 	$(BIN)/python tests/reference_env.py ensure

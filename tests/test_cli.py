@@ -82,18 +82,6 @@ def test_unreachable_server_health_exits_1():
 # --- real servers ---------------------------------------------------------------------------------------
 
 
-def _group_processes(pgid: int) -> list[int]:
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(proc.name))
-    return pids
-
-
 def _rk(*args, **kwargs):
     return subprocess.run([*RK, *args], capture_output=True, text=True, cwd=ROOT, timeout=600, **kwargs)
 
@@ -128,7 +116,7 @@ def test_up_serves_the_default_model_and_down_leaves_nothing_behind():
         pgid = os.getpgid(record.pid)
         down = _rk("down", "--port", str(port))
     assert down.returncode == 0, down.stderr
-    assert _group_processes(pgid) == []
+    assert not launcher.group_alive(pgid)
     assert launcher.ServerRecord.load(port) is None
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)

@@ -8,6 +8,9 @@ serving checks and the parity checks of that family.
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -170,6 +173,23 @@ def test_seq_cls_conversion_scores_like_the_original(family_server, tiny_model):
     assert max(abs(a - b) for a, b in zip(served, expected, strict=True)) <= TOLERANCE
 
 
+def _verify(server, weights=None):
+    args = [sys.executable, "-m", "rerank_kit.cli", "verify", server.model, "--family", server.recipe.family,
+            "--url", server.url, "--tolerance", str(TOLERANCE), "--json"]
+    if weights:
+        args += ["--weights", str(weights)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+
+
+def test_verify_command_passes_on_a_correct_server(family_server, tiny_model):
+    family = family_server.recipe.family
+    weights = tiny_model(REFERENCE_WEIGHTS[family]) if family in REFERENCE_WEIGHTS else None
+    result = _verify(family_server, weights)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["max_abs"] <= TOLERANCE and report["top1_agreement"] == 1.0
+
+
 # --- negative controls: each comparison above can fail ----------------------------------------------
 
 
@@ -227,6 +247,9 @@ def test_negative_control_without_template_misses_the_reference(bare_server):
     worst = max(abs(a - b) for a, b in zip(served, raw_ref, strict=True))
     print(f"{bare_server.recipe.family} without template: max |Δ raw| = {worst:.2e}")
     assert worst > CONTROL_MARGIN
+    verdict = _verify(bare_server)
+    assert verdict.returncode == 1, "rerank-kit verify must flag a server without the score template"
+    assert json.loads(verdict.stdout)["max_abs"] > CONTROL_MARGIN
 
 
 @pytest.fixture(scope="module")

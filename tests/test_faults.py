@@ -103,7 +103,9 @@ def test_restarted_server_loses_nothing_within_the_retry_budget(replicas):
     """Only one replica in the client: while it restarts, requests wait and retry instead of failing."""
     commands, records = replicas
     victim, survivor = records
-    launcher.stop_daemon(victim.port)  # clean up what the SIGKILL left (engine processes)
+    assert launcher.group_alive(victim.pid)  # vLLM's engine core outlived its SIGKILLed API server...
+    launcher.stop_daemon(victim.port)
+    assert not launcher.group_alive(victim.pid)  # ...and `down` stops it all the same
     # A budget of 15 retries waits up to ~120 s in all: a CPU restart (stop + start) takes 50-70 s here.
     client = RerankClient(survivor.url, max_retries=15)
     with Load(client, threads=2) as load:

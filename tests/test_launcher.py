@@ -71,15 +71,26 @@ def test_version_features(version, runner, kv_flag):
 def test_cpu_defaults_on_a_small_amx_machine():
     choices = {c.name: c for c in cpu_choices(SMALL_CPU)}
     assert choices["--dtype"].value == "bfloat16"
-    assert choices["VLLM_CPU_NUM_OF_RESERVED_CPU"].value == "0"
+    # one worker on 2 cores: the model runs in the engine process with both cores, no spinning scheduler
+    assert choices["VLLM_ENABLE_V1_MULTIPROCESSING"].value == "0"
+    assert choices["OMP_NUM_THREADS"].value == "2"
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in choices
     assert int(choices["--kv-cache-memory-bytes"].value) <= 4 * GiB
     assert all(c.reason for c in choices.values())
+
+
+def test_worker_processes_on_a_small_machine_keep_every_core():
+    for choices in (cpu_choices(SMALL_CPU, executor="mp"), cpu_choices(SMALL_CPU, workers=2)):
+        by_name = {c.name: c.value for c in choices}
+        assert by_name["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in by_name
 
 
 def test_cpu_defaults_on_a_big_machine_without_bf16():
     choices = {c.name: c for c in cpu_choices(OLD_CPU)}
     assert choices["--dtype"].value == "float32"
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in choices  # vLLM's reservation is cheap on 32 cores
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in choices  # and its worker processes bind NUMA nodes
     assert int(choices["--kv-cache-memory-bytes"].value) == int(0.2 * 8 * GiB)
 
 

@@ -82,7 +82,12 @@ _SERVE_OPTIONS: list[tuple[str, Any, Any]] = [
     ("eager", False, Annotated[bool, typer.Option("--eager", help="Skip torch.compile: faster start, slower serving.")]),
     ("kv_cache_gib", None, Annotated[float | None, typer.Option("--kv-cache-gib", help="CPU backend: memory for the KV cache, GiB.")]),
     ("reserved_cpus", None, Annotated[int | None, typer.Option("--reserved-cpus", help="CPU backend: cores kept free for vLLM's scheduler.")]),
+    ("cpu_executor", "auto", Annotated[str, typer.Option("--cpu-executor", help="CPU backend: uni (model in the engine process), mp (vLLM's worker processes) or auto.")]),
     ("served_model_name", None, Annotated[str | None, typer.Option("--served-model-name", help="Model name clients send.")]),
+    ("max_documents", None, Annotated[int | None, typer.Option("--max-documents", help="Documents per request the server accepts (default 1000; more is HTTP 413).")]),
+    ("max_document_chars", None, Annotated[int | None, typer.Option("--max-document-chars", help="Characters per query or document (default 200000).")]),
+    ("max_body_mb", None, Annotated[float | None, typer.Option("--max-body-mb", help="Request body size limit in MiB (default 32).")]),
+    ("insecure", False, Annotated[bool, typer.Option("--insecure", help="Allow a non-local --host without an API key (e.g. behind an authenticating proxy).")]),
     ("strict_length", False, Annotated[bool, typer.Option("--strict-length", help="Reject pairs longer than --max-model-len (HTTP 400) instead of truncating the document.")]),
     ("api_key", None, Annotated[str | None, typer.Option("--api-key", help="Require this bearer key. Visible in `ps` while rerank-kit runs: prefer --api-key-file or the RERANK_KIT_API_KEY environment variable.")]),
     ("api_key_file", None, Annotated[Path | None, typer.Option("--api-key-file", help="Read the bearer key from this file.")]),
@@ -113,6 +118,8 @@ def serve_options(fn: Any) -> Any:
 def _options(ctx: typer.Context, *, device: str, api_key: str | None, api_key_file: Path | None, **values: Any) -> launcher.ServeOptions:
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}", 2)
+    if values["cpu_executor"] not in ("auto", "uni", "mp"):
+        fail(f"--cpu-executor must be auto, uni or mp, not {values['cpu_executor']!r}", 2)
     api_key_env = None
     if api_key is not None:
         # Handed to vLLM through the environment, never through its argv.
@@ -211,15 +218,20 @@ def up_cmd(
     ctx: typer.Context,
     model: ModelArg = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = launcher.DEFAULT_START_TIMEOUT,
+    replicas: Annotated[int, typer.Option(help="Independent servers on consecutive ports, each on its own GPUs or cores.")] = 1,
     *,
     family: str | None,
     options: launcher.ServeOptions,
 ) -> None:
     """Start a server in the background, wait until /health answers, print a request to try."""
-    command = _command(model, family, options)
-    err.print(f"Starting {command.recipe.model_id} ({command.recipe.family}) on {command.url}", highlight=False)
-    _print_choices(command)
-    err.print(f"  log: {launcher.state_dir() / f'server-{options.port}.log'}", highlight=False)
+    host = machine.detect()
+    recipe: Recipe = run(get_recipe, model or default_model(host), family)
+    commands = run(launcher.replica_commands, recipe, options, replicas, vllm_version=launcher.vllm_version(), machine=host)
+    for command in commands:
+        err.print(f"Starting {command.recipe.model_id} ({command.recipe.family}) on {command.url}", highlight=False)
+        port = command.url.rsplit(":", 1)[1]
+        err.print(f"  log: {launcher.state_dir() / f'server-{port}.log'}", highlight=False)
+    _print_choices(commands[0])
     last = [0.0]
 
     def progress(elapsed: float) -> None:
@@ -228,9 +240,13 @@ def up_cmd(
             err.print(f"  waiting for /health ... {elapsed:.0f} s", highlight=False)
 
     started = time.monotonic()
-    record = run(launcher.start_daemon, command, timeout=timeout, on_wait=progress)
-    err.print(f"Healthy after {time.monotonic() - started:.0f} s (pid {record.pid}). Try:", highlight=False)
-    print(_example_request(record, keyed="VLLM_API_KEY" in command.env))
+    records = run(launcher.start_replicas, commands, timeout=timeout, on_wait=progress)
+    err.print(f"Healthy after {time.monotonic() - started:.0f} s (pid {', '.join(str(r.pid) for r in records)}). Try:",
+              highlight=False)
+    if len(records) > 1:
+        err.print(f"  export RERANK_KIT_URL={','.join(r.url for r in records)}   # the client balances across them",
+                  highlight=False)
+    print(_example_request(records[0], keyed="VLLM_API_KEY" in commands[0].env))
 
 
 @app.command("down")
@@ -339,6 +355,30 @@ def rank_cmd(
     for n, r in enumerate(ranked, 1):
         table.add_row(str(n), str(r.index), f"{r.score:.4f}", r.text[:100])
     out.print(table)
+
+
+@app.command("k8s")
+def k8s_cmd(
+    model: ModelArg = None,
+    family: FamilyOpt = None,
+    image: Annotated[str, typer.Option(help="Image built from this repository's Dockerfile.")] = "rerank-kit:latest",
+    replicas: Annotated[int, typer.Option(help="Pods to start with (and the autoscaler's minimum).")] = 1,
+    max_replicas: Annotated[int, typer.Option("--max-replicas", help="The autoscaler's maximum.")] = 4,
+    gpus: Annotated[int, typer.Option(help="GPUs per pod (tensor parallel).")] = 1,
+    target_in_flight: Annotated[int, typer.Option("--target-in-flight", help="In-flight requests per pod the autoscaler aims for.")] = 32,
+    api_key_secret: Annotated[str, typer.Option("--api-key-secret", help="Secret with an 'api-key' entry.")] = "rerank-kit-api-key",
+    hf_cache_claim: Annotated[str | None, typer.Option("--hf-cache-claim", help="PersistentVolumeClaim for the weights cache.")] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the Deployment/Service/HPA.")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Namespace.")] = None,
+) -> None:
+    """Print Kubernetes manifests (Deployment, Service, HorizontalPodAutoscaler) for a model."""
+    from rerank_kit.k8s import K8sOptions, manifests, to_yaml
+
+    recipe = run(get_recipe, model or DEFAULT_GPU_MODEL, family)
+    options = K8sOptions(image=image, name=name, namespace=namespace, replicas=replicas, max_replicas=max_replicas,
+                         gpus=gpus, target_in_flight=target_in_flight, api_key_secret=api_key_secret,
+                         hf_cache_claim=hf_cache_claim)
+    print(to_yaml(run(manifests, recipe, options), recipe), end="")
 
 
 # --- client commands ---------------------------------------------------------------------------------
@@ -477,6 +517,45 @@ def batch_cmd(
             table.add_row(name if n == 1 else "", _snippet(case["query"], 40) if n == 1 else "", str(n), str(r.index),
                           f"{r.relevance_score:.4f}", _snippet(r.text, 60))
     out.print(table)
+
+
+@app.command("verify")
+def verify_cmd(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="The served model's recipe id, or a local directory with --family.")],
+    url: UrlOpt = None,
+    family: FamilyOpt = None,
+    weights: Annotated[str | None, typer.Option(help="Local directory with the same weights (default: the model path or the Hugging Face cache).")] = None,
+    instruction: Annotated[str | None, typer.Option(help="Verify with this instruction (models that take one).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Largest acceptable |Δscore| (bf16 servers: ~1e-2; float32: 1e-4).")] = 0.02,
+    served_model: Annotated[str | None, typer.Option("--served-model", help="Model name to send (default: ask the server).")] = None,
+    api_key: ClientKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a running server's scores against the model's reference implementation, computed here.
+
+    Prints max |Δscore| and rank agreement; exits 1 when the server misses the tolerance or ranks a
+    different document first.
+    """
+    from rerank_kit.reference import load_reference
+    from rerank_kit.verify import local_weights, verify
+
+    recipe = run(get_recipe, model, family)
+    path = run(local_weights, recipe, weights)
+    reference = run(load_reference, recipe.family, str(path))
+    with _client(url, api_key) as client:
+        report = run(verify, client, reference, instruction=instruction, tolerance=tolerance, model=served_model)
+    if as_json:
+        print(json.dumps({k: v for k, v in report.__dict__.items()} | {"passed": report.passed}, indent=2))
+    else:
+        table = Table("check", "value", title=f"{report.model} vs {recipe.family} reference ({report.pairs} pairs)")
+        table.add_row("max |Δscore|", f"{report.max_abs:.2e}")
+        table.add_row("mean |Δscore|", f"{report.mean_abs:.2e}")
+        table.add_row("Kendall tau (mean per query)", f"{report.kendall_tau:.3f}")
+        table.add_row("same top-1 document", f"{report.top1_agreement:.0%}")
+        table.add_row("verdict", "PASS" if report.passed else f"FAIL (tolerance {report.tolerance:g})")
+        out.print(table)
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 # --- bench ------------------------------------------------------------------------------------------

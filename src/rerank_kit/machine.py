@@ -146,10 +146,18 @@ def cpu_choices(
     dtype: str | None = None,
     reserved_cpus: int | None = None,
     kv_cache_gib: float | None = None,
+    executor: str = "auto",
+    workers: int = 1,
     preload: bool = True,
 ) -> list[Choice]:
-    """The CPU-backend defaults for ``machine``, each with its reason; explicit arguments win."""
+    """The CPU-backend defaults for ``machine``, each with its reason; explicit arguments win.
+
+    ``workers`` is tensor x data parallel size; ``executor`` is "auto", "uni" (the model runs in
+    the engine process) or "mp" (vLLM's default: a separate worker process per rank).
+    """
     choices: list[Choice] = []
+    if executor == "auto":
+        executor = "uni" if workers == 1 and machine.cpu_count <= SMALL_MACHINE_CORES else "mp"
 
     if dtype is not None:
         choices.append(Choice("arg", "--dtype", dtype, "asked for"))
@@ -166,9 +174,22 @@ def cpu_choices(
     else:
         choices.append(Choice("arg", "--dtype", "float32", "this CPU has no native bf16; fp16 would be emulated"))
 
+    if executor == "uni":
+        choices.append(
+            Choice(
+                "env",
+                "VLLM_ENABLE_V1_MULTIPROCESSING",
+                "0",
+                "one worker: run the model inside vLLM's engine process, whose scheduler otherwise spins "
+                "on shared memory (~35% of a core) while a separate worker computes",
+            )
+        )
+        choices.append(
+            Choice("env", "OMP_NUM_THREADS", str(machine.cpu_count), "all cores for the model's OpenMP threads")
+        )
     if reserved_cpus is not None:
         choices.append(Choice("env", "VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved_cpus), "asked for"))
-    elif machine.cpu_count <= SMALL_MACHINE_CORES:
+    elif executor == "mp" and machine.cpu_count <= SMALL_MACHINE_CORES:
         choices.append(
             Choice(
                 "env",

@@ -1,0 +1,33 @@
+# rerank-kit on the official vLLM image, for a CUDA box:
+#
+#   docker build -t rerank-kit .
+#   docker run --gpus all --ipc=host -p 8000:8000 -v rerank-hf:/home/rerank/.cache/huggingface \
+#       -e RERANK_KIT_API_KEY="$RERANK_KIT_API_KEY" rerank-kit mixedbread-ai/mxbai-rerank-base-v2
+#
+# (or `make vllm-up-docker`, which uses compose.yaml and keeps the key in a file).
+# The container runs `rerank-kit serve`, so vLLM gets its flags from rerank-kit's recipes and
+# rerank-kit's vLLM plugin and guard are installed next to it.
+ARG VLLM_VERSION=v0.32.0
+FROM vllm/vllm-openai:${VLLM_VERSION}
+
+COPY pyproject.toml README.md /opt/rerank-kit/
+COPY src /opt/rerank-kit/src
+# vLLM and torch are already in the image; this adds rerank-kit and its small dependencies.
+RUN python3 -m pip install --no-cache-dir /opt/rerank-kit \
+    && useradd --create-home --uid 1000 --shell /usr/sbin/nologin rerank \
+    && mkdir -p /home/rerank/.cache/huggingface /home/rerank/.cache/vllm \
+    && chown -R rerank:rerank /home/rerank/.cache
+
+ENV HF_HOME=/home/rerank/.cache/huggingface \
+    VLLM_NO_USAGE_STATS=1
+VOLUME ["/home/rerank/.cache/huggingface"]
+USER rerank
+WORKDIR /home/rerank
+EXPOSE 8000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+
+# Binding 0.0.0.0 needs an API key: set RERANK_KIT_API_KEY or mount a file and pass --api-key-file.
+ENTRYPOINT ["rerank-kit", "serve", "--host", "0.0.0.0", "--port", "8000", "--device", "cuda"]
+CMD ["mixedbread-ai/mxbai-rerank-base-v2"]
