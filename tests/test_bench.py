@@ -154,6 +154,15 @@ def test_build_beir_workload_round_trips(tmp_path):
     assert back.qrels == wl.qrels
 
 
+def test_workload_file_keeps_documents_with_unicode_line_separators(tmp_path):
+    # MS MARCO passages contain U+2028, which json.dumps(ensure_ascii=False) writes unescaped;
+    # str.splitlines() would cut the JSONL line there.
+    docs = ["first\u2028line", "next\x85line", "plain"]
+    cases = [Case(qid=q, query="query", documents=docs) for q in ("q1", "q2")]
+    back = file_workload(write_workload(Workload(name="t", cases=cases), tmp_path / "w.jsonl"))
+    assert [c.documents for c in back.cases] == [docs, docs]
+
+
 # --- real runs ----------------------------------------------------------------------------------------------
 
 

@@ -153,3 +153,9 @@ def test_rank_scores_in_process_like_the_reference(tiny_model):
     assert [r["index"] for r in ranked] == expected
     for r in ranked:
         assert r["score"] == pytest.approx(reference.activate([raw[r["index"]]])[0], abs=1e-4)
+
+
+def test_readme_model_table_is_generated_from_the_recipes():
+    from rerank_kit.cli import models_markdown
+
+    assert models_markdown() in (ROOT / "README.md").read_text()

@@ -159,17 +159,30 @@ def _print_choices(command: launcher.Command) -> None:
 @app.command("models")
 def models_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="A Markdown table (the one in the README).")] = False,
 ) -> None:
     """List the recipe table: every model rerank-kit knows how to serve."""
     if as_json:
         print(json.dumps({"models": [r.as_dict() for r in RECIPES.values()], "families": list(FAMILIES)}, indent=2))
         return
-    table = Table("model", "family", "architecture", "template", "max len", "instruction")
+    if markdown:
+        print(models_markdown())
+        return
+    table = Table("model", "family", "template", "max len", "instruction")
     for r in RECIPES.values():
-        table.add_row(r.model_id, r.family, r.architecture, r.template or "-", str(r.max_model_len or "-"),
+        table.add_row(r.model_id, r.family, r.template or "-", str(r.max_model_len or "-"),
                       "yes" if r.supports_instruction else "-")
     out.print(table)
     out.print(f"Families for --family: {', '.join(FAMILIES)}")
+
+
+def models_markdown() -> str:
+    """The README's model table, generated from the recipes."""
+    rows = ["| model | family | served as | score template | max len | instruction |", "|---|---|---|---|---|---|"]
+    for r in RECIPES.values():
+        rows.append(f"| `{r.model_id}` | {r.family} | {r.architecture} | {r.template or '-'} | "
+                    f"{r.max_model_len or '-'} | {'yes' if r.supports_instruction else '-'} |")
+    return "\n".join(rows)
 
 
 @app.command("cmd", context_settings=EXTRA_ARGS)

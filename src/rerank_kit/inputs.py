@@ -44,7 +44,9 @@ def _json_items(path: Path, text: str) -> list[Any] | None:
     else:
         return list(data) if isinstance(data, list) else [data]
     items = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028/U+0085, which json.dumps leaves
+    # unescaped with ensure_ascii=False and which real corpora (MS MARCO) contain.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -60,7 +62,7 @@ def load_documents(path: str | Path) -> list[str | dict[str, Any]]:
     text = _read(path)
     items = _json_items(path, text)
     if items is None:
-        items = [line for line in text.splitlines() if line.strip()]
+        items = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
     elif len(items) == 1 and isinstance(items[0], dict) and isinstance(items[0].get("documents"), list):
         items = list(items[0]["documents"])  # a case file: {"query": ..., "documents": [...]}
     for i, item in enumerate(items):

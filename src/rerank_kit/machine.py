@@ -1,15 +1,15 @@
 """Facts about the machine a server starts on, and the CPU-backend defaults chosen from them.
 
 vLLM's CPU defaults are slow for rerankers on small machines (measured on a 2-core Xeon with a
-MiniLM-L6 cross-encoder, 100 docs of ~126 tokens per request): it runs a float32 checkpoint in
-fp16, which has no AMX path, and reserves one of the two cores for its scheduler. This module
-reads the CPU flags, core count and memory, and returns each choice with the reason for it, so
-the launcher can print them and the user can override any of them.
+MiniLM-L6 cross-encoder, 100 docs of ~120 tokens per request, bench/cpu_defaults.py): it runs a
+float32 checkpoint in fp16, which has no AMX path, and reserves one of the two cores for its
+scheduler. This module reads the CPU flags, core count and memory, and returns each choice with
+the reason for it, so the launcher can print them and the user can override any of them.
 
     >>> m = Machine(cpu_count=2, cpu_flags=frozenset({"amx_bf16"}), total_memory=24 << 30,
     ...             available_memory=23 << 30, gpus=0)
     >>> [c.name for c in cpu_choices(m)][:2]
-    ['--dtype', 'VLLM_CPU_NUM_OF_RESERVED_CPU']
+    ['--dtype', 'VLLM_ENABLE_V1_MULTIPROCESSING']
 """
 
 from __future__ import annotations
@@ -118,6 +118,24 @@ def _find_library(names: tuple[str, ...], extra_dirs: tuple[Path, ...]) -> str |
     return None
 
 
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def torch_index_args(url: str = TORCH_CPU_INDEX) -> list[str]:
+    """``["--extra-index-url", url]`` when the index answers, else ``[]``.
+
+    pip retries an unreachable index for every package it resolves (one CI run spent ~40 min so).
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        socket.create_connection((urlsplit(url).hostname, 443), timeout=5).close()
+    except OSError:
+        return []
+    return ["--extra-index-url", url]
+
+
 def detect() -> Machine:
     """Read the host: usable cores, CPU flags, memory, NVIDIA GPUs, preloadable libraries."""
     total, available = _meminfo()
@@ -168,7 +186,7 @@ def cpu_choices(
                 "--dtype",
                 "bfloat16",
                 "this CPU has AMX/AVX512-BF16; vLLM's own pick (fp16) has no fast path here "
-                "(measured 42 -> 139 pairs/s)",
+                "(2-core Xeon: 26 -> 68 pairs/s, bench/RESULTS.md)",
             )
         )
     else:
@@ -180,8 +198,8 @@ def cpu_choices(
                 "env",
                 "VLLM_ENABLE_V1_MULTIPROCESSING",
                 "0",
-                "one worker: run the model inside vLLM's engine process, whose scheduler otherwise spins "
-                "on shared memory (~35% of a core) while a separate worker computes",
+                "one worker on a small machine: run the model inside vLLM's engine process instead of a "
+                "worker process whose scheduler spins on shared memory (~35% of a core) while it computes",
             )
         )
         choices.append(
@@ -196,7 +214,7 @@ def cpu_choices(
                 "VLLM_CPU_NUM_OF_RESERVED_CPU",
                 "0",
                 f"only {machine.cpu_count} cores: vLLM would keep one idle for its scheduler "
-                "(measured 139 -> 204 pairs/s on 2 cores with all of them computing)",
+                "(2-core Xeon: 68 -> 102 pairs/s with both computing, bench/RESULTS.md)",
             )
         )
 
