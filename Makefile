@@ -74,7 +74,7 @@ vllm-down-docker:
 gpu-check:
 	docker run --rm --gpus all nvidia/cuda:12.8.1-base-ubuntu22.04 nvidia-smi
 
-test: dev
+test: dev lint
 	$(BIN)/python tests/reference_env.py ensure
 	RERANK_KIT_REFERENCE_PYTHON=$(CURDIR)/.venv-reference/bin/python $(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -83,6 +83,7 @@ test-fast: dev
 
 lint: dev
 	$(BIN)/ruff check src tests bench modal_app.py
+	$(BIN)/ruff format --check src tests bench modal_app.py
 
 clean:
 	rm -rf $(VENV) .venv-reference .pytest_cache build src/*.egg-info

@@ -90,13 +90,19 @@ def main() -> None:
         server.wait(timeout=10)
 
     rows = {
-        name: {"p50_ms": percentile(t, 50) * 1000, "p90_ms": percentile(t, 90) * 1000,
-               "mean_ms": statistics.mean(t) * 1000, "n": len(t)}
+        name: {
+            "p50_ms": percentile(t, 50) * 1000,
+            "p90_ms": percentile(t, 90) * 1000,
+            "mean_ms": statistics.mean(t) * 1000,
+            "n": len(t),
+        }
         for name, t in times.items()
     }
     ratios = {
-        "async p50 ratio (client / bare)": rows["AsyncRerankClient.rerank"]["p50_ms"] / rows["bare httpx.AsyncClient.post"]["p50_ms"],
-        "sync p50 ratio (client / bare)": rows["RerankClient.rerank"]["p50_ms"] / rows["bare httpx.Client.post"]["p50_ms"],
+        "async p50 ratio (client / bare)": rows["AsyncRerankClient.rerank"]["p50_ms"]
+        / rows["bare httpx.AsyncClient.post"]["p50_ms"],
+        "sync p50 ratio (client / bare)": rows["RerankClient.rerank"]["p50_ms"]
+        / rows["bare httpx.Client.post"]["p50_ms"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"docs_per_request": args.docs, "rows": rows, "ratios": ratios}, indent=2))

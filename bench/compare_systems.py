@@ -49,11 +49,19 @@ def model_path() -> Path:
 
 def serve_and_bench(command: launcher.Command, workload, concurrency: int, duration: float, log: Path) -> dict:
     with launcher.serving(command, log_path=log, timeout=900):
-        report = asyncio.run(run_bench(BenchConfig(urls=[command.url], concurrency=concurrency, duration=duration,
-                                                   warmup=4), workload=workload))
+        report = asyncio.run(
+            run_bench(
+                BenchConfig(urls=[command.url], concurrency=concurrency, duration=duration, warmup=4), workload=workload
+            )
+        )
     s = report["summary"]
-    return {"pairs_per_s": s["pairs_per_s"], "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"],
-            "errors": s["errors"], "requests": s["ok"]}
+    return {
+        "pairs_per_s": s["pairs_per_s"],
+        "p50_ms": s["latency_ms"]["p50"],
+        "p99_ms": s["latency_ms"]["p99"],
+        "errors": s["errors"],
+        "requests": s["ok"],
+    }
 
 
 def in_process(predict, workload, duration: float) -> dict:
@@ -70,8 +78,13 @@ def in_process(predict, workload, duration: float) -> dict:
         pairs += len(case.documents)
         i += 1
     wall = time.perf_counter() - start
-    return {"pairs_per_s": pairs / wall, "p50_ms": percentile(latencies, 50) * 1000,
-            "p99_ms": percentile(latencies, 99) * 1000, "errors": {}, "requests": len(latencies)}
+    return {
+        "pairs_per_s": pairs / wall,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "errors": {},
+        "requests": len(latencies),
+    }
 
 
 def sentence_transformers_predict(path: Path):
@@ -107,17 +120,36 @@ def infinity_python() -> Path:
     python = INFINITY_VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *machine.torch_index_args(),
-                        *INFINITY_REQUIREMENTS], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", *machine.torch_index_args(), *INFINITY_REQUIREMENTS],
+            check=True,
+        )
     return python
 
 
 def infinity_command(path: Path, port: int) -> launcher.Command:
     """infinity-emb on the same model directory, bf16, all cores; its routes live under /v1."""
     infinity_python()
-    argv = [str(INFINITY_VENV / "bin" / "infinity_emb"), "v2", "--model-id", str(path), "--engine", "torch",
-            "--device", "cpu", "--dtype", "bfloat16", "--batch-size", "32", "--host", "127.0.0.1",
-            "--port", str(port), "--url-prefix", "/v1"]
+    argv = [
+        str(INFINITY_VENV / "bin" / "infinity_emb"),
+        "v2",
+        "--model-id",
+        str(path),
+        "--engine",
+        "torch",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+        "--batch-size",
+        "32",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--url-prefix",
+        "/v1",
+    ]
     env = {"OMP_NUM_THREADS": str(machine.detect().cpu_count)}
     recipe = get_recipe(str(path), family="ms-marco-cross-encoder")
     return launcher.Command(argv=argv, env=env, choices=[], recipe=recipe, url=f"http://127.0.0.1:{port}/v1")
@@ -136,16 +168,24 @@ def main() -> None:
     workload = random_workload(cases=64, docs_per_request=100, doc_tokens=120, seed=0)
     recipe = get_recipe(str(path), family="ms-marco-cross-encoder")
     port = launcher.free_port()
-    ours = launcher.build_command(recipe, launcher.ServeOptions(port=port), vllm_version=launcher.vllm_version(),
-                                  machine=machine.detect())
+    ours = launcher.build_command(
+        recipe, launcher.ServeOptions(port=port), vllm_version=launcher.vllm_version(), machine=machine.detect()
+    )
     systems = {
-        "(a) vLLM via rerank-kit": lambda: serve_and_bench(ours, workload, args.concurrency, args.duration,
-                                                            OUT / "compare-vllm.log"),
+        "(a) vLLM via rerank-kit": lambda: serve_and_bench(
+            ours, workload, args.concurrency, args.duration, OUT / "compare-vllm.log"
+        ),
         "(b) sentence-transformers CrossEncoder (in process)": lambda: in_process(
-            sentence_transformers_predict(path), workload, args.duration),
+            sentence_transformers_predict(path), workload, args.duration
+        ),
         "(c) transformers forward, best batch (in process)": lambda: _forward(path, workload, args.duration),
-        "(d) infinity-emb": lambda: serve_and_bench(infinity_command(path, launcher.free_port()), workload,
-                                                    args.concurrency, args.duration, OUT / "compare-infinity.log"),
+        "(d) infinity-emb": lambda: serve_and_bench(
+            infinity_command(path, launcher.free_port()),
+            workload,
+            args.concurrency,
+            args.duration,
+            OUT / "compare-infinity.log",
+        ),
     }
     if args.only:
         systems = {k: v for k, v in systems.items() if any(o in k for o in args.only)}
@@ -165,12 +205,24 @@ def main() -> None:
         }
         for name, rows in runs.items()
     }
-    args.out.write_text(json.dumps({"vllm": launcher.vllm_version(), "concurrency": args.concurrency,
-                                    "duration_s": args.duration, "summary": summary, "runs": runs}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "vllm": launcher.vllm_version(),
+                "concurrency": args.concurrency,
+                "duration_s": args.duration,
+                "summary": summary,
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
     print(f"\n| system | pairs/s (median of {args.rounds}) | runs | p50 ms | p99 ms |\n|---|---|---|---|---|")
     for name, row in summary.items():
-        print(f"| {name} | {row['median_pairs_per_s']:.1f} | {row['all_pairs_per_s']} | "
-              f"{row['median_p50_ms']:.0f} | {row['median_p99_ms']:.0f} |")
+        print(
+            f"| {name} | {row['median_pairs_per_s']:.1f} | {row['all_pairs_per_s']} | "
+            f"{row['median_p50_ms']:.0f} | {row['median_p99_ms']:.0f} |"
+        )
     names = list(summary)
     if names and names[0].startswith("(a)"):
         ours_tp = summary[names[0]]["median_pairs_per_s"]

@@ -53,8 +53,11 @@ def configurations(path: Path, port: int) -> dict[str, launcher.Command]:
         argv=bf16.argv, env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}, choices=[], recipe=recipe, url=base.url
     )
     uni = launcher.Command(
-        argv=bf16.argv, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(host.cpu_count)},
-        choices=[], recipe=recipe, url=base.url,
+        argv=bf16.argv,
+        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(host.cpu_count)},
+        choices=[],
+        recipe=recipe,
+        url=base.url,
     )
     ours = launcher.build_command(recipe, launcher.ServeOptions(port=port), vllm_version=version, machine=host)
     return {
@@ -82,7 +85,9 @@ def in_process(path: Path, workload, duration: float) -> dict[str, float]:
                 for case in workload.cases:
                     for i in range(0, len(case.documents), batch):
                         docs = case.documents[i : i + batch]
-                        enc = tokenizer([case.query] * len(docs), docs, padding=True, truncation=True, return_tensors="pt")
+                        enc = tokenizer(
+                            [case.query] * len(docs), docs, padding=True, truncation=True, return_tensors="pt"
+                        )
                         model(**enc)
                         pairs += len(docs)
                     if time.perf_counter() - start >= duration / 3:
@@ -114,14 +119,23 @@ def main() -> None:
             started = time.monotonic()
             with launcher.serving(command, log_path=log, timeout=900):
                 start_s = time.monotonic() - started
-                report = asyncio.run(run_bench(
-                    BenchConfig(urls=[command.url], concurrency=args.concurrency, duration=args.duration, warmup=4),
-                    workload=workload,
-                ))
+                report = asyncio.run(
+                    run_bench(
+                        BenchConfig(urls=[command.url], concurrency=args.concurrency, duration=args.duration, warmup=4),
+                        workload=workload,
+                    )
+                )
             s = report["summary"]
-            row = {"round": round_no, "start_s": round(start_s, 1), "pairs_per_s": s["pairs_per_s"],
-                   "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"], "errors": s["errors"],
-                   "tokens_per_pair": s["tokens_per_pair"], "command": command.shell()}
+            row = {
+                "round": round_no,
+                "start_s": round(start_s, 1),
+                "pairs_per_s": s["pairs_per_s"],
+                "p50_ms": s["latency_ms"]["p50"],
+                "p99_ms": s["latency_ms"]["p99"],
+                "errors": s["errors"],
+                "tokens_per_pair": s["tokens_per_pair"],
+                "command": command.shell(),
+            }
             results[name].append(row)
             print(json.dumps({"config": name, **{k: v for k, v in row.items() if k != "command"}}), flush=True)
         ip = in_process(path, workload, args.duration)
@@ -138,8 +152,12 @@ def main() -> None:
         for name, rows in results.items()
         if rows
     }
-    args.out.write_text(json.dumps({"machine": report["machine"], "vllm": launcher.vllm_version(),
-                                    "summary": summary, "runs": results}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {"machine": report["machine"], "vllm": launcher.vllm_version(), "summary": summary, "runs": results},
+            indent=2,
+        )
+    )
     print(f"\n| configuration | pairs/s (median of {args.rounds}) | runs | p50 ms | p99 ms |\n|---|---|---|---|---|")
     for name, row in summary.items():
         p50 = f"{row['median_p50_ms']:.0f}" if row["median_p50_ms"] else "-"

@@ -33,12 +33,35 @@ def vllm_bench(url: str, tokenizer: Path, requests: int, concurrency: int, docs:
 
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
-    args = parser.parse_args([
-        "--backend", "vllm-rerank", "--base-url", url, "--endpoint", "/v1/rerank", "--model", "minimal",
-        "--tokenizer", str(tokenizer), "--dataset-name", "random-rerank", "--random-input-len", str(tokens),
-        "--random-batch-size", str(docs + 1), "--num-prompts", str(requests * (docs + 1)), "--request-rate", "inf",
-        "--max-concurrency", str(concurrency), "--disable-tqdm", "--seed", "0",
-    ])
+    args = parser.parse_args(
+        [
+            "--backend",
+            "vllm-rerank",
+            "--base-url",
+            url,
+            "--endpoint",
+            "/v1/rerank",
+            "--model",
+            "minimal",
+            "--tokenizer",
+            str(tokenizer),
+            "--dataset-name",
+            "random-rerank",
+            "--random-input-len",
+            str(tokens),
+            "--random-batch-size",
+            str(docs + 1),
+            "--num-prompts",
+            str(requests * (docs + 1)),
+            "--request-rate",
+            "inf",
+            "--max-concurrency",
+            str(concurrency),
+            "--disable-tqdm",
+            "--seed",
+            "0",
+        ]
+    )
     result = bench_main(args)
     return {"requests_per_s": result["request_throughput"], "completed": result["completed"]}
 
@@ -60,16 +83,29 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, timeout=30, alive=lambda: server.poll() is None)
-        ours = asyncio.run(run_bench(BenchConfig(urls=[url], concurrency=args.concurrency, requests=args.requests,
-                                                 docs_per_request=args.docs, doc_tokens=args.doc_tokens, warmup=50,
-                                                 max_retries=0)))
+        ours = asyncio.run(
+            run_bench(
+                BenchConfig(
+                    urls=[url],
+                    concurrency=args.concurrency,
+                    requests=args.requests,
+                    docs_per_request=args.docs,
+                    doc_tokens=args.doc_tokens,
+                    warmup=50,
+                    max_retries=0,
+                )
+            )
+        )
         theirs = vllm_bench(url, tokenizer, args.requests, args.concurrency, args.docs, args.doc_tokens)
     finally:
         server.terminate()
         server.wait(timeout=10)
     result = {
-        "rerank-kit bench": {"requests_per_s": ours["summary"]["requests_per_s"], "ok": ours["summary"]["ok"],
-                             "errors": ours["summary"]["errors"]},
+        "rerank-kit bench": {
+            "requests_per_s": ours["summary"]["requests_per_s"],
+            "ok": ours["summary"]["ok"],
+            "errors": ours["summary"]["errors"],
+        },
         "vllm bench serve": theirs,
     }
     result["ratio (rerank-kit / vllm)"] = result["rerank-kit bench"]["requests_per_s"] / theirs["requests_per_s"]

@@ -35,8 +35,10 @@ async def app(scope, receive, send):
             "id": "rerank-min",
             "model": request.get("model") or "minimal",
             "usage": {"prompt_tokens": 10 * n, "total_tokens": 10 * n},
-            "results": [{"index": i, "document": {"text": d}, "relevance_score": 1.0 / (i + 1)}
-                        for i, d in enumerate(request["documents"])],
+            "results": [
+                {"index": i, "document": {"text": d}, "relevance_score": 1.0 / (i + 1)}
+                for i, d in enumerate(request["documents"])
+            ],
         }
     elif path == "/v1/models":
         payload = {"object": "list", "data": [{"id": "minimal", "object": "model", "max_model_len": 512}]}
@@ -45,8 +47,13 @@ async def app(scope, receive, send):
     else:
         payload = {}
     data = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 

@@ -55,8 +55,12 @@ def main() -> None:
 
     path = tiny_models.build("ms-marco-cross-encoder", ROOT / "bench" / "out" / "models")
     recipe = get_recipe(str(path), family="ms-marco-cross-encoder")
-    command = launcher.build_command(recipe, launcher.ServeOptions(port=launcher.free_port()),
-                                     vllm_version=launcher.vllm_version(), machine=machine.detect())
+    command = launcher.build_command(
+        recipe,
+        launcher.ServeOptions(port=launcher.free_port()),
+        vllm_version=launcher.vllm_version(),
+        machine=machine.detect(),
+    )
     workload = random_workload(cases=256, docs_per_request=args.docs, doc_tokens=120, seed=1)
     memory: list[tuple[float, float]] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -74,8 +78,9 @@ def main() -> None:
 
         async def run():
             async with AsyncRerankClient(command.url, timeout=300) as client:
-                return await run_load(client, workload, LoadConfig(concurrency=args.concurrency,
-                                                                   duration=args.duration, warmup=16))
+                return await run_load(
+                    client, workload, LoadConfig(concurrency=args.concurrency, duration=args.duration, warmup=16)
+                )
 
         result = asyncio.run(run())
         stop.set()
@@ -87,20 +92,41 @@ def main() -> None:
     per_minute = []
     for minute, samples in sorted(minutes.items()):
         lat = [s.latency * 1000 for s in samples if s.ok]
-        per_minute.append({"minute": minute, "requests": len(samples), "errors": sum(not s.ok for s in samples),
-                           "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "max_ms": max(lat, default=0)})
-    report = {"command": command.shell(), "concurrency": args.concurrency, "docs_per_request": args.docs,
-              "summary": summarize(result), "per_minute": per_minute,
-              "rss_mib": [{"t_s": round(t), "rss_mib": round(m)} for t, m in memory]}
+        per_minute.append(
+            {
+                "minute": minute,
+                "requests": len(samples),
+                "errors": sum(not s.ok for s in samples),
+                "p50_ms": percentile(lat, 50),
+                "p99_ms": percentile(lat, 99),
+                "max_ms": max(lat, default=0),
+            }
+        )
+    report = {
+        "command": command.shell(),
+        "concurrency": args.concurrency,
+        "docs_per_request": args.docs,
+        "summary": summarize(result),
+        "per_minute": per_minute,
+        "rss_mib": [{"t_s": round(t), "rss_mib": round(m)} for t, m in memory],
+    }
     args.out.write_text(json.dumps(report, indent=2))
     s = report["summary"]
-    print(f"{s['ok']} ok, errors {s['errors'] or 0}, {s['requests_per_s']:.2f} req/s, "
-          f"p50 {s['latency_ms']['p50']:.0f} ms, p99 {s['latency_ms']['p99']:.0f} ms")
+    print(
+        f"{s['ok']} ok, errors {s['errors'] or 0}, {s['requests_per_s']:.2f} req/s, "
+        f"p50 {s['latency_ms']['p50']:.0f} ms, p99 {s['latency_ms']['p99']:.0f} ms"
+    )
     print("| minute | requests | errors | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|")
     for row in per_minute:
-        print(f"| {row['minute']} | {row['requests']} | {row['errors']} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['max_ms']:.0f} |")
+        print(
+            f"| {row['minute']} | {row['requests']} | {row['errors']} | {row['p50_ms']:.0f} "
+            f"| {row['p99_ms']:.0f} | {row['max_ms']:.0f} |"
+        )
     if memory:
-        print(f"server RSS: first {memory[0][1]:.0f} MiB, max {max(m for _, m in memory):.0f} MiB, last {memory[-1][1]:.0f} MiB")
+        print(
+            f"server RSS: first {memory[0][1]:.0f} MiB, max {max(m for _, m in memory):.0f} MiB, "
+            f"last {memory[-1][1]:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -14,10 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import tiny_models  # noqa: E402
-
-from rerank_kit import launcher, machine  # noqa: E402
-from rerank_kit.recipes import Recipe, get_recipe  # noqa: E402
+import tiny_models
+from rerank_kit import launcher, machine
+from rerank_kit.recipes import Recipe, get_recipe
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 requires_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (pip install 'rerank-kit[cpu]')")

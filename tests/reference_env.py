@@ -38,8 +38,16 @@ def ensure() -> Path:
         return python
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         *torch_index_args(), *REQUIREMENTS],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *torch_index_args(),
+            *REQUIREMENTS,
+        ],
         check=True,
     )
     stamp.write_text(_stamp())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import statistics
@@ -16,7 +17,14 @@ import pytest
 
 from rerank_kit.bench.loadgen import LoadConfig, poisson_offsets, run_load
 from rerank_kit.bench.metrics import percentile, retrieval_metrics, summarize
-from rerank_kit.bench.workloads import Case, Workload, build_beir_workload, random_workload, write_workload, file_workload
+from rerank_kit.bench.workloads import (
+    Case,
+    Workload,
+    build_beir_workload,
+    file_workload,
+    random_workload,
+    write_workload,
+)
 from rerank_kit.client import AsyncRerankClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +71,7 @@ def test_random_workload_is_deterministic_and_sized():
 def test_poisson_offsets_have_the_requested_rate():
     gen = poisson_offsets(rate=20.0, seed=3)
     times = [next(gen) for _ in range(4001)]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert times[0] == 0.0
     assert statistics.mean(gaps) == pytest.approx(1 / 20.0, rel=0.05)
     assert statistics.pstdev(gaps) == pytest.approx(1 / 20.0, rel=0.1)  # exponential: sd == mean
@@ -79,8 +87,14 @@ def _serialised_server(delay: float):
         async with lock:
             await asyncio.sleep(delay)
         docs = json.loads(request.content)["documents"]
-        return httpx.Response(200, json={"model": "m", "usage": {"prompt_tokens": 10 * len(docs), "total_tokens": 0},
-                                         "results": [{"index": i, "relevance_score": 0.5} for i in range(len(docs))]})
+        return httpx.Response(
+            200,
+            json={
+                "model": "m",
+                "usage": {"prompt_tokens": 10 * len(docs), "total_tokens": 0},
+                "results": [{"index": i, "relevance_score": 0.5} for i in range(len(docs))],
+            },
+        )
 
     return handler
 
@@ -130,7 +144,9 @@ def test_stop_keeps_what_was_measured():
     async def main():
         stop = asyncio.Event()
         workload = Workload("w", [Case("q", ["a"])])
-        async with AsyncRerankClient("http://s", model="m", transport=httpx.MockTransport(_serialised_server(0.01))) as client:
+        async with AsyncRerankClient(
+            "http://s", model="m", transport=httpx.MockTransport(_serialised_server(0.01))
+        ) as client:
             asyncio.get_running_loop().call_later(0.3, stop.set)
             return await run_load(client, workload, LoadConfig(concurrency=2, duration=30, warmup=0), stop=stop)
 
@@ -170,9 +186,28 @@ def test_workload_file_keeps_documents_with_unicode_line_separators(tmp_path):
 def test_short_bench_run_against_vllm(minilm_server, tmp_path):
     out = tmp_path / "r.json"
     result = subprocess.run(
-        [sys.executable, "-m", "rerank_kit.cli", "bench", "--url", minilm_server.url, "--concurrency", "1,4",
-         "--requests", "12", "--docs-per-request", "10", "--warmup", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "rerank_kit.cli",
+            "bench",
+            "--url",
+            minilm_server.url,
+            "--concurrency",
+            "1,4",
+            "--requests",
+            "12",
+            "--docs-per-request",
+            "10",
+            "--warmup",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -183,8 +218,13 @@ def test_short_bench_run_against_vllm(minilm_server, tmp_path):
         assert s["latency_ms"]["p50"] <= s["latency_ms"]["p99"] <= s["latency_ms"]["max"]
         assert level["server"][minilm_server.url]["version"]
     assert out.with_suffix(".png").stat().st_size > 1000
-    compare = subprocess.run([sys.executable, "-m", "rerank_kit.cli", "bench", "--compare", str(out), str(out)],
-                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+    compare = subprocess.run(
+        [sys.executable, "-m", "rerank_kit.cli", "bench", "--compare", str(out), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert compare.returncode == 0 and "1.00x" in compare.stdout
 
 
@@ -196,26 +236,64 @@ def test_reranked_ndcg_matches_in_process_minilm(minilm_server, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     workload_file = tmp_path / "dl19.jsonl"
-    built = subprocess.run([sys.executable, "-m", "rerank_kit.cli", "bench", "build", "--dataset", str(DL19),
-                            "--top-k", "100", "--out", str(workload_file)], capture_output=True, text=True, cwd=ROOT)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rerank_kit.cli",
+            "bench",
+            "build",
+            "--dataset",
+            str(DL19),
+            "--top-k",
+            "100",
+            "--out",
+            str(workload_file),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert built.returncode == 0, built.stderr
     out = tmp_path / "q.json"
-    ran = subprocess.run([sys.executable, "-m", "rerank_kit.cli", "bench", "--url", minilm_server.url, "--workload",
-                          str(workload_file), "--concurrency", "4", "--warmup", "0", "--out", str(out)],
-                         capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    ran = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rerank_kit.cli",
+            "bench",
+            "--url",
+            minilm_server.url,
+            "--workload",
+            str(workload_file),
+            "--concurrency",
+            "4",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+    )
     assert ran.returncode == 0, ran.stderr
     quality = json.loads(out.read_text())["quality"]
     wl = file_workload(workload_file)
-    model = SentenceTransformer(str(minilm_server.command.argv[minilm_server.command.argv.index("--model") + 1]),
-                                device="cpu")
+    model = SentenceTransformer(
+        str(minilm_server.command.argv[minilm_server.command.argv.index("--model") + 1]), device="cpu"
+    )
     in_process = {}
     for case in wl.cases:
         q = model.encode([case.query], normalize_embeddings=True)
         d = model.encode(case.documents, normalize_embeddings=True, batch_size=64)
         in_process[case.qid] = dict(zip(case.doc_ids, (d @ q[0]).tolist(), strict=True))
     expected = retrieval_metrics(wl.qrels, in_process)
-    print(f"DL19: BM25 nDCG@10 {quality['first_stage']['ndcg@10']:.4f} -> reranked {quality['reranked']['ndcg@10']:.4f}"
-          f" (in process {expected['ndcg@10']:.4f})")
+    print(
+        f"DL19: BM25 nDCG@10 {quality['first_stage']['ndcg@10']:.4f} -> reranked {quality['reranked']['ndcg@10']:.4f}"
+        f" (in process {expected['ndcg@10']:.4f})"
+    )
     assert quality["queries"]["judged"] == 43
     assert abs(quality["reranked"]["ndcg@10"] - expected["ndcg@10"]) <= 0.002
     assert quality["reranked"]["ndcg@10"] > quality["first_stage"]["ndcg@10"]

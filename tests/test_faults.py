@@ -13,8 +13,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import SERVER_START_TIMEOUT, server_options
 
+from conftest import SERVER_START_TIMEOUT, server_options
 from rerank_kit import RerankClient, launcher, machine
 from rerank_kit.recipes import get_recipe
 
@@ -25,8 +25,9 @@ DOCS = [f"passage {i} about reranking and retrieval with vLLM" for i in range(8)
 
 def _command(path, port):
     recipe = get_recipe(str(path), family="ms-marco-cross-encoder")
-    return launcher.build_command(recipe, server_options(port=port, dtype=None), vllm_version=launcher.vllm_version(),
-                                  machine=machine.detect())
+    return launcher.build_command(
+        recipe, server_options(port=port, dtype=None), vllm_version=launcher.vllm_version(), machine=machine.detect()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ class Load:
             try:
                 response = self.client.rerank("what is a reranker?", DOCS)
                 assert len(response.results) == len(DOCS)
-            except BaseException as exc:  # noqa: BLE001 - every failure is a lost request here
+            except BaseException as exc:
                 with self._lock:
                     self.errors.append(exc)
             else:
@@ -85,7 +86,7 @@ def _wait_for(predicate, timeout=60.0):
 
 
 def test_kill_9_one_replica_mid_run_loses_nothing(replicas):
-    commands, records = replicas
+    _commands, records = replicas
     victim, survivor = records
     client = RerankClient([r.url for r in records], cooldown=2.0)
     with Load(client) as load:

@@ -108,8 +108,11 @@ def test_non_local_bind_needs_a_key_or_insecure(monkeypatch):
 
 
 def test_the_guard_is_always_loaded_and_limits_travel_by_environment():
-    cmd = build_command(get_recipe("BAAI/bge-reranker-base"),
-                        ServeOptions(max_documents=50, max_document_chars=1000, max_body_mb=2), machine=None)
+    cmd = build_command(
+        get_recipe("BAAI/bge-reranker-base"),
+        ServeOptions(max_documents=50, max_document_chars=1000, max_body_mb=2),
+        machine=None,
+    )
     assert cmd.argv[cmd.argv.index("--middleware") + 1] == "rerank_kit.guard.RerankKitGuard"
     assert cmd.env["RERANK_KIT_MAX_DOCUMENTS"] == "50"
     assert cmd.env["RERANK_KIT_MAX_BODY_BYTES"] == str(2 << 20)

@@ -11,11 +11,16 @@ from rerank_kit.machine import GiB, Machine, cpu_choices
 from rerank_kit.recipes import RECIPES, get_recipe
 
 SMALL_CPU = Machine(
-    cpu_count=2, cpu_flags=frozenset({"avx512f", "amx_bf16", "avx512_bf16"}), total_memory=24 * GiB,
-    available_memory=23 * GiB, gpus=0,
+    cpu_count=2,
+    cpu_flags=frozenset({"avx512f", "amx_bf16", "avx512_bf16"}),
+    total_memory=24 * GiB,
+    available_memory=23 * GiB,
+    gpus=0,
 )
 OLD_CPU = Machine(cpu_count=32, cpu_flags=frozenset({"avx2"}), total_memory=64 * GiB, available_memory=8 * GiB, gpus=0)
-GPU_BOX = Machine(cpu_count=32, cpu_flags=frozenset({"avx2"}), total_memory=256 * GiB, available_memory=200 * GiB, gpus=4)
+GPU_BOX = Machine(
+    cpu_count=32, cpu_flags=frozenset({"avx2"}), total_memory=256 * GiB, available_memory=200 * GiB, gpus=4
+)
 
 
 def _flag(argv, name):
@@ -30,7 +35,7 @@ def test_argv_is_a_list_of_strings_and_hf_overrides_round_trip():
     assert _flag(cmd.argv, "--chat-template").endswith("mxbai_rerank_v2.jinja")
     # The printed shell line splits back into exactly the argv (no quoting accidents).
     printed = shlex.split(cmd.shell())
-    assert printed[len(printed) - len(cmd.argv):] == cmd.argv
+    assert printed[len(printed) - len(cmd.argv) :] == cmd.argv
 
 
 def test_default_host_and_port_are_local():
@@ -135,7 +140,7 @@ def test_packaged_default_model_is_served_from_its_package():
 def test_missing_model_directory_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         build_command(get_recipe(str(tmp_path / "nope"), family="bge-reranker"), ServeOptions(), machine=None)
-    with pytest.raises(ConfigError, match="config.json"):
+    with pytest.raises(ConfigError, match=r"config\.json"):
         build_command(get_recipe(str(tmp_path), family="bge-reranker"), ServeOptions(), machine=None)
 
 
@@ -152,14 +157,14 @@ def test_recipe_length_is_capped_at_a_local_models_limit(tmp_path):
 def test_api_key_never_enters_argv_or_the_printed_command(tmp_path, monkeypatch):
     key_file = tmp_path / "key"
     key_file.write_text("s3cret-key\n")
-    cmd = build_command(
-        get_recipe("BAAI/bge-reranker-base"), ServeOptions(api_key_file=str(key_file)), machine=None
-    )
+    cmd = build_command(get_recipe("BAAI/bge-reranker-base"), ServeOptions(api_key_file=str(key_file)), machine=None)
     assert "s3cret-key" not in " ".join(cmd.argv)
     assert "s3cret-key" not in cmd.shell()
     assert cmd.environ({})["VLLM_API_KEY"] == "s3cret-key"
     monkeypatch.setenv("RERANK_KIT_API_KEY", "env-key")
-    cmd = build_command(get_recipe("BAAI/bge-reranker-base"), ServeOptions(api_key_env="RERANK_KIT_API_KEY"), machine=None)
+    cmd = build_command(
+        get_recipe("BAAI/bge-reranker-base"), ServeOptions(api_key_env="RERANK_KIT_API_KEY"), machine=None
+    )
     assert "env-key" not in cmd.shell()
     assert 'VLLM_API_KEY="$RERANK_KIT_API_KEY"' in cmd.shell()
     assert cmd.environ({})["VLLM_API_KEY"] == "env-key"
@@ -177,7 +182,10 @@ def test_port_in_use_is_detected():
 @pytest.mark.parametrize(
     ("log", "expected"),
     [
-        ("ValueError: Available memory on node 0 (1.0/24.0 GiB) is less than desired CPU memory utilization", "--kv-cache-gib"),
+        (
+            "ValueError: Available memory on node 0 (1.0/24.0 GiB) is less than desired CPU memory utilization",
+            "--kv-cache-gib",
+        ),
         ("ValueError: Head size 48 is not supported by the CPU attention backend", "head sizes"),
         ("OSError: [Errno 98] Address already in use", "--port"),
         ("huggingface_hub.errors.LocalEntryNotFoundError: Cannot find the requested files", "model hub is unreachable"),

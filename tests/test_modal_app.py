@@ -26,8 +26,9 @@ def load(monkeypatch, **env):
 
 
 def cli_cmd(*args: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-m", "rerank_kit.cli", "cmd", *args], capture_output=True, text=True,
-                         timeout=120, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-m", "rerank_kit.cli", "cmd", *args], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.strip()
     return shlex.split(out)
 
 
@@ -40,13 +41,24 @@ def test_server_settings(monkeypatch):
     assert info.startup_timeout == 15 * 60
     assert set(info.volumes) == {"/root/.cache/huggingface", "/root/.cache/vllm"}
     assert info.volumes["/root/.cache/huggingface"].name == "rerank-kit-hf-cache"
-    assert modal_app.AUTOSCALING == {"target_concurrency": 32, "min_containers": 0, "max_containers": 4,
-                                     "buffer_containers": 0, "scaledown_window": 300}
+    assert modal_app.AUTOSCALING == {
+        "target_concurrency": 32,
+        "min_containers": 0,
+        "max_containers": 4,
+        "buffer_containers": 0,
+        "scaledown_window": 300,
+    }
 
 
 def test_deploy_time_environment(monkeypatch):
-    modal_app = load(monkeypatch, MODEL_ID="Qwen/Qwen3-Reranker-4B", GPU_TYPE="H100", GPU_COUNT="2",
-                     FAST_BOOT="0", MAX_CONTAINERS="10")
+    modal_app = load(
+        monkeypatch,
+        MODEL_ID="Qwen/Qwen3-Reranker-4B",
+        GPU_TYPE="H100",
+        GPU_COUNT="2",
+        FAST_BOOT="0",
+        MAX_CONTAINERS="10",
+    )
     assert modal_app.Reranker.info().gpus == [("H100", 2)]
     argv = modal_app.vllm_command().argv
     assert "--enforce-eager" not in argv
@@ -54,9 +66,10 @@ def test_deploy_time_environment(monkeypatch):
     assert modal_app.AUTOSCALING["max_containers"] == 10
 
 
-@pytest.mark.parametrize(("model", "fast_boot"), [("mixedbread-ai/mxbai-rerank-base-v2", "1"),
-                                                  ("Qwen/Qwen3-Reranker-0.6B", "0"),
-                                                  ("BAAI/bge-reranker-v2-m3", "1")])
+@pytest.mark.parametrize(
+    ("model", "fast_boot"),
+    [("mixedbread-ai/mxbai-rerank-base-v2", "1"), ("Qwen/Qwen3-Reranker-0.6B", "0"), ("BAAI/bge-reranker-v2-m3", "1")],
+)
 def test_modal_runs_exactly_what_rerank_kit_cmd_prints(monkeypatch, model, fast_boot):
     modal_app = load(monkeypatch, MODEL_ID=model, FAST_BOOT=fast_boot)
     command = modal_app.vllm_command()
@@ -65,7 +78,7 @@ def test_modal_runs_exactly_what_rerank_kit_cmd_prints(monkeypatch, model, fast_
         args.append("--eager")
     printed = cli_cmd(*args)
     env_prefix = [p for p in printed if "=" in p and not p.startswith("-") and p.split("=")[0].isupper()]
-    argv = printed[len(env_prefix):]
+    argv = printed[len(env_prefix) :]
     assert argv[1:] == command.argv[1:]  # everything after the interpreter's path
     assert dict(p.split("=", 1) for p in env_prefix) == command.env
 

@@ -29,7 +29,10 @@ def _package_scores(family: str, model_dir: Path) -> list[dict]:
         pytest.skip("set RERANK_KIT_REFERENCE_PYTHON (python tests/reference_env.py ensure)")
     out = subprocess.run(
         [python, str(ENV_SCRIPT), "score", family, str(model_dir), json.dumps(PAIRS)],
-        capture_output=True, text=True, check=True, timeout=600,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

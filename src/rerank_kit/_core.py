@@ -299,7 +299,9 @@ def empty_rerank(model: str) -> RerankResponse:
 # --- score -------------------------------------------------------------------------------------------
 
 
-def score_payload(queries: str | Sequence[str], documents: str | Sequence[str], model: str) -> tuple[dict[str, Any], int]:
+def score_payload(
+    queries: str | Sequence[str], documents: str | Sequence[str], model: str
+) -> tuple[dict[str, Any], int]:
     """The /v1/score request for 1:1, 1:N or N:N pairs, and how many scores it returns."""
     q = [queries] if isinstance(queries, str) else list(queries)
     d = [documents] if isinstance(documents, str) else list(documents)

@@ -63,7 +63,7 @@ ModelArg = Annotated[
     typer.Argument(
         metavar="MODEL",
         help="Hub id from `rerank-kit models`, or a local directory with --family. "
-        f"Default: {DEFAULT_GPU_MODEL} with a GPU, {DEFAULT_CPU_MODEL} (packaged weights) without."
+        f"Default: {DEFAULT_GPU_MODEL} with a GPU, {DEFAULT_CPU_MODEL} (packaged weights) without.",
     ),
 ]
 FamilyOpt = Annotated[str | None, typer.Option("--family", help=f"Apply this family's recipe: {', '.join(FAMILIES)}.")]
@@ -71,26 +71,127 @@ MaxLenOpt = Annotated[int | None, typer.Option("--max-model-len", help="Longest 
 DtypeOpt = Annotated[str | None, typer.Option(help="Override the dtype (default: chosen for this machine).")]
 # The options `cmd`, `serve` and `up` share, declared once: (name, default, typer annotation).
 _SERVE_OPTIONS: list[tuple[str, Any, Any]] = [
-    ("family", None, Annotated[str | None, typer.Option("--family", help=f"Apply this family's recipe: {', '.join(FAMILIES)}.")]),
-    ("host", launcher.DEFAULT_HOST, Annotated[str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the server to the network.")]),
+    (
+        "family",
+        None,
+        Annotated[str | None, typer.Option("--family", help=f"Apply this family's recipe: {', '.join(FAMILIES)}.")],
+    ),
+    (
+        "host",
+        launcher.DEFAULT_HOST,
+        Annotated[str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the server to the network.")],
+    ),
     ("port", launcher.DEFAULT_PORT, Annotated[int, typer.Option(help="Port to listen on.")]),
-    ("max_model_len", None, Annotated[int | None, typer.Option("--max-model-len", help="Longest query+document prompt, in tokens.")]),
-    ("tensor_parallel_size", 1, Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="GPUs per replica (tensor parallel).")]),
-    ("data_parallel_size", 1, Annotated[int, typer.Option("--data-parallel-size", "-dp", help="Replicas inside one server (data parallel).")]),
+    (
+        "max_model_len",
+        None,
+        Annotated[int | None, typer.Option("--max-model-len", help="Longest query+document prompt, in tokens.")],
+    ),
+    (
+        "tensor_parallel_size",
+        1,
+        Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="GPUs per replica (tensor parallel).")],
+    ),
+    (
+        "data_parallel_size",
+        1,
+        Annotated[int, typer.Option("--data-parallel-size", "-dp", help="Replicas inside one server (data parallel).")],
+    ),
     ("dtype", None, Annotated[str | None, typer.Option(help="Override the dtype (default: chosen for this machine).")]),
     ("device", "auto", Annotated[str, typer.Option(help="auto (GPU if nvidia-smi sees one), cpu or cuda.")]),
-    ("eager", False, Annotated[bool, typer.Option("--eager", help="Skip torch.compile: faster start, slower serving.")]),
-    ("kv_cache_gib", None, Annotated[float | None, typer.Option("--kv-cache-gib", help="CPU backend: memory for the KV cache, GiB.")]),
-    ("reserved_cpus", None, Annotated[int | None, typer.Option("--reserved-cpus", help="CPU backend: cores kept free for vLLM's scheduler.")]),
-    ("cpu_executor", "auto", Annotated[str, typer.Option("--cpu-executor", help="CPU backend: uni (model in the engine process), mp (vLLM's worker processes) or auto.")]),
-    ("served_model_name", None, Annotated[str | None, typer.Option("--served-model-name", help="Model name clients send.")]),
-    ("max_documents", None, Annotated[int | None, typer.Option("--max-documents", help="Documents per request the server accepts (default 1000; more is HTTP 413).")]),
-    ("max_document_chars", None, Annotated[int | None, typer.Option("--max-document-chars", help="Characters per query or document (default 200000).")]),
-    ("max_body_mb", None, Annotated[float | None, typer.Option("--max-body-mb", help="Request body size limit in MiB (default 32).")]),
-    ("insecure", False, Annotated[bool, typer.Option("--insecure", help="Allow a non-local --host without an API key (e.g. behind an authenticating proxy).")]),
-    ("strict_length", False, Annotated[bool, typer.Option("--strict-length", help="Reject pairs longer than --max-model-len (HTTP 400) instead of truncating the document.")]),
-    ("api_key", None, Annotated[str | None, typer.Option("--api-key", help="Require this bearer key. Visible in `ps` while rerank-kit runs: prefer --api-key-file or the RERANK_KIT_API_KEY environment variable.")]),
-    ("api_key_file", None, Annotated[Path | None, typer.Option("--api-key-file", help="Read the bearer key from this file.")]),
+    (
+        "eager",
+        False,
+        Annotated[bool, typer.Option("--eager", help="Skip torch.compile: faster start, slower serving.")],
+    ),
+    (
+        "kv_cache_gib",
+        None,
+        Annotated[float | None, typer.Option("--kv-cache-gib", help="CPU backend: memory for the KV cache, GiB.")],
+    ),
+    (
+        "reserved_cpus",
+        None,
+        Annotated[
+            int | None, typer.Option("--reserved-cpus", help="CPU backend: cores kept free for vLLM's scheduler.")
+        ],
+    ),
+    (
+        "cpu_executor",
+        "auto",
+        Annotated[
+            str,
+            typer.Option(
+                "--cpu-executor",
+                help="CPU backend: uni (model in the engine process), mp (vLLM's worker processes) or auto.",
+            ),
+        ],
+    ),
+    (
+        "served_model_name",
+        None,
+        Annotated[str | None, typer.Option("--served-model-name", help="Model name clients send.")],
+    ),
+    (
+        "max_documents",
+        None,
+        Annotated[
+            int | None,
+            typer.Option(
+                "--max-documents", help="Documents per request the server accepts (default 1000; more is HTTP 413)."
+            ),
+        ],
+    ),
+    (
+        "max_document_chars",
+        None,
+        Annotated[
+            int | None, typer.Option("--max-document-chars", help="Characters per query or document (default 200000).")
+        ],
+    ),
+    (
+        "max_body_mb",
+        None,
+        Annotated[float | None, typer.Option("--max-body-mb", help="Request body size limit in MiB (default 32).")],
+    ),
+    (
+        "insecure",
+        False,
+        Annotated[
+            bool,
+            typer.Option(
+                "--insecure", help="Allow a non-local --host without an API key (e.g. behind an authenticating proxy)."
+            ),
+        ],
+    ),
+    (
+        "strict_length",
+        False,
+        Annotated[
+            bool,
+            typer.Option(
+                "--strict-length",
+                help="Reject pairs longer than --max-model-len (HTTP 400) instead of truncating the document.",
+            ),
+        ],
+    ),
+    (
+        "api_key",
+        None,
+        Annotated[
+            str | None,
+            typer.Option(
+                "--api-key",
+                help="Require this bearer key. Visible in `ps` while rerank-kit runs: prefer --api-key-file "
+                "or the RERANK_KIT_API_KEY environment variable.",
+            ),
+        ],
+    ),
+    (
+        "api_key_file",
+        None,
+        Annotated[Path | None, typer.Option("--api-key-file", help="Read the bearer key from this file.")],
+    ),
 ]
 
 
@@ -98,10 +199,15 @@ def serve_options(fn: Any) -> Any:
     """Give a command the shared serve options; it receives them as ``family`` and ``options``."""
     signature = inspect.signature(fn)
     hints = typing.get_type_hints(fn, include_extras=True)  # this module uses postponed annotations
-    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
-           if p.name not in ("options", "family")]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-              for name, default, annotation in _SERVE_OPTIONS]
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in signature.parameters.values()
+        if p.name not in ("options", "family")
+    ]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, default, annotation in _SERVE_OPTIONS
+    ]
 
     @functools.wraps(fn)
     def command(ctx: typer.Context, **kwargs: Any) -> Any:
@@ -115,7 +221,9 @@ def serve_options(fn: Any) -> Any:
     return command
 
 
-def _options(ctx: typer.Context, *, device: str, api_key: str | None, api_key_file: Path | None, **values: Any) -> launcher.ServeOptions:
+def _options(
+    ctx: typer.Context, *, device: str, api_key: str | None, api_key_file: Path | None, **values: Any
+) -> launcher.ServeOptions:
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}", 2)
     if values["cpu_executor"] not in ("auto", "uni", "mp"):
@@ -170,8 +278,13 @@ def models_cmd(
         return
     table = Table("model", "family", "template", "max len", "instruction")
     for r in RECIPES.values():
-        table.add_row(r.model_id, r.family, r.template or "-", str(r.max_model_len or "-"),
-                      "yes" if r.supports_instruction else "-")
+        table.add_row(
+            r.model_id,
+            r.family,
+            r.template or "-",
+            str(r.max_model_len or "-"),
+            "yes" if r.supports_instruction else "-",
+        )
     out.print(table)
     out.print(f"Families for --family: {', '.join(FAMILIES)}")
 
@@ -180,8 +293,10 @@ def models_markdown() -> str:
     """The README's model table, generated from the recipes."""
     rows = ["| model | family | served as | score template | max len | instruction |", "|---|---|---|---|---|---|"]
     for r in RECIPES.values():
-        rows.append(f"| `{r.model_id}` | {r.family} | {r.architecture} | {r.template or '-'} | "
-                    f"{r.max_model_len or '-'} | {'yes' if r.supports_instruction else '-'} |")
+        rows.append(
+            f"| `{r.model_id}` | {r.family} | {r.architecture} | {r.template or '-'} | "
+            f"{r.max_model_len or '-'} | {'yes' if r.supports_instruction else '-'} |"
+        )
     return "\n".join(rows)
 
 
@@ -201,7 +316,9 @@ def cmd_cmd(ctx: typer.Context, model: ModelArg = None, *, family: str | None, o
 
 @app.command("serve", context_settings=EXTRA_ARGS)
 @serve_options
-def serve_cmd(ctx: typer.Context, model: ModelArg = None, *, family: str | None, options: launcher.ServeOptions) -> None:
+def serve_cmd(
+    ctx: typer.Context, model: ModelArg = None, *, family: str | None, options: launcher.ServeOptions
+) -> None:
     """Run a vLLM server in the foreground (Ctrl-C stops it). Extra vLLM flags go after `--`."""
     command = _command(model, family, options)
     err.print(f"Serving {command.recipe.model_id} ({command.recipe.family}) at {command.url}", highlight=False)
@@ -222,7 +339,9 @@ def _example_request(record: launcher.ServerRecord, keyed: bool) -> str:
         "top_n": 2,
     }
     auth = ' -H "Authorization: Bearer $RERANK_KIT_API_KEY"' if keyed else ""
-    return f"curl -s {record.url}/v1/rerank -H 'Content-Type: application/json'{auth} -d {shlex.quote(json.dumps(body))}"
+    return (
+        f"curl -s {record.url}/v1/rerank -H 'Content-Type: application/json'{auth} -d {shlex.quote(json.dumps(body))}"
+    )
 
 
 @app.command("up", context_settings=EXTRA_ARGS)
@@ -231,7 +350,9 @@ def up_cmd(
     ctx: typer.Context,
     model: ModelArg = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = launcher.DEFAULT_START_TIMEOUT,
-    replicas: Annotated[int, typer.Option(help="Independent servers on consecutive ports, each on its own GPUs or cores.")] = 1,
+    replicas: Annotated[
+        int, typer.Option(help="Independent servers on consecutive ports, each on its own GPUs or cores.")
+    ] = 1,
     *,
     family: str | None,
     options: launcher.ServeOptions,
@@ -239,7 +360,9 @@ def up_cmd(
     """Start a server in the background, wait until /health answers, print a request to try."""
     host = machine.detect()
     recipe: Recipe = run(get_recipe, model or default_model(host), family)
-    commands = run(launcher.replica_commands, recipe, options, replicas, vllm_version=launcher.vllm_version(), machine=host)
+    commands = run(
+        launcher.replica_commands, recipe, options, replicas, vllm_version=launcher.vllm_version(), machine=host
+    )
     for command in commands:
         err.print(f"Starting {command.recipe.model_id} ({command.recipe.family}) on {command.url}", highlight=False)
         port = command.url.rsplit(":", 1)[1]
@@ -254,11 +377,15 @@ def up_cmd(
 
     started = time.monotonic()
     records = run(launcher.start_replicas, commands, timeout=timeout, on_wait=progress)
-    err.print(f"Healthy after {time.monotonic() - started:.0f} s (pid {', '.join(str(r.pid) for r in records)}). Try:",
-              highlight=False)
+    err.print(
+        f"Healthy after {time.monotonic() - started:.0f} s (pid {', '.join(str(r.pid) for r in records)}). Try:",
+        highlight=False,
+    )
     if len(records) > 1:
-        err.print(f"  export RERANK_KIT_URL={','.join(r.url for r in records)}   # the client balances across them",
-                  highlight=False)
+        err.print(
+            f"  export RERANK_KIT_URL={','.join(r.url for r in records)}   # the client balances across them",
+            highlight=False,
+        )
     print(_example_request(records[0], keyed="VLLM_API_KEY" in commands[0].env))
 
 
@@ -295,8 +422,18 @@ def status_cmd(
                 healthy = httpx.get(f"{r.url}/health", timeout=2).status_code == 200
             except httpx.HTTPError:
                 healthy = False
-        rows.append({"port": r.port, "pid": r.pid, "model": r.model, "url": r.url, "running": r.alive,
-                     "healthy": healthy, "log": r.log, "uptime_s": round(time.time() - r.started)})
+        rows.append(
+            {
+                "port": r.port,
+                "pid": r.pid,
+                "model": r.model,
+                "url": r.url,
+                "running": r.alive,
+                "healthy": healthy,
+                "log": r.log,
+                "uptime_s": round(time.time() - r.started),
+            }
+        )
     if as_json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -305,8 +442,9 @@ def status_cmd(
         table = Table("port", "pid", "model", "url", "state", "uptime")
         for row in rows:
             state = "healthy" if row["healthy"] else ("starting/unhealthy" if row["running"] else "dead")
-            table.add_row(str(row["port"]), str(row["pid"]), str(row["model"]), str(row["url"]), state,
-                          f"{row['uptime_s']} s")
+            table.add_row(
+                str(row["port"]), str(row["pid"]), str(row["model"]), str(row["url"]), state, f"{row['uptime_s']} s"
+            )
         out.print(table)
     if port is not None and not any(r["healthy"] for r in rows):
         raise typer.Exit(1)
@@ -378,9 +516,15 @@ def k8s_cmd(
     replicas: Annotated[int, typer.Option(help="Pods to start with (and the autoscaler's minimum).")] = 1,
     max_replicas: Annotated[int, typer.Option("--max-replicas", help="The autoscaler's maximum.")] = 4,
     gpus: Annotated[int, typer.Option(help="GPUs per pod (tensor parallel).")] = 1,
-    target_in_flight: Annotated[int, typer.Option("--target-in-flight", help="In-flight requests per pod the autoscaler aims for.")] = 32,
-    api_key_secret: Annotated[str, typer.Option("--api-key-secret", help="Secret with an 'api-key' entry.")] = "rerank-kit-api-key",
-    hf_cache_claim: Annotated[str | None, typer.Option("--hf-cache-claim", help="PersistentVolumeClaim for the weights cache.")] = None,
+    target_in_flight: Annotated[
+        int, typer.Option("--target-in-flight", help="In-flight requests per pod the autoscaler aims for.")
+    ] = 32,
+    api_key_secret: Annotated[
+        str, typer.Option("--api-key-secret", help="Secret with an 'api-key' entry.")
+    ] = "rerank-kit-api-key",  # noqa: S107 - the name of a Secret, not a key
+    hf_cache_claim: Annotated[
+        str | None, typer.Option("--hf-cache-claim", help="PersistentVolumeClaim for the weights cache.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Name of the Deployment/Service/HPA.")] = None,
     namespace: Annotated[str | None, typer.Option(help="Namespace.")] = None,
 ) -> None:
@@ -388,9 +532,17 @@ def k8s_cmd(
     from rerank_kit.k8s import K8sOptions, manifests, to_yaml
 
     recipe = run(get_recipe, model or DEFAULT_GPU_MODEL, family)
-    options = K8sOptions(image=image, name=name, namespace=namespace, replicas=replicas, max_replicas=max_replicas,
-                         gpus=gpus, target_in_flight=target_in_flight, api_key_secret=api_key_secret,
-                         hf_cache_claim=hf_cache_claim)
+    options = K8sOptions(
+        image=image,
+        name=name,
+        namespace=namespace,
+        replicas=replicas,
+        max_replicas=max_replicas,
+        gpus=gpus,
+        target_in_flight=target_in_flight,
+        api_key_secret=api_key_secret,
+        hf_cache_claim=hf_cache_claim,
+    )
     print(to_yaml(run(manifests, recipe, options), recipe), end="")
 
 
@@ -398,10 +550,15 @@ def k8s_cmd(
 
 UrlOpt = Annotated[
     list[str] | None,
-    typer.Option("--url", metavar="URL", help="Server URL; repeat (or separate with commas) for replicas. Default: $RERANK_KIT_URL."),
+    typer.Option(
+        "--url",
+        metavar="URL",
+        help="Server URL; repeat (or separate with commas) for replicas. Default: $RERANK_KIT_URL.",
+    ),
 ]
 ClientKeyOpt = Annotated[
-    str | None, typer.Option("--api-key", help="Bearer key. Default: $RERANK_KIT_API_KEY (preferred: not visible in ps).")
+    str | None,
+    typer.Option("--api-key", help="Bearer key. Default: $RERANK_KIT_API_KEY (preferred: not visible in ps)."),
 ]
 ModelNameOpt = Annotated[str | None, typer.Option("--model", help="Model name to send (default: ask the server).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -468,7 +625,9 @@ def score_cmd(
         return
     table = Table("index", "score", "query", "document", title=response.model)
     for i, score in enumerate(response.scores):
-        table.add_row(str(i), f"{score:.4f}", _snippet(query[0] if len(query) == 1 else query[i], 30), _snippet(texts[i], 70))
+        table.add_row(
+            str(i), f"{score:.4f}", _snippet(query[0] if len(query) == 1 else query[i], 30), _snippet(texts[i], 70)
+        )
     out.print(table)
 
 
@@ -482,8 +641,13 @@ def health_cmd(url: UrlOpt = None, api_key: ClientKeyOpt = None, as_json: JsonOp
     else:
         table = Table("url", "healthy", "models", "vLLM", "latency")
         for s in statuses:
-            table.add_row(s.url, "yes" if s.healthy else f"no ({s.error or 'unhealthy'})", ", ".join(s.models) or "-",
-                          s.version or "-", f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "-")
+            table.add_row(
+                s.url,
+                "yes" if s.healthy else f"no ({s.error or 'unhealthy'})",
+                ", ".join(s.models) or "-",
+                s.version or "-",
+                f"{s.latency_ms:.0f} ms" if s.latency_ms is not None else "-",
+            )
         out.print(table)
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)
@@ -499,9 +663,8 @@ def batch_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Rerank many cases from one file; print the top results of each."""
-    from rerank_kit.inputs import load_cases
-
     from rerank_kit.errors import InvalidInputError
+    from rerank_kit.inputs import load_cases
 
     cases = run(load_cases, cases_file)
     report = []
@@ -521,26 +684,48 @@ def batch_cmd(
                 fail(f"{name}: {exc}")
             report.append((name, case, response))
     if as_json:
-        print(json.dumps([{"name": name, "query": case["query"], **response.model_dump()} for name, case, response in report],
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                [{"name": name, "query": case["query"], **response.model_dump()} for name, case, response in report],
+                indent=2,
+                default=str,
+            )
+        )
         return
     table = Table("case", "query", "rank", "index", "score", "document")
     for name, case, response in report:
         for n, r in enumerate(response.results, 1):
-            table.add_row(name if n == 1 else "", _snippet(case["query"], 40) if n == 1 else "", str(n), str(r.index),
-                          f"{r.relevance_score:.4f}", _snippet(r.text, 60))
+            table.add_row(
+                name if n == 1 else "",
+                _snippet(case["query"], 40) if n == 1 else "",
+                str(n),
+                str(r.index),
+                f"{r.relevance_score:.4f}",
+                _snippet(r.text, 60),
+            )
     out.print(table)
 
 
 @app.command("verify")
 def verify_cmd(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="The served model's recipe id, or a local directory with --family.")],
+    model: Annotated[
+        str, typer.Argument(metavar="MODEL", help="The served model's recipe id, or a local directory with --family.")
+    ],
     url: UrlOpt = None,
     family: FamilyOpt = None,
-    weights: Annotated[str | None, typer.Option(help="Local directory with the same weights (default: the model path or the Hugging Face cache).")] = None,
-    instruction: Annotated[str | None, typer.Option(help="Verify with this instruction (models that take one).")] = None,
-    tolerance: Annotated[float, typer.Option(help="Largest acceptable |Δscore| (bf16 servers: ~1e-2; float32: 1e-4).")] = 0.02,
-    served_model: Annotated[str | None, typer.Option("--served-model", help="Model name to send (default: ask the server).")] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Local directory with the same weights (default: the model path or the Hugging Face cache)."),
+    ] = None,
+    instruction: Annotated[
+        str | None, typer.Option(help="Verify with this instruction (models that take one).")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Largest acceptable |Δscore| (bf16 servers: ~1e-2; float32: 1e-4).")
+    ] = 0.02,
+    served_model: Annotated[
+        str | None, typer.Option("--served-model", help="Model name to send (default: ask the server).")
+    ] = None,
     api_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -596,22 +781,36 @@ def _levels(text: str) -> list[int]:
 def bench_cmd(
     ctx: typer.Context,
     url: UrlOpt = None,
-    concurrency: Annotated[str, typer.Option(help="In-flight requests (closed loop); a list like 1,4,16,64 sweeps.")] = "16",
-    requests: Annotated[int | None, typer.Option(help="Measured requests per level (default: one pass over the workload).")] = None,
-    duration: Annotated[float | None, typer.Option(help="Measure for this many seconds instead of a request count.")] = None,
+    concurrency: Annotated[
+        str, typer.Option(help="In-flight requests (closed loop); a list like 1,4,16,64 sweeps.")
+    ] = "16",
+    requests: Annotated[
+        int | None, typer.Option(help="Measured requests per level (default: one pass over the workload).")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Measure for this many seconds instead of a request count.")
+    ] = None,
     rate: Annotated[float | None, typer.Option(help="Open loop: Poisson arrivals at this many requests/s.")] = None,
-    workload: Annotated[str, typer.Option(help="random, a JSON/JSONL file of {query, documents}, or beir:DIR (beir:NAME downloads).")] = "random",
-    docs_per_request: Annotated[int, typer.Option("--docs-per-request", help="Documents per request (random; top-k for beir:).")] = 100,
+    workload: Annotated[
+        str, typer.Option(help="random, a JSON/JSONL file of {query, documents}, or beir:DIR (beir:NAME downloads).")
+    ] = "random",
+    docs_per_request: Annotated[
+        int, typer.Option("--docs-per-request", help="Documents per request (random; top-k for beir:).")
+    ] = 100,
     doc_tokens: Annotated[int, typer.Option("--doc-tokens", help="Tokens per random document.")] = 120,
     cases: Annotated[int, typer.Option(help="Distinct random requests generated.")] = 64,
     warmup: Annotated[int, typer.Option(help="Requests sent first and not counted.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed for the random workload and open-loop arrivals.")] = 0,
     model: ModelNameOpt = None,
     api_key: ClientKeyOpt = None,
-    max_retries: Annotated[int | None, typer.Option("--max-retries", help="Client retries per request (default: the client's).")] = None,
+    max_retries: Annotated[
+        int | None, typer.Option("--max-retries", help="Client retries per request (default: the client's).")
+    ] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="Write the full report as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Sweep plot (PNG) path; default next to --out.")] = None,
-    compare: Annotated[tuple[Path, Path] | None, typer.Option(help="Print two saved reports side by side and exit.")] = None,
+    compare: Annotated[
+        tuple[Path, Path] | None, typer.Option(help="Print two saved reports side by side and exit.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Benchmark a rerank endpoint (see `rerank-kit bench --help`)."""
@@ -642,9 +841,20 @@ def bench_cmd(
     reports = []
     for level in levels:
         config = BenchConfig(
-            urls=urls, api_key=api_key, model=model, workload=workload, docs_per_request=docs_per_request,
-            doc_tokens=doc_tokens, cases=cases, seed=seed, concurrency=level, rate=rate, requests=requests,
-            duration=duration, warmup=warmup, max_retries=max_retries,
+            urls=urls,
+            api_key=api_key,
+            model=model,
+            workload=workload,
+            docs_per_request=docs_per_request,
+            doc_tokens=doc_tokens,
+            cases=cases,
+            seed=seed,
+            concurrency=level,
+            rate=rate,
+            requests=requests,
+            duration=duration,
+            warmup=warmup,
+            max_retries=max_retries,
         )
         report = _run_bench_level(config, wl)
         report["command"] = shlex.join(["rerank-kit", *sys.argv[1:]])
@@ -684,8 +894,13 @@ def _run_bench_level(config: Any, workload: Any) -> dict[str, Any]:
     total = config.requests or (None if config.duration else len(workload.cases))
     label = f"rate {config.rate}/s" if config.rate else f"concurrency {config.concurrency}"
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
-        TextColumn("{task.fields[live]}"), TimeElapsedColumn(), console=err, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} requests"),
+        TextColumn("{task.fields[live]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
     ) as bar:
         task = bar.add_task(label, total=total or config.duration, live="warming up")
         stats = {"ok": 0, "errors": 0, "pairs": 0}
@@ -722,8 +937,14 @@ def bench_build_cmd(
     """Build a reranking workload from a BEIR dataset: BM25 (bm25s) top-k candidates per query, with qrels."""
     from rerank_kit.bench.workloads import build_beir_workload, write_workload
 
-    wl = run(build_beir_workload, dataset, top_k=top_k, split=split, max_queries=max_queries,
-             progress=lambda m: err.print(m, highlight=False))
+    wl = run(
+        build_beir_workload,
+        dataset,
+        top_k=top_k,
+        split=split,
+        max_queries=max_queries,
+        progress=lambda m: err.print(m, highlight=False),
+    )
     write_workload(wl, out)
     judged = len(wl.qrels or {})
     err.print(f"Wrote {len(wl.cases)} queries x top-{top_k} candidates ({judged} judged) to {out}", highlight=False)

@@ -125,9 +125,18 @@ class RerankClient(_Base):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(
-            base_url, api_key=api_key, modal_key=modal_key, modal_secret=modal_secret, model=model, timeout=timeout,
-            max_retries=max_retries, max_docs_per_request=max_docs_per_request, max_concurrency=max_concurrency,
-            cooldown=cooldown, headers=headers, transport=transport,
+            base_url,
+            api_key=api_key,
+            modal_key=modal_key,
+            modal_secret=modal_secret,
+            model=model,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_docs_per_request=max_docs_per_request,
+            max_concurrency=max_concurrency,
+            cooldown=cooldown,
+            headers=headers,
+            transport=transport,
         )
         self._http = httpx.Client(
             headers=self._config.request_headers(),
@@ -192,8 +201,13 @@ class RerankClient(_Base):
         split into concurrent requests and merged; identical documents are scored once.
         """
         plan = _core.plan_rerank(
-            query, documents, top_n=top_n, instruction=instruction, max_tokens_per_doc=max_tokens_per_doc,
-            return_documents=return_documents, max_docs_per_request=self._config.max_docs_per_request,
+            query,
+            documents,
+            top_n=top_n,
+            instruction=instruction,
+            max_tokens_per_doc=max_tokens_per_doc,
+            return_documents=return_documents,
+            max_docs_per_request=self._config.max_docs_per_request,
         )
         name = self._resolve_model(model)
         if not plan.unique_texts:
@@ -201,7 +215,9 @@ class RerankClient(_Base):
         _core.check_instruction(name, instruction)
 
         def send(chunk: int) -> Any:
-            return self._request("POST", _core.RERANK_PATH, plan.payload(chunk, name), timeout=timeout, max_retries=max_retries)
+            return self._request(
+                "POST", _core.RERANK_PATH, plan.payload(chunk, name), timeout=timeout, max_retries=max_retries
+            )
 
         if len(plan.chunks) == 1:
             bodies = [send(0)]
@@ -237,11 +253,21 @@ class RerankClient(_Base):
             try:
                 ok = self._http.get(f"{url}/health", timeout=timeout).status_code == 200
                 latency = (time.perf_counter() - start) * 1000
-                models = _core.parse_models(self._http.get(f"{url}{_core.MODELS_PATH}", timeout=timeout).json()) if ok else []
+                models = (
+                    _core.parse_models(self._http.get(f"{url}{_core.MODELS_PATH}", timeout=timeout).json())
+                    if ok
+                    else []
+                )
                 version = self._http.get(f"{url}/version", timeout=timeout).json().get("version") if ok else None
                 statuses.append(HealthStatus(url=url, healthy=ok, models=models, version=version, latency_ms=latency))
             except (httpx.HTTPError, ValueError, APIError) as exc:
-                statuses.append(HealthStatus(url=url, healthy=False, error=str(_translate(exc, url)) if isinstance(exc, httpx.HTTPError) else str(exc)))
+                statuses.append(
+                    HealthStatus(
+                        url=url,
+                        healthy=False,
+                        error=str(_translate(exc, url)) if isinstance(exc, httpx.HTTPError) else str(exc),
+                    )
+                )
         return statuses
 
     def close(self) -> None:
@@ -257,8 +283,8 @@ class RerankClient(_Base):
 class AsyncRerankClient(_Base):
     """The asyncio twin of :class:`RerankClient`, with the same methods as coroutines.
 
-        async with AsyncRerankClient("http://127.0.0.1:8000") as client:
-            response = await client.rerank(query, documents, top_n=5)
+    async with AsyncRerankClient("http://127.0.0.1:8000") as client:
+        response = await client.rerank(query, documents, top_n=5)
     """
 
     def __init__(
@@ -278,9 +304,18 @@ class AsyncRerankClient(_Base):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(
-            base_url, api_key=api_key, modal_key=modal_key, modal_secret=modal_secret, model=model, timeout=timeout,
-            max_retries=max_retries, max_docs_per_request=max_docs_per_request, max_concurrency=max_concurrency,
-            cooldown=cooldown, headers=headers, transport=transport,
+            base_url,
+            api_key=api_key,
+            modal_key=modal_key,
+            modal_secret=modal_secret,
+            model=model,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_docs_per_request=max_docs_per_request,
+            max_concurrency=max_concurrency,
+            cooldown=cooldown,
+            headers=headers,
+            transport=transport,
         )
         self._http = httpx.AsyncClient(
             headers=self._config.request_headers(),
@@ -340,8 +375,13 @@ class AsyncRerankClient(_Base):
     ) -> RerankResponse:
         """See :meth:`RerankClient.rerank`."""
         plan = _core.plan_rerank(
-            query, documents, top_n=top_n, instruction=instruction, max_tokens_per_doc=max_tokens_per_doc,
-            return_documents=return_documents, max_docs_per_request=self._config.max_docs_per_request,
+            query,
+            documents,
+            top_n=top_n,
+            instruction=instruction,
+            max_tokens_per_doc=max_tokens_per_doc,
+            return_documents=return_documents,
+            max_docs_per_request=self._config.max_docs_per_request,
         )
         name = await self._resolve_model(model)
         if not plan.unique_texts:
@@ -390,10 +430,18 @@ class AsyncRerankClient(_Base):
                     if ok
                     else []
                 )
-                version = (await self._http.get(f"{url}/version", timeout=timeout)).json().get("version") if ok else None
+                version = (
+                    (await self._http.get(f"{url}/version", timeout=timeout)).json().get("version") if ok else None
+                )
                 statuses.append(HealthStatus(url=url, healthy=ok, models=models, version=version, latency_ms=latency))
             except (httpx.HTTPError, ValueError, APIError) as exc:
-                statuses.append(HealthStatus(url=url, healthy=False, error=str(_translate(exc, url)) if isinstance(exc, httpx.HTTPError) else str(exc)))
+                statuses.append(
+                    HealthStatus(
+                        url=url,
+                        healthy=False,
+                        error=str(_translate(exc, url)) if isinstance(exc, httpx.HTTPError) else str(exc),
+                    )
+                )
         return statuses
 
     async def aclose(self) -> None:

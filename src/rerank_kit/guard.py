@@ -83,9 +83,13 @@ def check_scoring_body(raw: bytes, limits: Limits) -> None:
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise RejectedRequest(400, f"the request body is not valid UTF-8 (byte {exc.start})", "BadRequestError") from None
+        raise RejectedRequest(
+            400, f"the request body is not valid UTF-8 (byte {exc.start})", "BadRequestError"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise RejectedRequest(400, f"the request body is not valid JSON ({exc.msg} at line {exc.lineno})", "BadRequestError") from None
+        raise RejectedRequest(
+            400, f"the request body is not valid JSON ({exc.msg} at line {exc.lineno})", "BadRequestError"
+        ) from None
     if not isinstance(body, dict):
         raise RejectedRequest(400, "the request body must be a JSON object", "BadRequestError")
     for name in _TEXT_LIST_FIELDS:
@@ -120,8 +124,11 @@ async def _send_error(send: Send, error: RejectedRequest, headers: list[tuple[by
         {
             "type": "http.response.start",
             "status": error.status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                        *(headers or [])],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})
@@ -158,7 +165,9 @@ class RerankKitGuard:
                 return
             await _send_error(
                 send,
-                RejectedRequest(401, "a valid API key is required: send 'Authorization: Bearer <key>'", "AuthenticationError"),
+                RejectedRequest(
+                    401, "a valid API key is required: send 'Authorization: Bearer <key>'", "AuthenticationError"
+                ),
                 [(b"www-authenticate", b"Bearer")],
             )
             return
@@ -207,6 +216,7 @@ class RerankKitGuard:
 def _too_large(size: int, limit: int) -> RejectedRequest:
     return RejectedRequest(
         413,
-        f"the request body has {size:,} bytes or more; this server accepts at most {limit:,}: send fewer or shorter documents",
+        f"the request body has {size:,} bytes or more; this server accepts at most {limit:,}: "
+        "send fewer or shorter documents",
         "RequestTooLargeError",
     )

@@ -68,7 +68,7 @@ def load_documents(path: str | Path) -> list[str | dict[str, Any]]:
     for i, item in enumerate(items):
         if not isinstance(item, str) and not (isinstance(item, dict) and isinstance(item.get("text"), str)):
             raise InvalidInputError(
-                f"{path}: document {i} is {type(item).__name__}; use a string or an object with a \"text\" string"
+                f'{path}: document {i} is {type(item).__name__}; use a string or an object with a "text" string'
             )
     if not items:
         raise InvalidInputError(f"{path} holds no documents")
@@ -80,8 +80,12 @@ def load_cases(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     items = _json_items(path, _read(path))
     if not items:
-        raise InvalidInputError(f"{path}: expected a JSON list (or JSONL) of {{\"query\", \"documents\"}} objects")
+        raise InvalidInputError(f'{path}: expected a JSON list (or JSONL) of {{"query", "documents"}} objects')
     for i, case in enumerate(items):
-        if not isinstance(case, dict) or not isinstance(case.get("query"), str) or not isinstance(case.get("documents"), list):
-            raise InvalidInputError(f"{path}: case {i} needs a \"query\" string and a \"documents\" list")
+        if (
+            not isinstance(case, dict)
+            or not isinstance(case.get("query"), str)
+            or not isinstance(case.get("documents"), list)
+        ):
+            raise InvalidInputError(f'{path}: case {i} needs a "query" string and a "documents" list')
     return items

@@ -33,7 +33,7 @@ class K8sOptions:
     # Autoscale on in-flight requests per pod (vLLM's vllm:num_requests_running gauge, exported to
     # the custom metrics API by prometheus-adapter as vllm_num_requests_running).
     target_in_flight: int = 32
-    api_key_secret: str = "rerank-kit-api-key"
+    api_key_secret: str = "rerank-kit-api-key"  # noqa: S105 - the name of a Secret, not a key
     hf_cache_claim: str | None = None  # a PersistentVolumeClaim for weights; emptyDir when None
 
 
@@ -54,8 +54,16 @@ def manifests(recipe: Recipe, options: K8sOptions) -> list[dict[str, Any]]:
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "rerank-kit"}
     meta = {"name": name, "labels": labels, **({"namespace": options.namespace} if options.namespace else {})}
     args = [
-        "serve", recipe.model_id, "--host", "0.0.0.0", "--port", str(PORT), "--device", "cuda",
-        "--api-key-file", f"{KEY_MOUNT}/api-key",
+        "serve",
+        recipe.model_id,
+        "--host",
+        "0.0.0.0",  # noqa: S104 - inside the pod; the Service and the API key guard it
+        "--port",
+        str(PORT),
+        "--device",
+        "cuda",
+        "--api-key-file",
+        f"{KEY_MOUNT}/api-key",
     ]
     if options.gpus > 1:
         args += ["--tensor-parallel-size", str(options.gpus)]
@@ -89,13 +97,18 @@ def manifests(recipe: Recipe, options: K8sOptions) -> list[dict[str, Any]]:
                             "volumeMounts": [
                                 {"name": "api-key", "mountPath": KEY_MOUNT, "readOnly": True},
                                 {"name": "hf-cache", "mountPath": "/home/rerank/.cache/huggingface"},
-                                {"name": "shm", "mountPath": "/dev/shm"},
+                                {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108 - a memory volume for torch
                             ],
                         }
                     ],
                     "volumes": [
-                        {"name": "api-key", "secret": {"secretName": options.api_key_secret,
-                                                       "items": [{"key": "api-key", "path": "api-key"}]}},
+                        {
+                            "name": "api-key",
+                            "secret": {
+                                "secretName": options.api_key_secret,
+                                "items": [{"key": "api-key", "path": "api-key"}],
+                            },
+                        },
                         {"name": "hf-cache", **hf_cache},
                         # vLLM uses shared memory between its processes.
                         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
@@ -143,6 +156,7 @@ def to_yaml(docs: list[dict[str, Any]], recipe: Recipe) -> str:
         "# with the API key (kubectl create secret generic rerank-kit-api-key --from-literal=api-key=...),\n"
         "# and prometheus-adapter exposing vllm:num_requests_running as vllm_num_requests_running for the HPA.\n"
     )
+
     class Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data: Any) -> bool:  # plain YAML, no &anchors for shared label dicts
             return True

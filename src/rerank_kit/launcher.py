@@ -227,7 +227,7 @@ def _api_key_ref(options: ServeOptions) -> EnvRef | None:
                 raise ConfigError(f"API key file {str(path)!r} is empty")
             return key
 
-        return EnvRef(shell=f'"$(cat {shlex.quote(str(path))})"', resolve=read)
+        return EnvRef(shell=f'"$(cat {shlex.quote(str(path))})"', resolve=read)  # noqa: S604 - printed text
     if options.api_key_env:
         name = options.api_key_env
 
@@ -237,7 +237,7 @@ def _api_key_ref(options: ServeOptions) -> EnvRef | None:
                 raise ConfigError(f"environment variable {name} is empty: it should hold the API key")
             return value
 
-        return EnvRef(shell=f'"${name}"', resolve=read_env)
+        return EnvRef(shell=f'"${name}"', resolve=read_env)  # noqa: S604 - printed text, never run
     return None
 
 
@@ -351,7 +351,7 @@ def build_command(
             env[name] = str(value)  # read by rerank_kit.guard in the server
 
     argv += list(options.extra_args)
-    host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host  # noqa: S104 - a comparison
     return Command(argv=argv, env=env, choices=choices, recipe=recipe, url=f"http://{host}:{options.port}")
 
 
@@ -381,7 +381,9 @@ def replica_commands(
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(machine.cpu_count))
     per_cpu = len(cores) // replicas
     if gpu and machine.gpus < per_gpu * replicas:
-        raise ConfigError(f"{replicas} replicas x {per_gpu} GPUs each need {per_gpu * replicas} GPUs; this machine has {machine.gpus}")
+        raise ConfigError(
+            f"{replicas} replicas x {per_gpu} GPUs each need {per_gpu * replicas} GPUs; this machine has {machine.gpus}"
+        )
     if not gpu and per_cpu < 1:
         raise ConfigError(f"{replicas} CPU replicas need at least {replicas} cores; this machine has {len(cores)}")
     for i in range(replicas):
@@ -405,14 +407,20 @@ def replica_commands(
     return commands
 
 
-def start_replicas(commands: Sequence[Command], *, timeout: float = DEFAULT_START_TIMEOUT,
-                   on_wait: Callable[[float], None] | None = None) -> list[ServerRecord]:
+def start_replicas(
+    commands: Sequence[Command],
+    *,
+    timeout: float = DEFAULT_START_TIMEOUT,
+    on_wait: Callable[[float], None] | None = None,
+) -> list[ServerRecord]:
     """Start every command as a daemon, concurrently; if one fails, stop the others and raise."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(len(commands)) as pool:
-        futures = [pool.submit(start_daemon, c, timeout=timeout, on_wait=on_wait if i == 0 else None)
-                   for i, c in enumerate(commands)]
+        futures = [
+            pool.submit(start_daemon, c, timeout=timeout, on_wait=on_wait if i == 0 else None)
+            for i, c in enumerate(commands)
+        ]
         errors = [f.exception() for f in futures]
     records = [f.result() for f, e in zip(futures, errors, strict=True) if e is None]
     failed = [e for e in errors if e is not None]
@@ -453,7 +461,8 @@ _FAILURE_HINTS: tuple[tuple[str, str], ...] = (
     (r"Address already in use", "another process took the port: choose another --port"),
     (
         r"trust_remote_code|trust-remote-code",
-        "the model needs remote code: serve it with a recipe that sets trust_remote_code, or pass -- --trust-remote-code",
+        "the model needs remote code: serve it with a recipe that sets trust_remote_code, "
+        "or pass -- --trust-remote-code",
     ),
     (
         r"LocalEntryNotFoundError|couldn't connect to 'https://huggingface.co'|OfflineModeIsEnabled|"
@@ -463,7 +472,10 @@ _FAILURE_HINTS: tuple[tuple[str, str], ...] = (
     ),
     (r"CUDA out of memory|OutOfMemoryError", "lower --max-model-len, or use a larger GPU"),
     (r"greater than the derived max_model_len", "lower --max-model-len to what the model supports"),
-    (r"unrecognized arguments|error: argument", "the installed vLLM rejected a flag: check `rerank-kit cmd` and the vLLM version"),
+    (
+        r"unrecognized arguments|error: argument",
+        "the installed vLLM rejected a flag: check `rerank-kit cmd` and the vLLM version",
+    ),
     (r"No module named 'vllm'", "vLLM is not installed in this environment: pip install 'rerank-kit[cpu]' (or [gpu])"),
 )
 
@@ -668,8 +680,13 @@ def start_daemon(
     with log_path.open("wb") as log:
         # A new session puts vLLM's API server, engine core and workers in one process group,
         # so `down` can stop all of them.
-        proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
-            command.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        proc = subprocess.Popen(
+            command.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
     record = ServerRecord(
         port=port,
@@ -682,7 +699,9 @@ def start_daemon(
     )
     record.save()
     try:
-        wait_healthy(command.url, timeout=timeout, alive=lambda: proc.poll() is None, log_path=log_path, on_wait=on_wait)
+        wait_healthy(
+            command.url, timeout=timeout, alive=lambda: proc.poll() is None, log_path=log_path, on_wait=on_wait
+        )
     except BaseException:
         stop_process_group(proc.pid)
         record.remove()
@@ -710,14 +729,21 @@ def run_foreground(command: Command) -> None:
 
 
 @contextlib.contextmanager
-def serving(command: Command, *, timeout: float = DEFAULT_START_TIMEOUT, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def serving(
+    command: Command, *, timeout: float = DEFAULT_START_TIMEOUT, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` for the duration of a ``with`` block (used by tests and benchmarks)."""
     port = int(command.argv[command.argv.index("--port") + 1])
     host = command.argv[command.argv.index("--host") + 1]
     check_port_free(host, port)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(  # noqa: S603
-            command.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=command.environ(), start_new_session=True
+        proc = subprocess.Popen(
+            command.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=command.environ(),
+            start_new_session=True,
         )
     try:
         wait_healthy(command.url, timeout=timeout, alive=lambda: proc.poll() is None, log_path=log_path)

@@ -235,6 +235,8 @@ def cpu_choices(
         libs = [lib for lib in (machine.tcmalloc,) if lib]
         if libs:
             choices.append(
-                Choice("env", "LD_PRELOAD", ":".join(libs), "tcmalloc found: vLLM's CPU backend allocates faster with it")
+                Choice(
+                    "env", "LD_PRELOAD", ":".join(libs), "tcmalloc found: vLLM's CPU backend allocates faster with it"
+                )
             )
     return choices

@@ -74,7 +74,9 @@ def rank_offline(
     from vllm import LLM, PoolingParams  # imported late: seconds of start-up and torch
 
     llm = LLM(**kwargs)  # type: ignore[arg-type]
-    pooling = PoolingParams(extra_kwargs={"chat_template_kwargs": {"instruction": instruction}}) if instruction else None
+    pooling = (
+        PoolingParams(extra_kwargs={"chat_template_kwargs": {"instruction": instruction}}) if instruction else None
+    )
     outputs = llm.score(query, list(documents), use_tqdm=False, chat_template=template, pooling_params=pooling)
     ranked = sorted(
         (RankedDocument(i, float(out.outputs.score), documents[i]) for i, out in enumerate(outputs)),

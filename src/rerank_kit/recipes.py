@@ -312,16 +312,12 @@ def get_recipe(model: str, family: str | None = None) -> Recipe:
         try:
             return FAMILIES[family].with_model(model)
         except KeyError:
-            raise UnknownModelError(
-                f"unknown family {family!r}. Known families: {', '.join(FAMILIES)}"
-            ) from None
+            raise UnknownModelError(f"unknown family {family!r}. Known families: {', '.join(FAMILIES)}") from None
     try:
         return RECIPES[model]
     except KeyError:
         pass
-    hint = (
-        "it is a local directory" if Path(model).expanduser().is_dir() else "it is not in the recipe table"
-    )
+    hint = "it is a local directory" if Path(model).expanduser().is_dir() else "it is not in the recipe table"
     raise UnknownModelError(
         f"no recipe for {model!r} ({hint}). Pass --family NAME to serve it with a family's recipe; "
         f"families: {', '.join(FAMILIES)}. Known models: {', '.join(RECIPES)}"

@@ -115,7 +115,14 @@ class Reference:
             tok = self._tokenizer
             bos = [tok.bos_token_id] if tok.bos_token_id is not None and tok.bos_token_id != tok.pad_token_id else []
             sep = self._ids("\n")
-            return bos + self._ids(f"A: {query}") + sep + self._ids(f"B: {document}") + sep + self._ids(instruction or GEMMA_PROMPT)
+            return (
+                bos
+                + self._ids(f"A: {query}")
+                + sep
+                + self._ids(f"B: {document}")
+                + sep
+                + self._ids(instruction or GEMMA_PROMPT)
+            )
         raise ConfigError(f"no reference prompt for family {self.family!r}")
 
     # --- scores ------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ VERIFY_QUERIES = [
 ]
 VERIFY_DOCUMENTS = [
     "vLLM is a fast and easy-to-use library for LLM inference and serving.",
-    "A cross-encoder reads the query and the document together and outputs one relevance score.\nIt is slower than a bi-encoder.",
+    "A cross-encoder reads the query and the document together and outputs one relevance score.\n"
+    "It is slower than a bi-encoder.",
     "Harper Lee wrote To Kill a Mockingbird, published in 1960.",
     "Der Mount Everest ist mit 8849 Metern der höchste Berg der Erde.",
     "def rerank(query, docs):\n    return sorted(docs, key=score, reverse=True)",
@@ -95,7 +96,9 @@ def verify(
         for i, (s, e) in enumerate(zip(served, expected, strict=True)):
             rows.append({"query": query, "document": i, "served": s, "reference": e, "abs_diff": abs(s - e)})
         taus.append(kendall_tau(served, expected))
-        top1.append(max(range(len(served)), key=served.__getitem__) == max(range(len(expected)), key=expected.__getitem__))
+        top1.append(
+            max(range(len(served)), key=served.__getitem__) == max(range(len(expected)), key=expected.__getitem__)
+        )
     diffs = [r["abs_diff"] for r in rows]
     return VerifyReport(
         model=served_model,
@@ -126,7 +129,7 @@ def local_weights(recipe: Recipe, weights: str | None = None) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(resolved, local_files_only=True))
-    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises several types for "not cached"
+    except Exception as exc:
         raise ConfigError(
             f"the weights of {resolved} are not on this machine: `huggingface-cli download {resolved}` "
             "(or pass --weights DIR) so the reference can run locally"

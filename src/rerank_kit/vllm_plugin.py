@@ -51,7 +51,8 @@ def _template_uses(template: str | None, name: str) -> bool:
     from jinja2 import meta
 
     try:
-        return name in meta.find_undeclared_variables(jinja2.Environment().parse(template))
+        # parsed for its variable names only, never rendered to HTML
+        return name in meta.find_undeclared_variables(jinja2.Environment().parse(template))  # noqa: S701
     except jinja2.TemplateSyntaxError:
         return name in template
 
@@ -145,11 +146,13 @@ def _piecewise_cross_encoder(base: type) -> type:
             self._frame = _special_token_frame(self.tokenizer)
             if self._piecewise:
                 if self.chat_template is None:
-                    logger.warning("rerank-kit: %s=true but no --chat-template: scores use vLLM's default prompt", PIECEWISE_KEY)
+                    logger.warning(
+                        "rerank-kit: %s=true but no --chat-template: scores use vLLM's default prompt", PIECEWISE_KEY
+                    )
                 else:
                     logger.info(ACTIVE_MESSAGE)
 
-        def get_score_prompt(  # noqa: PLR0913 - vLLM's signature
+        def get_score_prompt(
             self,
             data_1: Any,
             data_2: Any,
@@ -160,7 +163,15 @@ def _piecewise_cross_encoder(base: type) -> type:
             chat_template_kwargs: dict[str, Any] | None = None,
         ) -> Any:
             _check_instruction(chat_template, chat_template_kwargs)
-            args = (data_1, data_2, encode_kwargs, chat_template, max_tokens_per_query, max_tokens_per_doc, chat_template_kwargs)
+            args = (
+                data_1,
+                data_2,
+                encode_kwargs,
+                chat_template,
+                max_tokens_per_query,
+                max_tokens_per_doc,
+                chat_template_kwargs,
+            )
             if not (self._piecewise and chat_template is not None):
                 return super().get_score_prompt(*args)
             query, document, mm_data, _ = parse_score_data(data_1, data_2, self.model_config)

@@ -69,7 +69,9 @@ async def _one(client: AsyncRerankClient, workload: Workload, index: int, intend
     try:
         response = await client.rerank(case.query, case.documents, instruction=case.instruction, return_documents=False)
     except RerankKitError as exc:
-        return Sample(index % len(workload.cases), intended, started, time.perf_counter(), ok=False, error=error_kind(exc))
+        return Sample(
+            index % len(workload.cases), intended, started, time.perf_counter(), ok=False, error=error_kind(exc)
+        )
     finished = time.perf_counter()
     scores = None
     if keep:
@@ -77,8 +79,14 @@ async def _one(client: AsyncRerankClient, workload: Workload, index: int, intend
         for r in response.results:
             scores[r.index] = r.relevance_score
     return Sample(
-        index % len(workload.cases), intended, started, finished, ok=True, pairs=len(case.documents),
-        tokens=response.usage.prompt_tokens, scores=scores,
+        index % len(workload.cases),
+        intended,
+        started,
+        finished,
+        ok=True,
+        pairs=len(case.documents),
+        tokens=response.usage.prompt_tokens,
+        scores=scores,
     )
 
 
@@ -109,7 +117,13 @@ async def run_load(
         samples = await _open(client, workload, config, deadline=deadline, stop=stop, progress=progress)
     else:
         samples = await _closed(
-            client, workload, config, count=config.requests, deadline=deadline, stop=stop, progress=progress,
+            client,
+            workload,
+            config,
+            count=config.requests,
+            deadline=deadline,
+            stop=stop,
+            progress=progress,
             offset=config.warmup,
         )
     return LoadResult(samples=samples, wall=time.perf_counter() - start, interrupted=stop.is_set(), warmup_samples=warm)

@@ -1,7 +1,7 @@
 """Throughput, latency and retrieval-quality numbers from measured samples.
 
-    >>> percentile([1.0, 2.0, 3.0, 4.0], 50)
-    2.5
+>>> percentile([1.0, 2.0, 3.0, 4.0], 50)
+2.5
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "tokens_per_s": sum(s.tokens for s in ok) / wall,
         "tokens_per_pair": (sum(s.tokens for s in ok) / max(1, sum(s.pairs for s in ok))) if ok else math.nan,
         "latency_ms": {f"p{q}": percentile(latencies, q) for q in PERCENTILES}
-        | {"mean": (sum(latencies) / len(latencies)) if latencies else math.nan, "max": max(latencies, default=math.nan)},
+        | {
+            "mean": (sum(latencies) / len(latencies)) if latencies else math.nan,
+            "max": max(latencies, default=math.nan),
+        },
         "interrupted": result.interrupted,
     }
     return summary

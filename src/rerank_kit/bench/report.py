@@ -25,7 +25,19 @@ def summary_table(report: dict[str, Any]) -> Table:
     s = report["summary"]
     lat = s["latency_ms"]
     table = Table(title=f"{_model(report)} | {report['workload']['description']}", show_header=True)
-    for col in ("concurrency", "rate", "req/s", "pairs/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "ok", "errors"):
+    for col in (
+        "concurrency",
+        "rate",
+        "req/s",
+        "pairs/s",
+        "tokens/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "ok",
+        "errors",
+    ):
         table.add_column(col, justify="right")
     table.add_row(*_row(report, s, lat))
     return table
@@ -83,7 +95,19 @@ def replica_table(report: dict[str, Any]) -> Table | None:
 
 def sweep_table(reports: Sequence[dict[str, Any]]) -> Table:
     table = Table(title=f"Sweep: {_model(reports[0])} | {reports[0]['workload']['description']}")
-    for col in ("concurrency", "rate", "req/s", "pairs/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "ok", "errors"):
+    for col in (
+        "concurrency",
+        "rate",
+        "req/s",
+        "pairs/s",
+        "tokens/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "ok",
+        "errors",
+    ):
         table.add_column(col, justify="right")
     for report in reports:
         table.add_row(*_row(report, report["summary"], report["summary"]["latency_ms"]))

@@ -1,8 +1,8 @@
 """`rerank-kit bench`: run a workload against an endpoint and return a JSON-able report.
 
-    >>> import asyncio                                                  # doctest: +SKIP
-    >>> report = asyncio.run(run_bench(BenchConfig(urls=["http://127.0.0.1:8000"], concurrency=16)))
-    >>> report["summary"]["pairs_per_s"]
+>>> import asyncio                                                  # doctest: +SKIP
+>>> report = asyncio.run(run_bench(BenchConfig(urls=["http://127.0.0.1:8000"], concurrency=16)))
+>>> report["summary"]["pairs_per_s"]
 """
 
 from __future__ import annotations
@@ -96,18 +96,30 @@ async def run_bench(
 ) -> dict[str, Any]:
     """Run one load level and return the report (JSON-able)."""
     workload = workload or load_workload(
-        config.workload, docs_per_request=config.docs_per_request, doc_tokens=config.doc_tokens,
-        cases=config.cases, seed=config.seed,
+        config.workload,
+        docs_per_request=config.docs_per_request,
+        doc_tokens=config.doc_tokens,
+        cases=config.cases,
+        seed=config.seed,
     )
     largest = max(len(c.documents) for c in workload.cases)
     load = LoadConfig(
-        concurrency=config.concurrency, rate=config.rate, requests=config.requests, duration=config.duration,
-        warmup=config.warmup, seed=config.seed, keep_scores=workload.judged,
+        concurrency=config.concurrency,
+        rate=config.rate,
+        requests=config.requests,
+        duration=config.duration,
+        warmup=config.warmup,
+        seed=config.seed,
+        keep_scores=workload.judged,
     )
     # One request per case, exactly as the workload defines it: no client-side splitting.
     async with AsyncRerankClient(
-        config.urls, api_key=config.api_key, model=config.model, timeout=config.timeout,
-        max_retries=config.max_retries, max_docs_per_request=largest,
+        config.urls,
+        api_key=config.api_key,
+        model=config.model,
+        timeout=config.timeout,
+        max_retries=config.max_retries,
+        max_docs_per_request=largest,
     ) as client:
         result = await run_load(client, workload, load, on_progress=on_progress, stop=stop)
         replicas = client.replica_counts()
@@ -117,8 +129,12 @@ async def run_bench(
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(),
         "server": await asyncio.to_thread(server_facts, config.urls, config.api_key),
-        "workload": {"name": workload.name, "description": workload.description, "cases": len(workload.cases),
-                     **workload.params},
+        "workload": {
+            "name": workload.name,
+            "description": workload.description,
+            "cases": len(workload.cases),
+            **workload.params,
+        },
         "load": {k: v for k, v in asdict(load).items() if k != "keep_scores"},
         "summary": summarize(result),
         "quality": run_quality(workload, result),

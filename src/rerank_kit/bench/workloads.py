@@ -83,8 +83,13 @@ def random_workload(
         name="random",
         cases=built,
         description=f"{docs_per_request} docs x ~{doc_tokens} tokens, query ~{query_tokens} tokens, seed {seed}",
-        params={"docs_per_request": docs_per_request, "doc_tokens": doc_tokens, "query_tokens": query_tokens,
-                "seed": seed, "cases": cases},
+        params={
+            "docs_per_request": docs_per_request,
+            "doc_tokens": doc_tokens,
+            "query_tokens": query_tokens,
+            "seed": seed,
+            "cases": cases,
+        },
     )
 
 
@@ -98,12 +103,26 @@ def file_workload(path: str | Path, docs_per_request: int | None = None) -> Work
         ids = item.get("doc_ids")
         first = item.get("first_stage")
         if docs_per_request:
-            texts, ids, first = texts[:docs_per_request], ids and ids[:docs_per_request], first and first[:docs_per_request]
-        cases.append(Case(query=item["query"], documents=texts, qid=item.get("qid"), doc_ids=ids,
-                          first_stage=first, instruction=item.get("instruction")))
+            texts, ids, first = (
+                texts[:docs_per_request],
+                ids and ids[:docs_per_request],
+                first and first[:docs_per_request],
+            )
+        cases.append(
+            Case(
+                query=item["query"],
+                documents=texts,
+                qid=item.get("qid"),
+                doc_ids=ids,
+                first_stage=first,
+                instruction=item.get("instruction"),
+            )
+        )
         if item.get("qid") is not None and item.get("qrels"):
             qrels[str(item["qid"])] = {str(k): int(v) for k, v in item["qrels"].items()}
-    return Workload(name=Path(path).name, cases=cases, qrels=qrels or None, description=f"{len(cases)} cases from {path}")
+    return Workload(
+        name=Path(path).name, cases=cases, qrels=qrels or None, description=f"{len(cases)} cases from {path}"
+    )
 
 
 # --- BEIR ------------------------------------------------------------------------------------------------
@@ -129,7 +148,7 @@ def resolve_beir_dataset(spec: str, download_dir: str | Path | None = None) -> P
     url = f"https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{spec}.zip"
     try:
         return Path(util.download_and_unzip(url, str(target)))
-    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+    except Exception as exc:
         raise ConfigError(f"cannot download BEIR dataset {spec!r} ({exc}); pass a local directory instead") from exc
 
 
@@ -174,8 +193,15 @@ def build_beir_workload(
     cases = []
     for row, qid in enumerate(qids):
         ids = [doc_ids[i] for i in hits[row]]
-        cases.append(Case(query=queries[qid], documents=[texts[i] for i in hits[row]], qid=qid, doc_ids=ids,
-                          first_stage=[float(s) for s in scores[row]]))
+        cases.append(
+            Case(
+                query=queries[qid],
+                documents=[texts[i] for i in hits[row]],
+                qid=qid,
+                doc_ids=ids,
+                first_stage=[float(s) for s in scores[row]],
+            )
+        )
     return Workload(
         name=f"beir:{path.name}",
         cases=cases,
@@ -201,12 +227,16 @@ def write_workload(workload: Workload, out: str | Path) -> Path:
     return out
 
 
-def load_workload(spec: str, *, docs_per_request: int = 100, doc_tokens: int = 120, cases: int = 64, seed: int = 0) -> Workload:
+def load_workload(
+    spec: str, *, docs_per_request: int = 100, doc_tokens: int = 120, cases: int = 64, seed: int = 0
+) -> Workload:
     """``random``, ``beir:DIR_OR_NAME`` or a path to a JSON/JSONL file."""
     if spec == "random":
         return random_workload(cases=cases, docs_per_request=docs_per_request, doc_tokens=doc_tokens, seed=seed)
     if spec.startswith("beir:"):
         return build_beir_workload(spec.removeprefix("beir:"), top_k=docs_per_request)
     if not Path(spec).exists():
-        raise ConfigError(f"workload {spec!r}: use 'random', 'beir:DIR' (or beir:NAME to download), or a JSON/JSONL file")
+        raise ConfigError(
+            f"workload {spec!r}: use 'random', 'beir:DIR' (or beir:NAME to download), or a JSON/JSONL file"
+        )
     return file_workload(spec, docs_per_request=None)

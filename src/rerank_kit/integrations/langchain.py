@@ -57,7 +57,9 @@ class RerankKitCompressor(BaseDocumentCompressor):
 
     def model_post_init(self, context: Any, /) -> None:
         if self.client is None and self.async_client is None:
-            raise ValueError("RerankKitCompressor needs client=RerankClient(...) or async_client=AsyncRerankClient(...)")
+            raise ValueError(
+                "RerankKitCompressor needs client=RerankClient(...) or async_client=AsyncRerankClient(...)"
+            )
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -67,8 +69,12 @@ class RerankKitCompressor(BaseDocumentCompressor):
         if self.client is None:
             raise ValueError("compress_documents needs a sync client: pass client=RerankClient(...)")
         response = self.client.rerank(
-            query, [d.page_content for d in documents], top_n=self.top_n, model=self.model,
-            instruction=self.instruction, return_documents=False,
+            query,
+            [d.page_content for d in documents],
+            top_n=self.top_n,
+            model=self.model,
+            instruction=self.instruction,
+            return_documents=False,
         )
         return _scored(documents, response)
 
@@ -80,7 +86,11 @@ class RerankKitCompressor(BaseDocumentCompressor):
         if not documents:
             return []
         response = await self.async_client.rerank(
-            query, [d.page_content for d in documents], top_n=self.top_n, model=self.model,
-            instruction=self.instruction, return_documents=False,
+            query,
+            [d.page_content for d in documents],
+            top_n=self.top_n,
+            model=self.model,
+            instruction=self.instruction,
+            return_documents=False,
         )
         return _scored(documents, response)

@@ -51,9 +51,13 @@ class RerankKitPostprocessor(BaseNodePostprocessor):
 
     def model_post_init(self, context: Any, /) -> None:
         if self.client is None and self.async_client is None:
-            raise ValueError("RerankKitPostprocessor needs client=RerankClient(...) or async_client=AsyncRerankClient(...)")
+            raise ValueError(
+                "RerankKitPostprocessor needs client=RerankClient(...) or async_client=AsyncRerankClient(...)"
+            )
 
-    def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         if query_bundle is None:
             raise ValueError("RerankKitPostprocessor needs the query: pass query_bundle or query_str")
         if not nodes:
@@ -61,8 +65,12 @@ class RerankKitPostprocessor(BaseNodePostprocessor):
         if self.client is None:
             raise ValueError("postprocess_nodes needs a sync client: pass client=RerankClient(...)")
         response = self.client.rerank(
-            query_bundle.query_str, _texts(nodes), top_n=self.top_n, model=self.model,
-            instruction=self.instruction, return_documents=False,
+            query_bundle.query_str,
+            _texts(nodes),
+            top_n=self.top_n,
+            model=self.model,
+            instruction=self.instruction,
+            return_documents=False,
         )
         return _scored(nodes, response)
 
@@ -76,7 +84,11 @@ class RerankKitPostprocessor(BaseNodePostprocessor):
         if not nodes:
             return []
         response = await self.async_client.rerank(
-            query_bundle.query_str, _texts(nodes), top_n=self.top_n, model=self.model,
-            instruction=self.instruction, return_documents=False,
+            query_bundle.query_str,
+            _texts(nodes),
+            top_n=self.top_n,
+            model=self.model,
+            instruction=self.instruction,
+            return_documents=False,
         )
         return _scored(nodes, response)
