@@ -170,6 +170,16 @@ def test_build_beir_workload_round_trips(tmp_path):
     assert back.qrels == wl.qrels
 
 
+def test_bench_against_a_closed_port_fails_at_once():
+    from rerank_kit.bench.runner import BenchConfig, run_bench
+    from rerank_kit.errors import APIConnectionError
+    from rerank_kit.launcher import free_port
+
+    config = BenchConfig(urls=[f"http://127.0.0.1:{free_port()}"], requests=2, cases=2, docs_per_request=2)
+    with pytest.raises(APIConnectionError, match="is the server running"):
+        asyncio.run(asyncio.wait_for(run_bench(config), timeout=20))
+
+
 def test_workload_file_keeps_documents_with_unicode_line_separators(tmp_path):
     # MS MARCO passages contain U+2028, which json.dumps(ensure_ascii=False) writes unescaped;
     # str.splitlines() would cut the JSONL line there.

@@ -2,10 +2,11 @@
 
 The server command is the single source of truth: its argv is parsed by vLLM's own argument
 parser into engine arguments, so `rerank-kit rank` and `rerank-kit serve` cannot disagree.
+Example (loads the model)::
 
-    >>> from rerank_kit.recipes import get_recipe                     # doctest: +SKIP
-    >>> rank_offline(get_recipe("BAAI/bge-reranker-base"), ServeOptions(),
-    ...              "what is vLLM?", ["an inference engine", "a fruit"])
+    from rerank_kit.recipes import get_recipe
+    rank_offline(get_recipe("BAAI/bge-reranker-base"), ServeOptions(),
+                 "what is vLLM?", ["an inference engine", "a fruit"])
 """
 
 from __future__ import annotations

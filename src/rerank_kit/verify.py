@@ -4,10 +4,11 @@ Sends a fixed set of query-document pairs to the server and compares its scores 
 computed here from the same weights (rerank_kit.reference): max |Δ|, mean |Δ| and rank agreement
 (Kendall's tau and top-1 match per query). A server without the right template or overrides
 misses by tenths; a correct bf16 server by about 1e-2; a correct float32 server by 1e-5.
+Example (needs a running server and the weights)::
 
-    >>> from rerank_kit import RerankClient                                # doctest: +SKIP
-    >>> report = verify(RerankClient("http://127.0.0.1:8000"), load_reference("qwen3-reranker", "/models/q3"))
-    >>> report.max_abs
+    from rerank_kit import RerankClient
+    report = verify(RerankClient("http://127.0.0.1:8000"), load_reference("qwen3-reranker", "/models/q3"))
+    report.max_abs
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`rerank-kit bench`: run a workload against an endpoint and return a JSON-able report.
 
->>> import asyncio                                                  # doctest: +SKIP
->>> report = asyncio.run(run_bench(BenchConfig(urls=["http://127.0.0.1:8000"], concurrency=16)))
->>> report["summary"]["pairs_per_s"]
+From Python (needs a running server)::
+
+    report = asyncio.run(run_bench(BenchConfig(urls=["http://127.0.0.1:8000"], concurrency=16)))
+    report["summary"]["pairs_per_s"]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rerank_kit.bench.loadgen import LoadConfig, Sample, run_load
 from rerank_kit.bench.metrics import run_quality, summarize
 from rerank_kit.bench.workloads import Workload, load_workload
 from rerank_kit.client import AsyncRerankClient
+from rerank_kit.errors import APIConnectionError
 
 
 @dataclass
@@ -87,6 +89,23 @@ def server_facts(urls: list[str], api_key: str | None = None) -> dict[str, Any]:
     return facts
 
 
+def check_reachable(urls: list[str], timeout: float = 5.0) -> None:
+    """Fail in seconds, not after a minute of retries, when an endpoint is not listening at all.
+
+    Only a refused or unresolvable connection fails; any HTTP answer (503 while loading, 401) passes,
+    so the client's retries still cover a server that is starting or restarting.
+    """
+    with httpx.Client(timeout=timeout) as http:
+        for url in urls:
+            try:
+                http.get(f"{url.rstrip('/')}/health")
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise APIConnectionError(
+                    f"cannot reach {url} ({exc}): is the server running? `rerank-kit status` lists the servers "
+                    "rerank-kit started; pass the base URL without /v1/rerank"
+                ) from None
+
+
 async def run_bench(
     config: BenchConfig,
     *,
@@ -95,6 +114,7 @@ async def run_bench(
     stop: asyncio.Event | None = None,
 ) -> dict[str, Any]:
     """Run one load level and return the report (JSON-able)."""
+    await asyncio.to_thread(check_reachable, config.urls)
     workload = workload or load_workload(
         config.workload,
         docs_per_request=config.docs_per_request,
