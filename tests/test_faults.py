@@ -1,4 +1,5 @@
-"""Real processes, real faults: a replica killed with SIGKILL mid-run, a server restarted mid-run.
+"""Real processes, real faults: a replica killed with SIGKILL mid-run, a server restarted mid-run,
+a slow replica.
 
 Two CPU servers of the MiniLM-L6 cross-encoder, started by rerank-kit's daemon launcher. The
 client must lose no request: failover while another replica is up, retries while none is.
@@ -6,6 +7,7 @@ client must lose no request: failover while another replica is up, retries while
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -131,3 +133,69 @@ def test_killed_replica_restarted_gets_traffic_again(replicas):
     counts = client.replica_counts()
     print(f"after restart: per replica {counts}")
     assert counts[victim.url] >= 5, counts
+
+
+class SlowProxy:
+    """A TCP proxy in front of a real replica that holds every client->server chunk for ``delay`` s.
+
+    vLLM cannot be made slow on demand; the proxy makes one replica slow without touching the other.
+    """
+
+    def __init__(self, upstream_port: int, delay: float):
+        self.upstream_port, self.delay = upstream_port, delay
+        self.port = launcher.free_port()
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _pipe(self, reader, writer, delay):
+        try:
+            while data := await reader.read(65536):
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, client_reader, client_writer):
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        await asyncio.gather(
+            self._pipe(client_reader, up_writer, self.delay), self._pipe(up_reader, client_writer, 0.0)
+        )
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        self._ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self):
+        self._thread.start()
+        self._ready.wait(10)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+def test_slow_replica_gets_less_traffic_and_costs_bounded_latency(replicas):
+    """One replica answers 3 s late; a 1 s per-request timeout moves its requests to the other one."""
+    _commands, records = replicas
+    fast = records[1]
+    with SlowProxy(records[0].port, delay=3.0) as slow_url:
+        client = RerankClient([slow_url, fast.url], timeout=1.0, cooldown=5.0, max_retries=4)
+        with Load(client, threads=4) as load:
+            _wait_for(lambda: load.ok >= 60, timeout=120)
+    counts = client.replica_counts()
+    slowest = max(load.latencies)
+    print(f"slow replica: {load.ok} requests, 0 lost; per replica {counts}; slowest {slowest:.2f} s")
+    assert load.errors == []
+    assert counts[slow_url] == 0  # no request finished there: each timed out and went to the fast one
+    assert counts[fast.url] >= 60
+    # a request pays at most one timeout (the slow replica then cools down) plus one fast answer
+    assert slowest < 1.0 + 3.0, slowest
