@@ -6,7 +6,7 @@ blocks so that machine noise hits both equally. The client's extra work: validat
 deduplicating documents, parsing the response into typed results with the caller's documents
 attached, and sorting.
 
-    .venv/bin/python bench/client_overhead.py --requests 3000 --out bench/out/client_overhead.json
+    .venv/bin/python bench/client_overhead.py --requests 3000 --out bench/results/client_overhead.json
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--docs", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "client_overhead.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "client_overhead.json")
     args = parser.parse_args()
 
     port = free_port()

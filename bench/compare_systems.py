@@ -12,7 +12,7 @@ pair), the same 64 seeded requests for everyone.
 Servers are measured closed-loop at --concurrency; in-process systems one request at a time (they
 use every core already). Rounds interleave the systems and the median is reported.
 
-    .venv/bin/python bench/compare_systems.py --rounds 3 --duration 45 --out bench/out/compare_systems.json
+    .venv/bin/python bench/compare_systems.py --rounds 3 --duration 45 --out bench/results/compare_systems.json
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=45.0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--only", nargs="*")
-    parser.add_argument("--out", type=Path, default=OUT / "compare_systems.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compare_systems.json")
     args = parser.parse_args()
 
     path = model_path()

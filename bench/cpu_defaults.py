@@ -6,7 +6,7 @@ request (~129 tokens per query-document pair), closed loop at concurrency 4, thr
 own load generator. Configurations run in interleaved rounds and the median is reported, because
 throughput on a shared 2-core VM moves by +-20 % between minutes.
 
-    .venv/bin/python bench/cpu_defaults.py --rounds 3 --duration 45 --out bench/out/cpu_defaults.json
+    .venv/bin/python bench/cpu_defaults.py --rounds 3 --duration 45 --out bench/results/cpu_defaults.json
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=45.0, help="measured seconds per configuration and round")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--only", nargs="*", help="run only these configurations")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "cpu_defaults.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cpu_defaults.json")
     args = parser.parse_args()
 
     path = model_path()

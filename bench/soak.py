@@ -4,7 +4,7 @@ Records errors, latency percentiles per minute and the server's memory (RSS of i
 group) every 10 s, to show that nothing leaks or degrades over time. Not part of CI (it takes the
 machine for 10+ minutes); results go to bench/RESULTS.md.
 
-    .venv/bin/python bench/soak.py --duration 600 --concurrency 64 --out bench/out/soak.json
+    .venv/bin/python bench/soak.py --duration 600 --concurrency 64 --out bench/results/soak.json
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=600)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--docs", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     args = parser.parse_args()
 
     import tiny_models
