@@ -19,6 +19,7 @@ from rerank_kit import client as client_mod
 from rerank_kit.client import AsyncRerankClient, RerankClient
 from rerank_kit.errors import (
     APIConnectionError,
+    APIError,
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
@@ -31,6 +32,7 @@ from rerank_kit.errors import (
     RequestTooLargeError,
     UnprocessableEntityError,
 )
+from rerank_kit.types import RerankResponse, RerankResult, Usage
 
 MODEL = "BAAI/bge-reranker-base"
 
@@ -365,6 +367,45 @@ def test_a_response_missing_required_fields_is_an_error_not_silence():
 
     with make(broken) as client, pytest.raises(Exception, match="relevance_score"):
         client.rerank("q", ["a"])
+
+
+def test_equal_scores_keep_the_callers_order():
+    def tied(request):
+        n = len(json.loads(request.content)["documents"])
+        return httpx.Response(
+            200, json={"model": MODEL, "results": [{"index": i, "relevance_score": 0.5} for i in range(n)]}
+        )
+
+    with make(tied) as client:
+        assert [r.index for r in client.rerank("q", ["c", "a", "b", "d"])] == [0, 1, 2, 3]
+
+
+def test_answers_off_the_fast_path_are_parsed_by_the_wire_model():
+    def integers(request):  # JSON integers for scores, as a server may send for 0 and 1
+        return httpx.Response(
+            200,
+            json={"model": MODEL, "results": [{"index": 1, "relevance_score": 1}, {"index": 0, "relevance_score": 0}]},
+        )
+
+    def bad_index(request):
+        return httpx.Response(200, json={"model": MODEL, "results": [{"index": "first", "relevance_score": 0.5}]})
+
+    with make(integers) as client:
+        results = client.rerank("q", ["a", "b"]).results
+        assert [(r.index, r.relevance_score) for r in results] == [(1, 1.0), (0, 0.0)]
+        assert isinstance(results[0].relevance_score, float)
+    with make(bad_index) as client, pytest.raises(APIError, match=r"results\.0\.index"):
+        client.rerank("q", ["a"])
+
+
+def test_results_serialise_to_json():
+    response = RerankResponse(model="m", results=[RerankResult(1, 0.5, {"text": "b", "id": 7})], usage=Usage(3, 3))
+    assert json.loads(json.dumps(response.to_dict())) == {
+        "model": "m",
+        "results": [{"index": 1, "relevance_score": 0.5, "document": {"text": "b", "id": 7}}],
+        "usage": {"prompt_tokens": 3, "total_tokens": 3},
+        "requests": 1,
+    }
 
 
 # --- replicas ------------------------------------------------------------------------------------------

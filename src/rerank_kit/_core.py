@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import pydantic
@@ -171,6 +172,8 @@ def document_text(document: Any, text_key: str = "text") -> str:
 
 
 def _texts(documents: Sequence[Any], text_key: str) -> list[str]:
+    if all(type(doc) is str for doc in documents):  # the common case, without a call per document
+        return list(documents)
     texts = []
     for i, doc in enumerate(documents):
         try:
@@ -193,7 +196,7 @@ class RerankPlan:
     query: str
     documents: Sequence[Any]
     unique_texts: list[str]
-    owners: list[list[int]]  # unique text index -> indices in the caller's list
+    owners: list[list[int]] | None  # unique text index -> indices in the caller's list; None: no duplicates
     chunks: list[list[int]]  # each chunk: unique text indices, in order
     top_n: int | None
     return_documents: bool
@@ -229,16 +232,18 @@ def plan_rerank(
     if instruction is not None and not instruction.strip():
         raise InvalidInputError("instruction is empty: pass None or a task description")
     texts = _texts(documents, text_key)
-    first_seen: dict[str, int] = {}
-    unique: list[str] = []
-    owners: list[list[int]] = []
-    for i, text in enumerate(texts):
-        slot = first_seen.get(text)
-        if slot is None:
-            first_seen[text] = slot = len(unique)
-            unique.append(text)
-            owners.append([])
-        owners[slot].append(i)
+    unique: list[str] = texts
+    owners: list[list[int]] | None = None
+    if len(set(texts)) < len(texts):
+        first_seen: dict[str, int] = {}
+        unique, owners = [], []
+        for i, text in enumerate(texts):
+            slot = first_seen.get(text)
+            if slot is None:
+                first_seen[text] = slot = len(unique)
+                unique.append(text)
+                owners.append([])
+            owners[slot].append(i)
     n_chunks = max(1, math.ceil(len(unique) / max_docs_per_request))
     size = math.ceil(len(unique) / n_chunks) if unique else 0  # balanced chunks
     chunks = [list(range(start, min(start + size, len(unique)))) for start in range(0, len(unique), size or 1)]
@@ -259,31 +264,54 @@ def _parse(model_cls: type[pydantic.BaseModel], body: Any, what: str) -> Any:
         raise APIError(f"unexpected {what} response from the server ({where}: {first.get('msg')})") from exc
 
 
+def _rerank_wire(body: Any) -> tuple[str, int, int, list[tuple[int, float]]]:
+    """(model, prompt tokens, total tokens, [(index, score)]) of a /rerank answer.
+
+    A hand-written fast path for the shape vLLM sends (pydantic costs ~2 us per result); anything
+    else goes through the pydantic wire model, which accepts what it can and names what is wrong.
+    """
+    try:
+        pairs = [(r["index"], r["relevance_score"]) for r in body["results"]]
+        usage = body.get("usage") or {}
+        model, prompt, total = body.get("model") or "", usage.get("prompt_tokens", 0), usage.get("total_tokens", 0)
+        if all(type(i) is int and type(s) is float for i, s in pairs) and type(prompt) is int and type(total) is int:
+            return model, prompt, total, pairs
+    except (KeyError, TypeError, AttributeError):
+        pass
+    wire = _parse(WireRerankResponse, body, "rerank")
+    pairs = [(r.index, r.relevance_score) for r in wire.results]
+    return wire.model, wire.usage.prompt_tokens, wire.usage.total_tokens, pairs
+
+
 def merge_rerank(plan: RerankPlan, bodies: Sequence[Any], model: str) -> RerankResponse:
     """Map each chunk's results back to the caller's indices, sort by score, cut to top_n."""
     scores: list[float | None] = [None] * len(plan.documents)
     prompt = total = 0
     served_model = model
+    owners = plan.owners
     for chunk, body in zip(plan.chunks, bodies, strict=True):
-        wire = _parse(WireRerankResponse, body, "rerank")
-        served_model = wire.model or served_model
-        prompt += wire.usage.prompt_tokens
-        total += wire.usage.total_tokens
-        for result in wire.results:
-            if not 0 <= result.index < len(chunk):
-                raise APIError(f"the server returned index {result.index} for a request of {len(chunk)} documents")
-            for original in plan.owners[chunk[result.index]]:
-                scores[original] = result.relevance_score
+        wire_model, wire_prompt, wire_total, pairs = _rerank_wire(body)
+        served_model = wire_model or served_model
+        prompt += wire_prompt
+        total += wire_total
+        for index, score in pairs:
+            if not 0 <= index < len(chunk):
+                raise APIError(f"the server returned index {index} for a request of {len(chunk)} documents")
+            if owners is None:
+                scores[chunk[index]] = score
+            else:
+                for original in owners[chunk[index]]:
+                    scores[original] = score
     missing = [i for i, s in enumerate(scores) if s is None]
     if missing:
         raise APIError(f"the server returned no score for documents {missing[:10]}")
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))  # type: ignore[operator]
+    # stable even with reverse=True: equal scores keep the caller's order
+    order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)  # type: ignore[arg-type]
     if plan.top_n is not None:
         order = order[: plan.top_n]
-    results = [
-        RerankResult(index=i, relevance_score=scores[i], document=plan.documents[i] if plan.return_documents else None)
-        for i in order
-    ]
+    sorted_scores = map(scores.__getitem__, order)
+    sorted_docs = map(plan.documents.__getitem__, order) if plan.return_documents else repeat(None)
+    results = list(map(RerankResult._make, zip(order, sorted_scores, sorted_docs, strict=False)))  # repeat() is endless
     return RerankResponse(
         model=served_model,
         results=results,

@@ -594,7 +594,7 @@ def rerank_cmd(
     with _client(url, api_key, model=model) as client:
         response = run(client.rerank, query, docs, top_n=top_k, instruction=instruction)
     if as_json:
-        print(response.model_dump_json(indent=2))
+        print(json.dumps(response.to_dict(), indent=2, default=str))
         return
     table = Table("rank", "index", "score", "document", title=f"{response.model}: {_snippet(query, 60)}")
     for n, r in enumerate(response.results, 1):
@@ -621,7 +621,7 @@ def score_cmd(
     with _client(url, api_key, model=model) as client:
         response = run(client.score, queries, texts)
     if as_json:
-        print(response.model_dump_json(indent=2))
+        print(json.dumps(response.to_dict(), indent=2, default=str))
         return
     table = Table("index", "score", "query", "document", title=response.model)
     for i, score in enumerate(response.scores):
@@ -637,7 +637,7 @@ def health_cmd(url: UrlOpt = None, api_key: ClientKeyOpt = None, as_json: JsonOp
     with _client(url, api_key) as client:
         statuses = client.health()
     if as_json:
-        print(json.dumps([s.model_dump() for s in statuses], indent=2))
+        print(json.dumps([s.to_dict() for s in statuses], indent=2))
     else:
         table = Table("url", "healthy", "models", "vLLM", "latency")
         for s in statuses:
@@ -686,7 +686,7 @@ def batch_cmd(
     if as_json:
         print(
             json.dumps(
-                [{"name": name, "query": case["query"], **response.model_dump()} for name, case, response in report],
+                [{"name": name, "query": case["query"], **response.to_dict()} for name, case, response in report],
                 indent=2,
                 default=str,
             )

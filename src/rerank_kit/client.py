@@ -395,7 +395,10 @@ class AsyncRerankClient(_Base):
                     "POST", _core.RERANK_PATH, plan.payload(chunk, name), timeout=timeout, max_retries=max_retries
                 )
 
-        bodies = await asyncio.gather(*(send(i) for i in range(len(plan.chunks))))
+        if len(plan.chunks) == 1:  # no task per request in the common case
+            bodies = [await send(0)]
+        else:
+            bodies = await asyncio.gather(*(send(i) for i in range(len(plan.chunks))))
         return _core.merge_rerank(plan, bodies, name)
 
     async def score(

@@ -10,7 +10,8 @@ is a clear error rather than a silent zero.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,21 +58,39 @@ class WireModelList(_Wire):
 
 
 # --- what callers get -------------------------------------------------------------------------------
+# Plain frozen dataclasses and a named tuple: building 100 results per call must cost microseconds,
+# not the ~2.5 us each that a pydantic model's validation costs (bench/client_overhead.py measures it).
 
 
-class Usage(BaseModel):
+class _Result:
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (``json.dumps(..., default=str)`` for documents that are arbitrary objects)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (_Result, RerankResult)):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Usage(_Result):
     """Tokens the server counted, summed over every request a call made."""
-
-    model_config = ConfigDict(frozen=True)
 
     prompt_tokens: int = 0
     total_tokens: int = 0
 
 
-class RerankResult(BaseModel):
-    """One document's score. ``index`` is its position in the caller's list."""
+class RerankResult(NamedTuple):
+    """One document's score. ``index`` is its position in the caller's list.
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    A named tuple: a call builds one per document, and a tuple is the cheapest immutable record.
+    """
 
     index: int
     relevance_score: float
@@ -90,19 +109,21 @@ class RerankResult(BaseModel):
         except TypeError:
             return None
 
+    def to_dict(self) -> dict[str, Any]:
+        return self._asdict()
 
-class RerankResponse(BaseModel):
+
+@dataclass(frozen=True, slots=True)
+class RerankResponse(_Result):
     """Results sorted by relevance, best first (cut to ``top_n`` when asked)."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     model: str
     results: list[RerankResult]
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage = field(default_factory=Usage)
     # HTTP requests this call took (chunks of a long list; retries not counted).
     requests: int = 1
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self):
         return iter(self.results)
 
     def __len__(self) -> int:
@@ -112,24 +133,22 @@ class RerankResponse(BaseModel):
         return self.results[i]
 
 
-class ScoreResponse(BaseModel):
+@dataclass(frozen=True, slots=True)
+class ScoreResponse(_Result):
     """Scores in input order: ``scores[i]`` belongs to the i-th pair."""
-
-    model_config = ConfigDict(frozen=True)
 
     model: str
     scores: list[float]
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage = field(default_factory=Usage)
 
 
-class HealthStatus(BaseModel):
+@dataclass(frozen=True, slots=True)
+class HealthStatus(_Result):
     """What `health()` found at one server URL."""
-
-    model_config = ConfigDict(frozen=True)
 
     url: str
     healthy: bool
-    models: list[str] = Field(default_factory=list)
+    models: list[str] = field(default_factory=list)
     version: str | None = None
     latency_ms: float | None = None
     error: str | None = None
