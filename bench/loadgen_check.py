@@ -1,6 +1,7 @@
 """Is rerank-kit's load generator ever the bottleneck? Compare it with `vllm bench serve`.
 
-Both drive the same minimal local endpoint (bench/minimal_endpoint.py: canned answers, no model)
+Both drive the same minimal local endpoint (bench/minimal_endpoint.py: canned answers, no model;
+it counts request bytes, and rerank-kit's documents are sized to the bytes vLLM's tool sent)
 with rerank requests of 100 documents at 64 requests in flight, as fast as they can. Whichever
 reaches the higher request rate has less overhead per request; the goal is rerank-kit >= vLLM's.
 
@@ -19,10 +20,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from rerank_kit.bench.runner import BenchConfig, run_bench  # noqa: E402
+from rerank_kit.bench.workloads import random_workload  # noqa: E402
 from rerank_kit.launcher import free_port, wait_healthy  # noqa: E402
 
 
@@ -66,6 +70,15 @@ def vllm_bench(url: str, tokenizer: Path, requests: int, concurrency: int, docs:
     return {"requests_per_s": result["request_throughput"], "completed": result["completed"]}
 
 
+def matching_doc_words(body_bytes: float, docs: int) -> int:
+    """Words per random document that make rerank-kit's request body about ``body_bytes`` long."""
+    for words in range(1, 1000):
+        case = random_workload(cases=1, docs_per_request=docs, doc_tokens=words, seed=0).cases[0]
+        if len(json.dumps({"model": "minimal", "query": case.query, "documents": case.documents})) >= body_bytes:
+            return words
+    return 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -83,6 +96,12 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, timeout=30, alive=lambda: server.poll() is None)
+        # vLLM's random-rerank text of N tokens is shorter than rerank-kit's N random words, and the
+        # server's work grows with the body: run vLLM's first, then size our documents to its bytes.
+        theirs = vllm_bench(url, tokenizer, args.requests, args.concurrency, args.docs, args.doc_tokens)
+        theirs_stats = httpx.get(f"{url}/stats").json()
+        theirs["mean_body_kb"] = theirs_stats["rerank_body_bytes"] / theirs_stats["rerank_requests"] / 1024
+        doc_words = matching_doc_words(theirs["mean_body_kb"] * 1024, args.docs)
         ours = asyncio.run(
             run_bench(
                 BenchConfig(
@@ -90,13 +109,15 @@ def main() -> None:
                     concurrency=args.concurrency,
                     requests=args.requests,
                     docs_per_request=args.docs,
-                    doc_tokens=args.doc_tokens,
+                    doc_tokens=doc_words,
                     warmup=50,
                     max_retries=0,
                 )
             )
         )
-        theirs = vllm_bench(url, tokenizer, args.requests, args.concurrency, args.docs, args.doc_tokens)
+        all_stats = httpx.get(f"{url}/stats").json()
+        ours_requests = all_stats["rerank_requests"] - theirs_stats["rerank_requests"]
+        ours_kb = (all_stats["rerank_body_bytes"] - theirs_stats["rerank_body_bytes"]) / ours_requests / 1024
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -105,6 +126,8 @@ def main() -> None:
             "requests_per_s": ours["summary"]["requests_per_s"],
             "ok": ours["summary"]["ok"],
             "errors": ours["summary"]["errors"],
+            "mean_body_kb": ours_kb,
+            "doc_words": doc_words,
         },
         "vllm bench serve": theirs,
     }

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+STATS = {"rerank_requests": 0, "rerank_body_bytes": 0}
+
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -29,6 +31,8 @@ async def app(scope, receive, send):
             break
     path = scope["path"]
     if path in ("/v1/rerank", "/rerank"):
+        STATS["rerank_requests"] += 1
+        STATS["rerank_body_bytes"] += len(body)
         request = json.loads(body)
         n = len(request["documents"])
         payload = {
@@ -42,6 +46,8 @@ async def app(scope, receive, send):
         }
     elif path == "/v1/models":
         payload = {"object": "list", "data": [{"id": "minimal", "object": "model", "max_model_len": 512}]}
+    elif path == "/stats":  # what the load generators sent: compare their payload sizes
+        payload = STATS
     elif path == "/version":
         payload = {"version": "minimal"}
     else:
