@@ -12,7 +12,7 @@ pair), the same 64 seeded requests for everyone.
 Servers are measured closed-loop at --concurrency; in-process systems one request at a time (they
 use every core already). Rounds interleave the systems and the median is reported.
 
-    .venv/bin/python bench/compare_systems.py --rounds 3 --duration 45 --out bench/results/compare_systems.json
+    .venv/bin/python bench/compare_systems.py --rounds 2 --duration 40 --out bench/results/compare_systems.json
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def infinity_python() -> Path:
 
 
 def infinity_command(path: Path, port: int) -> launcher.Command:
-    """infinity-emb on the same model directory, bf16, all cores; its routes live under /v1."""
+    """infinity-emb on the same model directory, bf16, all cores; its API under /v1, /health at the root."""
     infinity_python()
     argv = [
         str(INFINITY_VENV / "bin" / "infinity_emb"),
@@ -152,7 +152,7 @@ def infinity_command(path: Path, port: int) -> launcher.Command:
     ]
     env = {"OMP_NUM_THREADS": str(machine.detect().cpu_count)}
     recipe = get_recipe(str(path), family="ms-marco-cross-encoder")
-    return launcher.Command(argv=argv, env=env, choices=[], recipe=recipe, url=f"http://127.0.0.1:{port}/v1")
+    return launcher.Command(argv=argv, env=env, choices=[], recipe=recipe, url=f"http://127.0.0.1:{port}")
 
 
 def main() -> None:

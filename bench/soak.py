@@ -64,7 +64,7 @@ def main() -> None:
     workload = random_workload(cases=256, docs_per_request=args.docs, doc_tokens=120, seed=1)
     memory: list[tuple[float, float]] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with launcher.serving(command, log_path=args.out.with_suffix(".log"), timeout=900) as proc:
+    with launcher.serving(command, log_path=ROOT / "bench" / "out" / "soak-server.log", timeout=900) as proc:
         stop = threading.Event()
         start = time.perf_counter()
 
