@@ -21,7 +21,8 @@ RUN python3 -m pip install --no-cache-dir /opt/rerank-kit \
 ENV HF_HOME=/home/rerank/.cache/huggingface \
     VLLM_NO_USAGE_STATS=1
 VOLUME ["/home/rerank/.cache/huggingface"]
-USER rerank
+# Numeric, so Kubernetes can verify runAsNonRoot (1000 is the `rerank` user created above).
+USER 1000:1000
 WORKDIR /home/rerank
 EXPOSE 8000
 

@@ -46,6 +46,29 @@ def test_dockerfile_builds_on_the_pinned_vllm_image_and_runs_as_non_root():
     assert any(k == "RUN" and "pip install" in v and "/opt/rerank-kit" in v for k, v in steps)
 
 
+def venv_tool(name: str) -> str:
+    """A console script installed next to this interpreter by the `dev` extra."""
+    tool = Path(sys.executable).parent / name
+    if not tool.exists():
+        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
+    return str(tool)
+
+
+def test_dockerfile_passes_hadolint():
+    lint = subprocess.run([venv_tool("hadolint"), "--no-color", "Dockerfile"], capture_output=True, text=True, cwd=ROOT)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_compose_file_matches_the_compose_spec_schema():
+    check = subprocess.run(
+        [venv_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "compose.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_compose_file_serves_with_a_gpu_and_a_key_file():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     service = compose["services"]["reranker"]
@@ -79,6 +102,20 @@ def test_k8s_manifests():
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert "--api-key-file" in container["args"] and "env" not in container
+
+
+@pytest.mark.parametrize("model", ["Qwen/Qwen3-Reranker-4B", "BAAI/bge-reranker-v2-m3"])
+def test_k8s_manifests_validate_against_kubernetes_schemas(model):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    recipe = get_recipe(model)
+    docs = list(yaml.safe_load_all(to_yaml(manifests(recipe, K8sOptions(replicas=2, gpus=1)), recipe)))
+    version = kubernetes_validate.latest_version()
+    for doc in docs:  # strict: an unknown or misspelt field is an error too
+        kubernetes_validate.validate(doc, version, strict=True)
+    broken = json.loads(json.dumps(docs[0]))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = [8000]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, version, strict=True)
 
 
 def test_k8s_cli_prints_applyable_yaml():
