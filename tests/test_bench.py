@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -218,8 +219,10 @@ def test_short_bench_run_against_vllm(minilm_server, tmp_path):
         text=True,
         timeout=600,
         cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
     )
     assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout, result.stdout  # piped output: tables are not cut to 80 columns
     report = json.loads(out.read_text())
     assert [r["load"]["concurrency"] for r in report["sweep"]] == [1, 4]
     for level in report["sweep"]:

@@ -30,8 +30,18 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich assumes 80 columns when output is not a terminal, which cuts the benchmark tables in CI
+    logs and files to "con…"; without a terminal (and no COLUMNS), lines may be 160 wide."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=160 if wide else None)
+
+
+out = _console()
+err = _console(stderr=True)
 
 DEFAULT_GPU_MODEL = "mixedbread-ai/mxbai-rerank-base-v2"
 DEFAULT_CPU_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
