@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import math
 import random
 
 import httpx
@@ -396,6 +397,26 @@ def test_answers_off_the_fast_path_are_parsed_by_the_wire_model():
         assert isinstance(results[0].relevance_score, float)
     with make(bad_index) as client, pytest.raises(APIError, match=r"results\.0\.index"):
         client.rerank("q", ["a"])
+
+
+def test_json_the_fast_codec_refuses_still_goes_through(sleeps):
+    seen: list[bytes] = []
+
+    def answers(request):
+        seen.append(request.content)
+        if request.url.path == "/v1/score":  # NaN is not JSON, but Python's json module writes it
+            return httpx.Response(
+                200,
+                content=b'{"model": "m", "data": [{"index": 0, "score": NaN}], "usage": {"prompt_tokens": 1}}',
+            )
+        return httpx.Response(200, content=b"<html>proxy login</html>")
+
+    with make(answers) as client:
+        assert math.isnan(client.score("q", "\ud800 lone surrogate").scores[0])
+        assert json.loads(seen[0])["documents"] == ["\ud800 lone surrogate"]  # escaped, not dropped
+        with pytest.raises(APIError, match=r"not JSON.*proxy login"):  # a 200 that is not JSON: said, not retried
+            client.rerank("q", ["a"])
+    assert len(seen) == 2 and sleeps == []
 
 
 def test_results_serialise_to_json():

@@ -8,6 +8,8 @@ back what they receive.
 from __future__ import annotations
 
 import email.utils
+import functools
+import json
 import logging
 import math
 import os
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
+import orjson
 import pydantic
 
 from rerank_kit.errors import (
@@ -144,6 +147,33 @@ def resolve_config(
         cooldown=REPLICA_COOLDOWN if cooldown is None else cooldown,
         headers=dict(headers or {}),
     )
+
+
+# --- wire encoding ---------------------------------------------------------------------------------
+
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+def encode_json(body: Any) -> bytes:
+    """A request body. orjson encodes a 100-document request ~8x faster than the json module (which
+    httpx uses), and vLLM's answers echo every document, so this is most of a request's CPU time.
+    What orjson refuses (a lone surrogate in a string, say) goes through the json module, escaped."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(body, allow_nan=False).encode()
+
+
+def decode_json(content: bytes, url: str) -> Any:
+    """A 2xx answer's JSON; NaN/Infinity (which orjson refuses) through the json module."""
+    try:
+        return orjson.loads(content)
+    except ValueError:  # orjson.JSONDecodeError
+        pass
+    try:
+        return json.loads(content)
+    except ValueError:
+        raise APIError(f"{url} answered with a body that is not JSON: {content[:200]!r}") from None
 
 
 # --- documents --------------------------------------------------------------------------------------
@@ -283,6 +313,10 @@ def _rerank_wire(body: Any) -> tuple[str, int, int, list[tuple[int, float]]]:
     return wire.model, wire.usage.prompt_tokens, wire.usage.total_tokens, pairs
 
 
+# RerankResult._make without its Python frame: ~0.06 us instead of ~0.25 us per result
+_new_result = functools.partial(tuple.__new__, RerankResult)
+
+
 def merge_rerank(plan: RerankPlan, bodies: Sequence[Any], model: str) -> RerankResponse:
     """Map each chunk's results back to the caller's indices, sort by score, cut to top_n."""
     scores: list[float | None] = [None] * len(plan.documents)
@@ -294,16 +328,17 @@ def merge_rerank(plan: RerankPlan, bodies: Sequence[Any], model: str) -> RerankR
         served_model = wire_model or served_model
         prompt += wire_prompt
         total += wire_total
+        size = len(chunk)
         for index, score in pairs:
-            if not 0 <= index < len(chunk):
-                raise APIError(f"the server returned index {index} for a request of {len(chunk)} documents")
+            if not 0 <= index < size:
+                raise APIError(f"the server returned index {index} for a request of {size} documents")
             if owners is None:
                 scores[chunk[index]] = score
             else:
                 for original in owners[chunk[index]]:
                     scores[original] = score
-    missing = [i for i, s in enumerate(scores) if s is None]
-    if missing:
+    if None in scores:
+        missing = [i for i, s in enumerate(scores) if s is None]
         raise APIError(f"the server returned no score for documents {missing[:10]}")
     # stable even with reverse=True: equal scores keep the caller's order
     order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)  # type: ignore[arg-type]
@@ -311,7 +346,7 @@ def merge_rerank(plan: RerankPlan, bodies: Sequence[Any], model: str) -> RerankR
         order = order[: plan.top_n]
     sorted_scores = map(scores.__getitem__, order)
     sorted_docs = map(plan.documents.__getitem__, order) if plan.return_documents else repeat(None)
-    results = list(map(RerankResult._make, zip(order, sorted_scores, sorted_docs, strict=False)))  # repeat() is endless
+    results = list(map(_new_result, zip(order, sorted_scores, sorted_docs, strict=False)))  # repeat() is endless
     return RerankResponse(
         model=served_model,
         results=results,
@@ -404,8 +439,6 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 def error_from_response(status: int, body_text: str, headers: Mapping[str, str], url: str) -> APIStatusError:
     """The typed error for a non-2xx answer, carrying vLLM's message, type and param."""
-    import json
-
     try:
         body: Any = json.loads(body_text) if body_text else None
     except ValueError:

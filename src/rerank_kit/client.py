@@ -158,7 +158,13 @@ class RerankClient(_Base):
         while True:
             replica = loop.acquire()
             try:
-                response = self._http.request(method, replica.url + path, json=json, timeout=_request_timeout(timeout))
+                response = self._http.request(
+                    method,
+                    replica.url + path,
+                    content=None if json is None else _core.encode_json(json),
+                    headers=None if json is None else _core.JSON_HEADERS,
+                    timeout=_request_timeout(timeout),
+                )
             except httpx.HTTPError as exc:
                 delay = loop.failed(replica, _translate(exc, replica.url))
             except BaseException:
@@ -167,7 +173,7 @@ class RerankClient(_Base):
             else:
                 if response.is_success:
                     loop.succeeded(replica)
-                    return response.json()
+                    return _core.decode_json(response.content, replica.url + path)
                 delay = loop.failed(replica, _error(response, replica.url + path))
             time.sleep(delay)
 
@@ -361,7 +367,11 @@ class AsyncRerankClient(_Base):
             try:
                 try:
                     response = await http.request(
-                        method, replica.url + path, json=json, timeout=_request_timeout(timeout)
+                        method,
+                        replica.url + path,
+                        content=None if json is None else _core.encode_json(json),
+                        headers=None if json is None else _core.JSON_HEADERS,
+                        timeout=_request_timeout(timeout),
                     )
                 finally:
                     self._lane_load[lane] -= 1
@@ -373,7 +383,7 @@ class AsyncRerankClient(_Base):
             else:
                 if response.is_success:
                     loop.succeeded(replica)
-                    return response.json()
+                    return _core.decode_json(response.content, replica.url + path)
                 delay = loop.failed(replica, _error(response, replica.url + path))
             await asyncio.sleep(delay)
 
