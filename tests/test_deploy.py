@@ -3,6 +3,7 @@ one-box scale-out path (`rerank-kit up --replicas 2`) runs for real."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -112,7 +113,7 @@ def test_k8s_manifests_validate_against_kubernetes_schemas(model):
     version = kubernetes_validate.latest_version()
     for doc in docs:  # strict: an unknown or misspelt field is an error too
         kubernetes_validate.validate(doc, version, strict=True)
-    broken = json.loads(json.dumps(docs[0]))
+    broken = copy.deepcopy(docs[0])
     broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = [8000]
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, version, strict=True)

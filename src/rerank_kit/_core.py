@@ -164,6 +164,11 @@ def encode_json(body: Any) -> bytes:
         return json.dumps(body, allow_nan=False).encode()
 
 
+def request_body(body: Any) -> tuple[bytes | None, dict[str, str] | None]:
+    """(content, headers) for httpx: ``body`` encoded as JSON, or nothing for a request without one."""
+    return (None, None) if body is None else (encode_json(body), JSON_HEADERS)
+
+
 def decode_json(content: bytes, url: str) -> Any:
     """A 2xx answer's JSON; NaN/Infinity (which orjson refuses) through the json module."""
     try:

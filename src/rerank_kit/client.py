@@ -154,16 +154,13 @@ class RerankClient(_Base):
     def _request(
         self, method: str, path: str, json: Any = None, *, timeout: float | None = None, max_retries: int | None = None
     ) -> Any:
+        content, headers = _core.request_body(json)  # encoded once, whatever the retries
         loop = self._retry_loop(method, path, max_retries)
         while True:
             replica = loop.acquire()
             try:
                 response = self._http.request(
-                    method,
-                    replica.url + path,
-                    content=None if json is None else _core.encode_json(json),
-                    headers=None if json is None else _core.JSON_HEADERS,
-                    timeout=_request_timeout(timeout),
+                    method, replica.url + path, content=content, headers=headers, timeout=_request_timeout(timeout)
                 )
             except httpx.HTTPError as exc:
                 delay = loop.failed(replica, _translate(exc, replica.url))
@@ -358,6 +355,7 @@ class AsyncRerankClient(_Base):
     async def _request(
         self, method: str, path: str, json: Any = None, *, timeout: float | None = None, max_retries: int | None = None
     ) -> Any:
+        content, headers = _core.request_body(json)  # encoded once, whatever the retries
         loop = self._retry_loop(method, path, max_retries)
         while True:
             replica = loop.acquire()
@@ -367,11 +365,7 @@ class AsyncRerankClient(_Base):
             try:
                 try:
                     response = await http.request(
-                        method,
-                        replica.url + path,
-                        content=None if json is None else _core.encode_json(json),
-                        headers=None if json is None else _core.JSON_HEADERS,
-                        timeout=_request_timeout(timeout),
+                        method, replica.url + path, content=content, headers=headers, timeout=_request_timeout(timeout)
                     )
                 finally:
                     self._lane_load[lane] -= 1
