@@ -44,6 +44,10 @@ class InvalidInputError(ConfigError, ValueError):
     """Input rejected before any request was sent."""
 
 
+class InstructionNotSupportedError(InvalidInputError):
+    """An instruction for a model whose score template has no place for one."""
+
+
 class ServeError(RerankKitError):
     """The launcher could not start, find or stop a server."""
 

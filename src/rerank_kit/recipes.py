@@ -22,7 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-from rerank_kit.errors import UnknownModelError
+from rerank_kit.errors import InstructionNotSupportedError, UnknownModelError
 
 ScoreKind = Literal["cross-encoder", "llm-yes-no", "cosine"]
 
@@ -322,3 +322,35 @@ def get_recipe(model: str, family: str | None = None) -> Recipe:
         f"no recipe for {model!r} ({hint}). Pass --family NAME to serve it with a family's recipe; "
         f"families: {', '.join(FAMILIES)}. Known models: {', '.join(RECIPES)}"
     )
+
+
+def instruction_families() -> str:
+    """The families whose score template takes an instruction, for error messages.
+
+        >>> instruction_families()
+        'mxbai-rerank-v2, qwen3-reranker, qwen3-reranker-seq-cls, bge-reranker-v2-gemma'
+    """
+    return ", ".join(name for name, recipe in FAMILIES.items() if recipe.supports_instruction)
+
+
+def instruction_error(what: str) -> str:
+    """The one message for an instruction a model cannot use; ``what`` names the model."""
+    return f"{what} takes no instruction: remove it (families that take one: {instruction_families()})"
+
+
+def check_instruction(model: str, instruction: str | None, family: str | None = None) -> None:
+    """Refuse an instruction for a model whose recipe has no place for one.
+
+    ``model`` is looked up exactly (or through ``family``); a name with no recipe (a local path, a
+    ``--served-model-name``) is not judged here: the server's plugin checks the template it serves.
+
+        >>> check_instruction("BAAI/bge-reranker-base", "find code")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rerank_kit.errors.InstructionNotSupportedError: BAAI/bge-reranker-base (bge-reranker) takes no instruction: ...
+    """
+    if instruction is None:
+        return
+    recipe = FAMILIES[family].with_model(model) if family in FAMILIES else RECIPES.get(model)
+    if recipe is not None and not recipe.supports_instruction:
+        raise InstructionNotSupportedError(instruction_error(f"{model} ({recipe.family})"))
