@@ -13,7 +13,8 @@
 #
 # Every vLLM flag comes from `rerank_kit.recipes` through `rerank_kit.launcher`: the command this
 # container runs is exactly what `rerank-kit cmd MODEL_ID --device cuda --host 0.0.0.0 --insecure`
-# prints (tests/test_modal_app.py fails if the two drift apart).
+# prints (tests/test_modal_app.py fails if the two drift apart). The default model and the vLLM
+# release are rerank-kit's too, so this file never restates them.
 
 import os
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import modal
 
 from rerank_kit import launcher
-from rerank_kit.recipes import get_recipe
+from rerank_kit.recipes import default_model, get_recipe
 
 # ## Deploy-time settings
 #
@@ -31,14 +32,15 @@ from rerank_kit.recipes import get_recipe
 # `FAST_BOOT=1` skips torch.compile (cold start in ~1 minute instead of ~3); `FAST_BOOT=0` compiles
 # for throughput, which pays off when containers stay up.
 
-MODEL_ID = os.environ.get("MODEL_ID", "mixedbread-ai/mxbai-rerank-base-v2")
+MODEL_ID = os.environ.get("MODEL_ID", default_model(has_gpu=True))
 GPU_TYPE = os.environ.get("GPU_TYPE", "L4")
 GPU_COUNT = int(os.environ.get("GPU_COUNT", "1"))
 FAST_BOOT = os.environ.get("FAST_BOOT", "1") == "1"
 # Name of a Modal Secret holding HF_TOKEN, for gated models (optional).
 HF_SECRET = os.environ.get("HF_SECRET")
 
-VLLM_VERSION = "0.32.0"
+# The release rerank-kit builds commands for (and tests against); the image pins it below.
+VLLM_VERSION = launcher.DEFAULT_VLLM_VERSION
 PORT = 8000
 MINUTES = 60
 

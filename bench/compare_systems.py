@@ -152,7 +152,16 @@ def infinity_command(path: Path, port: int) -> launcher.Command:
     ]
     env = {"OMP_NUM_THREADS": str(machine.detect().cpu_count)}
     recipe = get_recipe(str(path), family="ms-marco-cross-encoder")
-    return launcher.Command(argv=argv, env=env, choices=[], recipe=recipe, url=f"http://127.0.0.1:{port}")
+    return launcher.Command(
+        argv=argv,
+        env=env,
+        choices=[],
+        recipe=recipe,
+        url=f"http://127.0.0.1:{port}",
+        host="127.0.0.1",
+        port=port,
+        server_args=(),
+    )
 
 
 def main() -> None:

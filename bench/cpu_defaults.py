@@ -43,22 +43,10 @@ def configurations(path: Path, port: int) -> dict[str, launcher.Command]:
     base = launcher.build_command(recipe, launcher.ServeOptions(port=port), vllm_version=version, machine=None)
     # vLLM as a user would start it: only the memory share changed, because its 0.92 default
     # does not fit a shared machine and the server would not start at all.
-    defaults = launcher.Command(
-        argv=[*base.argv, "--gpu-memory-utilization", "0.3"], env={}, choices=[], recipe=recipe, url=base.url
-    )
-    bf16 = launcher.Command(
-        argv=[*defaults.argv, "--dtype", "bfloat16"], env={}, choices=[], recipe=recipe, url=base.url
-    )
-    reserved0 = launcher.Command(
-        argv=bf16.argv, env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}, choices=[], recipe=recipe, url=base.url
-    )
-    uni = launcher.Command(
-        argv=bf16.argv,
-        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(host.cpu_count)},
-        choices=[],
-        recipe=recipe,
-        url=base.url,
-    )
+    defaults = base.with_args("--gpu-memory-utilization", "0.3", env={})
+    bf16 = defaults.with_args("--dtype", "bfloat16")
+    reserved0 = bf16.with_args(env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+    uni = bf16.with_args(env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(host.cpu_count)})
     ours = launcher.build_command(recipe, launcher.ServeOptions(port=port), vllm_version=version, machine=host)
     return {
         "vllm-defaults": defaults,

@@ -92,7 +92,7 @@ def start_server(recipe: Recipe, log_dir: Path, env: dict[str, str] | None = Non
     )
     if env:
         command.env.update(env)
-    log = log_dir / f"{recipe.family}-{command.argv[command.argv.index('--port') + 1]}.log"
+    log = log_dir / f"{recipe.family}-{command.port}.log"
     with launcher.serving(command, log_path=log, timeout=SERVER_START_TIMEOUT) as proc:
         yield Server(url=command.url, recipe=recipe, command=command, log=log, pid=proc.pid)
 

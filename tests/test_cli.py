@@ -191,6 +191,6 @@ def test_rank_scores_in_process_like_the_reference(tiny_model):
 
 
 def test_readme_model_table_is_generated_from_the_recipes():
-    from rerank_kit.cli import models_markdown
+    from rerank_kit.recipes import models_markdown
 
     assert models_markdown() in (ROOT / "README.md").read_text()

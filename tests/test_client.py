@@ -15,7 +15,7 @@ import random
 import httpx
 import pytest
 
-from rerank_kit import _core
+from rerank_kit import _config, _retry
 from rerank_kit import client as client_mod
 from rerank_kit.client import AsyncRerankClient, RerankClient
 from rerank_kit.errors import (
@@ -264,7 +264,7 @@ def test_503_storm_is_retried_with_growing_jittered_backoff(sleeps):
         client.rerank("q", ["a"])
     assert len(sleeps) == 5
     for attempt, delay in enumerate(sleeps):
-        backoff = min(_core.MAX_BACKOFF, _core.INITIAL_BACKOFF * 2**attempt)
+        backoff = min(_config.MAX_BACKOFF, _config.INITIAL_BACKOFF * 2**attempt)
         assert backoff / 2 <= delay <= backoff
 
 
@@ -277,8 +277,8 @@ def test_429_retry_after_is_honoured(sleeps):
 
 def test_retry_after_is_capped():
     assert (
-        _core.retry_delay(RateLimitError(429, retry_after=3600), 0, 5, failover=False, rng=random.Random(0))
-        == _core.MAX_RETRY_AFTER
+        _retry.retry_delay(RateLimitError(429, retry_after=3600), 0, 5, failover=False, rng=random.Random(0))
+        == _config.MAX_RETRY_AFTER
     )
 
 
@@ -352,13 +352,15 @@ def test_retries_are_logged(sleeps, caplog):
     ],
 )
 def test_status_codes_map_to_one_error_class_each(status, cls):
-    err = _core.error_from_response(status, json.dumps({"error": {"message": "m", "type": "t", "param": "p"}}), {}, "u")
+    err = _retry.error_from_response(
+        status, json.dumps({"error": {"message": "m", "type": "t", "param": "p"}}), {}, "u"
+    )
     assert type(err) is cls and err.status_code == status and (err.message, err.type, err.param) == ("m", "t", "p")
 
 
 def test_fastapi_validation_errors_are_readable():
     body = {"detail": [{"loc": ["body", "query"], "msg": "Field required", "type": "missing"}]}
-    err = _core.error_from_response(422, json.dumps(body), {}, "u")
+    err = _retry.error_from_response(422, json.dumps(body), {}, "u")
     assert isinstance(err, UnprocessableEntityError) and "body.query: Field required" in str(err)
 
 
@@ -453,7 +455,7 @@ def test_a_refusing_replica_is_skipped_and_requests_fail_over(sleeps):
 
 
 def test_a_replica_answering_5xx_is_cooled_down_then_tried_again():
-    replicas = _core.Replicas(["http://a", "http://b"], cooldown=5, rng=random.Random(0))
+    replicas = _retry.Replicas(["http://a", "http://b"], cooldown=5, rng=random.Random(0))
     a = replicas.acquire(now=0, avoid=replicas.replicas[1])
     assert a.url == "http://a"
     replicas.release(a, ok=False, now=0)  # e.g. it answered 503
@@ -467,7 +469,7 @@ def test_a_replica_answering_5xx_is_cooled_down_then_tried_again():
 
 
 def test_least_outstanding_requests_balancing():
-    replicas = _core.Replicas(["http://a", "http://b", "http://c"], cooldown=5, rng=random.Random(1))
+    replicas = _retry.Replicas(["http://a", "http://b", "http://c"], cooldown=5, rng=random.Random(1))
     held = [replicas.acquire(now=0) for _ in range(6)]
     assert sorted(r.outstanding for r in replicas.replicas) == [2, 2, 2]
     for r in held[:2]:
@@ -510,10 +512,10 @@ def test_environment_is_read_only_when_arguments_are_missing(monkeypatch):
     monkeypatch.setenv("RERANK_KIT_URL", "http://env-a:1, http://env-b:2")
     monkeypatch.setenv("RERANK_KIT_API_KEY", "env-key")
     monkeypatch.setenv("RERANK_KIT_MODEL", "env-model")
-    cfg = _core.resolve_config()
+    cfg = _config.resolve_config()
     assert cfg.base_urls == ("http://env-a:1", "http://env-b:2")
     assert (cfg.api_key, cfg.model) == ("env-key", "env-model")
-    explicit = _core.resolve_config("http://arg:3/v1/", api_key="arg-key", model="arg-model")
+    explicit = _config.resolve_config("http://arg:3/v1/", api_key="arg-key", model="arg-model")
     assert explicit.base_urls == ("http://arg:3",)
     assert (explicit.api_key, explicit.model) == ("arg-key", "arg-model")
 

@@ -35,7 +35,7 @@ def _processor(argv: tuple[str, ...]):
 
 def prompt_token_ids(command: Command, query: str, document: str, instruction: str | None = None) -> list[int]:
     """What the server built by ``command`` tokenizes for (query, document)."""
-    processor = _processor(tuple(command.argv[3:]))
+    processor = _processor(command.server_args)
     _, prompt = processor.get_score_prompt(
         query,
         document,

@@ -1,7 +1,8 @@
 """RerankClient and AsyncRerankClient: typed, retried, load-balanced calls to vLLM's /v1/rerank and /v1/score.
 
-The two classes are thin twins over `rerank_kit._core`: they build the same requests, parse the
-same responses and make the same retry decisions; they differ only in how they send.
+The two classes are thin twins: they build requests and parse answers with `rerank_kit._core`,
+decide retries and replicas with `rerank_kit._retry`, take their defaults from `rerank_kit._config`,
+and differ only in how they send. This module is the one place where httpx errors become rerank-kit's.
 
     from rerank_kit import RerankClient
 
@@ -13,21 +14,36 @@ same responses and make the same retry decisions; they differ only in how they s
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
 from rerank_kit import _core
+from rerank_kit._config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HEALTH_TIMEOUT,
+    HEALTH_PATH,
+    MAX_CONNECTIONS,
+    MAX_KEEPALIVE_CONNECTIONS,
+    MODELS_PATH,
+    RERANK_PATH,
+    SCORE_PATH,
+    VERSION_PATH,
+    resolve_config,
+)
+from rerank_kit._lanes import LaneTransport
+from rerank_kit._retry import Replicas, RetryLoop, error_from_response
 from rerank_kit.errors import APIConnectionError, APIError, APITimeoutError
+from rerank_kit.recipes import check_instruction
 from rerank_kit.types import HealthStatus, RerankResponse, ScoreResponse
 
-LANE_WIDTH = 8  # connections per pool of the async client
-MAX_LANES = 32  # 256 connections in all, as the sync client's one pool
+_Transport = TypeVar("_Transport", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
 def _translate(exc: httpx.HTTPError, url: str) -> APIError:
@@ -38,18 +54,57 @@ def _translate(exc: httpx.HTTPError, url: str) -> APIError:
 
 
 def _timeout(seconds: float) -> httpx.Timeout:
-    return httpx.Timeout(seconds, connect=min(seconds, _core.DEFAULT_CONNECT_TIMEOUT))
+    return httpx.Timeout(seconds, connect=min(seconds, DEFAULT_CONNECT_TIMEOUT))
 
 
 def _request_timeout(seconds: float | None) -> Any:
     return _timeout(seconds) if seconds is not None else httpx.USE_CLIENT_DEFAULT
 
 
-def _error(response: httpx.Response, url: str) -> APIError:
-    return _core.error_from_response(response.status_code, response.text, response.headers, url)
+class _Attempt:
+    """One try of a request: ``with _Attempt(loop, path) as attempt: attempt.response = send(attempt.url)``.
+
+    Creating it picks the replica. Leaving the block turns what happened into the retry loop's
+    decision: after a 2xx answer ``delay`` stays None; after a failed one, or an httpx error (which
+    the block swallows), ``delay`` is the wait before the next try, or the final error is raised.
+    Anything else (Ctrl-C, a cancelled task) frees the replica and goes on up.
+    """
+
+    __slots__ = ("_loop", "delay", "replica", "response", "url")
+
+    def __init__(self, loop: RetryLoop, path: str) -> None:
+        self._loop = loop
+        self.replica = loop.acquire()
+        self.url = self.replica.url + path
+        self.response: httpx.Response | None = None
+        self.delay: float | None = None
+
+    def __enter__(self) -> _Attempt:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, httpx.HTTPError):
+            self.delay = self._loop.failed(self.replica, _translate(exc, self.replica.url))
+            return True
+        if exc is not None or self.response is None:
+            self._loop.abandon(self.replica)
+            return False
+        if self.response.is_success:
+            self._loop.succeeded(self.replica)
+        else:
+            error = error_from_response(self.response.status_code, self.response.text, self.response.headers, self.url)
+            self.delay = self._loop.failed(self.replica, error)
+        return False
+
+    def answer(self) -> Any:
+        """The 2xx answer's JSON."""
+        assert self.response is not None
+        return _core.decode_json(self.response.content, self.url)
 
 
-class _Base:
+class _Base(Generic[_Transport]):
+    """Configuration, replicas and retry state, shared by both clients; each opens its own httpx client."""
+
     def __init__(
         self,
         base_url: str | Sequence[str] | None = None,
@@ -64,9 +119,9 @@ class _Base:
         max_concurrency: int | None = None,
         cooldown: float | None = None,
         headers: Mapping[str, str] | None = None,
-        transport: Any = None,
+        transport: _Transport | None = None,
     ) -> None:
-        self._config = _core.resolve_config(
+        self._config = resolve_config(
             base_url,
             api_key=api_key,
             modal_key=modal_key,
@@ -79,18 +134,35 @@ class _Base:
             cooldown=cooldown,
             headers=headers,
         )
-        self._replicas = _core.Replicas(self._config.base_urls, self._config.cooldown)
+        self._replicas = Replicas(self._config.base_urls, self._config.cooldown)
         self._rng = random.Random()
         self._model: str | None = self._config.model
-        self._transport = transport
+        # plan_rerank with this client's chunk size; a call passes rerank()'s options in order
+        self._plan = functools.partial(_core.plan_rerank, max_docs_per_request=self._config.max_docs_per_request)
+        self._open(transport)
+
+    def _open(self, transport: _Transport | None) -> None:
+        raise NotImplementedError
+
+    def _http_options(self) -> dict[str, Any]:
+        return {
+            "headers": self._config.request_headers(),
+            "timeout": _timeout(self._config.timeout),
+            "limits": httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
+            ),
+        }
 
     @property
     def base_urls(self) -> tuple[str, ...]:
         return self._config.base_urls
 
-    def _retry_loop(self, method: str, path: str, max_retries: int | None) -> _core.RetryLoop:
+    def _start(
+        self, method: str, path: str, json: Any, max_retries: int | None
+    ) -> tuple[RetryLoop, bytes | None, dict[str, str] | None]:
+        """A request's retry loop, and its body and headers: encoded once, whatever the retries."""
         retries = self._config.max_retries if max_retries is None else max_retries
-        return _core.RetryLoop(self._replicas, retries, self._rng, method, path)
+        return RetryLoop(self._replicas, retries, self._rng, method, path), *_core.request_body(json)
 
     def replica_counts(self) -> dict[str, int]:
         """Successful requests per replica URL since the client was created."""
@@ -101,52 +173,19 @@ class _Base:
         return self._replicas.retries
 
 
-class RerankClient(_Base):
+class RerankClient(_Base[httpx.BaseTransport]):
     """Synchronous client. Thread-safe; use one per process and close it (or use ``with``).
 
     ``base_url`` may be a list: requests go to the replica with the fewest in flight, and a replica
-    that refuses connections or answers 5xx is skipped for ``cooldown`` seconds.
+    that refuses connections or answers 5xx is skipped for ``cooldown`` seconds. Arguments left out
+    come from RERANK_KIT_* variables, then from the defaults in ``rerank_kit._config``.
 
         client = RerankClient(["http://gpu-1:8000", "http://gpu-2:8000"], api_key="...")
         top = client.rerank(query, documents, top_n=5).results
     """
 
-    def __init__(
-        self,
-        base_url: str | Sequence[str] | None = None,
-        *,
-        api_key: str | None = None,
-        modal_key: str | None = None,
-        modal_secret: str | None = None,
-        model: str | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        max_docs_per_request: int | None = None,
-        max_concurrency: int | None = None,
-        cooldown: float | None = None,
-        headers: Mapping[str, str] | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            modal_key=modal_key,
-            modal_secret=modal_secret,
-            model=model,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_docs_per_request=max_docs_per_request,
-            max_concurrency=max_concurrency,
-            cooldown=cooldown,
-            headers=headers,
-            transport=transport,
-        )
-        self._http = httpx.Client(
-            headers=self._config.request_headers(),
-            timeout=_timeout(self._config.timeout),
-            transport=transport,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-        )
+    def _open(self, transport: httpx.BaseTransport | None) -> None:
+        self._http = httpx.Client(transport=transport, **self._http_options())
         self._model_lock = threading.Lock()
 
     # --- I/O ---------------------------------------------------------------------------------------
@@ -154,36 +193,36 @@ class RerankClient(_Base):
     def _request(
         self, method: str, path: str, json: Any = None, *, timeout: float | None = None, max_retries: int | None = None
     ) -> Any:
-        content, headers = _core.request_body(json)  # encoded once, whatever the retries
-        loop = self._retry_loop(method, path, max_retries)
+        loop, content, headers = self._start(method, path, json, max_retries)
         while True:
-            replica = loop.acquire()
-            try:
-                response = self._http.request(
-                    method, replica.url + path, content=content, headers=headers, timeout=_request_timeout(timeout)
+            with _Attempt(loop, path) as attempt:
+                attempt.response = self._http.request(
+                    method, attempt.url, content=content, headers=headers, timeout=_request_timeout(timeout)
                 )
-            except httpx.HTTPError as exc:
-                delay = loop.failed(replica, _translate(exc, replica.url))
-            except BaseException:
-                loop.abandon(replica)
-                raise
-            else:
-                if response.is_success:
-                    loop.succeeded(replica)
-                    return _core.decode_json(response.content, replica.url + path)
-                delay = loop.failed(replica, _error(response, replica.url + path))
-            time.sleep(delay)
+            if attempt.delay is None:
+                return attempt.answer()
+            time.sleep(attempt.delay)
 
     def _resolve_model(self, model: str | None) -> str:
         if model is not None:
             return model
         with self._model_lock:  # threads sharing the client ask the server once, not once each
             if self._model is None:
-                names = _core.parse_models(self._request("GET", _core.MODELS_PATH))
-                if not names:
-                    raise APIError("the server lists no models at /v1/models")
-                self._model = names[0]
+                self._model = _core.first_model(self._request("GET", MODELS_PATH))
         return self._model
+
+    def _probe(self, url: str, timeout: float) -> HealthStatus:
+        start = time.perf_counter()
+        try:
+            health = self._http.get(url + HEALTH_PATH, timeout=timeout)
+            latency_ms = (time.perf_counter() - start) * 1000
+            if health.status_code != 200:
+                return _core.health_status(url, health.status_code, latency_ms)
+            models = self._http.get(url + MODELS_PATH, timeout=timeout)
+            version = self._http.get(url + VERSION_PATH, timeout=timeout)
+        except httpx.HTTPError as exc:
+            return _core.health_status(url, error=_translate(exc, url))
+        return _core.health_status(url, health.status_code, latency_ms, models.content, version.content)
 
     # --- API ---------------------------------------------------------------------------------------
 
@@ -206,23 +245,15 @@ class RerankClient(_Base):
         the object itself comes back on each result. Lists longer than ``max_docs_per_request`` are
         split into concurrent requests and merged; identical documents are scored once.
         """
-        plan = _core.plan_rerank(
-            query,
-            documents,
-            top_n=top_n,
-            instruction=instruction,
-            max_tokens_per_doc=max_tokens_per_doc,
-            return_documents=return_documents,
-            max_docs_per_request=self._config.max_docs_per_request,
-        )
+        plan = self._plan(query, documents, top_n, instruction, max_tokens_per_doc, return_documents)
         name = self._resolve_model(model)
         if not plan.unique_texts:
             return _core.empty_rerank(name)
-        _core.check_instruction(name, instruction)
+        check_instruction(name, instruction)
 
         def send(chunk: int) -> Any:
             return self._request(
-                "POST", _core.RERANK_PATH, plan.payload(chunk, name), timeout=timeout, max_retries=max_retries
+                "POST", RERANK_PATH, plan.payload(chunk, name), timeout=timeout, max_retries=max_retries
             )
 
         if len(plan.chunks) == 1:
@@ -244,37 +275,16 @@ class RerankClient(_Base):
         """Scores for 1:1, 1:N (one query) or N:N (paired lists) in input order, via /v1/score."""
         name = self._resolve_model(model)
         payload, expected = _core.score_payload(queries, documents, name)
-        body = self._request("POST", _core.SCORE_PATH, payload, timeout=timeout, max_retries=max_retries)
+        body = self._request("POST", SCORE_PATH, payload, timeout=timeout, max_retries=max_retries)
         return _core.parse_score(body, expected, name)
 
     def models(self) -> list[str]:
         """Model names the server serves (/v1/models)."""
-        return _core.parse_models(self._request("GET", _core.MODELS_PATH))
+        return _core.parse_models(self._request("GET", MODELS_PATH))
 
-    def health(self, *, timeout: float = 5.0) -> list[HealthStatus]:
+    def health(self, *, timeout: float = DEFAULT_HEALTH_TIMEOUT) -> list[HealthStatus]:
         """One status per replica: /health, the served models and the vLLM version. Never raises."""
-        statuses = []
-        for url in self._config.base_urls:
-            start = time.perf_counter()
-            try:
-                ok = self._http.get(f"{url}/health", timeout=timeout).status_code == 200
-                latency = (time.perf_counter() - start) * 1000
-                models = (
-                    _core.parse_models(self._http.get(f"{url}{_core.MODELS_PATH}", timeout=timeout).json())
-                    if ok
-                    else []
-                )
-                version = self._http.get(f"{url}/version", timeout=timeout).json().get("version") if ok else None
-                statuses.append(HealthStatus(url=url, healthy=ok, models=models, version=version, latency_ms=latency))
-            except (httpx.HTTPError, ValueError, APIError) as exc:
-                statuses.append(
-                    HealthStatus(
-                        url=url,
-                        healthy=False,
-                        error=str(_translate(exc, url)) if isinstance(exc, httpx.HTTPError) else str(exc),
-                    )
-                )
-        return statuses
+        return [self._probe(url, timeout) for url in self._config.base_urls]
 
     def close(self) -> None:
         self._http.close()
@@ -286,100 +296,31 @@ class RerankClient(_Base):
         self.close()
 
 
-class AsyncRerankClient(_Base):
+class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
     """The asyncio twin of :class:`RerankClient`, with the same methods as coroutines.
 
     async with AsyncRerankClient("http://127.0.0.1:8000") as client:
         response = await client.rerank(query, documents, top_n=5)
     """
 
-    def __init__(
-        self,
-        base_url: str | Sequence[str] | None = None,
-        *,
-        api_key: str | None = None,
-        modal_key: str | None = None,
-        modal_secret: str | None = None,
-        model: str | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        max_docs_per_request: int | None = None,
-        max_concurrency: int | None = None,
-        cooldown: float | None = None,
-        headers: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            modal_key=modal_key,
-            modal_secret=modal_secret,
-            model=model,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_docs_per_request=max_docs_per_request,
-            max_concurrency=max_concurrency,
-            cooldown=cooldown,
-            headers=headers,
-            transport=transport,
-        )
-        self._transport = transport
-        # httpcore's pool scans every connection and queued request on each request, so one pool of
-        # 64 busy connections spends more CPU than the requests themselves (profiled: rerank-kit bench
-        # at 64 in flight reached a third of `vllm bench serve`'s rate). Requests go to the first of
-        # several small pools ("lanes") with room; at low concurrency only the first one is used.
-        self._lanes: list[httpx.AsyncClient] = []
-        self._lane_load: list[int] = []
-        self._http = self._lane(0)
-        self._model_lock: asyncio.Lock | None = None
-
-    def _lane(self, i: int) -> httpx.AsyncClient:
-        while len(self._lanes) <= i:
-            self._lanes.append(
-                httpx.AsyncClient(
-                    headers=self._config.request_headers(),
-                    timeout=_timeout(self._config.timeout),
-                    transport=self._transport,
-                    limits=httpx.Limits(max_connections=LANE_WIDTH, max_keepalive_connections=LANE_WIDTH),
-                )
-            )
-            self._lane_load.append(0)
-        return self._lanes[i]
-
-    def _pick_lane(self) -> int:
-        for i, load in enumerate(self._lane_load):
-            if load < LANE_WIDTH:
-                return i
-        return len(self._lane_load) if len(self._lane_load) < MAX_LANES else self._lane_load.index(min(self._lane_load))
+    def _open(self, transport: httpx.AsyncBaseTransport | None) -> None:
+        # Connections spread over small pools (see _lanes.py) unless a transport is injected (tests).
+        # The client's own limits apply only to proxies that httpx mounts from the environment.
+        self._http = httpx.AsyncClient(transport=transport or LaneTransport(), **self._http_options())
+        self._model_lock: asyncio.Lock | None = None  # made on first use, inside the caller's event loop
 
     async def _request(
         self, method: str, path: str, json: Any = None, *, timeout: float | None = None, max_retries: int | None = None
     ) -> Any:
-        content, headers = _core.request_body(json)  # encoded once, whatever the retries
-        loop = self._retry_loop(method, path, max_retries)
+        loop, content, headers = self._start(method, path, json, max_retries)
         while True:
-            replica = loop.acquire()
-            lane = self._pick_lane()
-            http = self._lane(lane)
-            self._lane_load[lane] += 1
-            try:
-                try:
-                    response = await http.request(
-                        method, replica.url + path, content=content, headers=headers, timeout=_request_timeout(timeout)
-                    )
-                finally:
-                    self._lane_load[lane] -= 1
-            except httpx.HTTPError as exc:
-                delay = loop.failed(replica, _translate(exc, replica.url))
-            except BaseException:
-                loop.abandon(replica)
-                raise
-            else:
-                if response.is_success:
-                    loop.succeeded(replica)
-                    return _core.decode_json(response.content, replica.url + path)
-                delay = loop.failed(replica, _error(response, replica.url + path))
-            await asyncio.sleep(delay)
+            with _Attempt(loop, path) as attempt:
+                attempt.response = await self._http.request(
+                    method, attempt.url, content=content, headers=headers, timeout=_request_timeout(timeout)
+                )
+            if attempt.delay is None:
+                return attempt.answer()
+            await asyncio.sleep(attempt.delay)
 
     async def _resolve_model(self, model: str | None) -> str:
         if model is not None:
@@ -388,11 +329,21 @@ class AsyncRerankClient(_Base):
             self._model_lock = asyncio.Lock()
         async with self._model_lock:
             if self._model is None:
-                names = _core.parse_models(await self._request("GET", _core.MODELS_PATH))
-                if not names:
-                    raise APIError("the server lists no models at /v1/models")
-                self._model = names[0]
+                self._model = _core.first_model(await self._request("GET", MODELS_PATH))
         return self._model
+
+    async def _probe(self, url: str, timeout: float) -> HealthStatus:
+        start = time.perf_counter()
+        try:
+            health = await self._http.get(url + HEALTH_PATH, timeout=timeout)
+            latency_ms = (time.perf_counter() - start) * 1000
+            if health.status_code != 200:
+                return _core.health_status(url, health.status_code, latency_ms)
+            models = await self._http.get(url + MODELS_PATH, timeout=timeout)
+            version = await self._http.get(url + VERSION_PATH, timeout=timeout)
+        except httpx.HTTPError as exc:
+            return _core.health_status(url, error=_translate(exc, url))
+        return _core.health_status(url, health.status_code, latency_ms, models.content, version.content)
 
     async def rerank(
         self,
@@ -408,25 +359,17 @@ class AsyncRerankClient(_Base):
         max_retries: int | None = None,
     ) -> RerankResponse:
         """See :meth:`RerankClient.rerank`."""
-        plan = _core.plan_rerank(
-            query,
-            documents,
-            top_n=top_n,
-            instruction=instruction,
-            max_tokens_per_doc=max_tokens_per_doc,
-            return_documents=return_documents,
-            max_docs_per_request=self._config.max_docs_per_request,
-        )
+        plan = self._plan(query, documents, top_n, instruction, max_tokens_per_doc, return_documents)
         name = await self._resolve_model(model)
         if not plan.unique_texts:
             return _core.empty_rerank(name)
-        _core.check_instruction(name, instruction)
+        check_instruction(name, instruction)
         limit = asyncio.Semaphore(self._config.max_concurrency)
 
         async def send(chunk: int) -> Any:
             async with limit:
                 return await self._request(
-                    "POST", _core.RERANK_PATH, plan.payload(chunk, name), timeout=timeout, max_retries=max_retries
+                    "POST", RERANK_PATH, plan.payload(chunk, name), timeout=timeout, max_retries=max_retries
                 )
 
         if len(plan.chunks) == 1:  # no task per request in the common case
@@ -447,43 +390,19 @@ class AsyncRerankClient(_Base):
         """See :meth:`RerankClient.score`."""
         name = await self._resolve_model(model)
         payload, expected = _core.score_payload(queries, documents, name)
-        body = await self._request("POST", _core.SCORE_PATH, payload, timeout=timeout, max_retries=max_retries)
+        body = await self._request("POST", SCORE_PATH, payload, timeout=timeout, max_retries=max_retries)
         return _core.parse_score(body, expected, name)
 
     async def models(self) -> list[str]:
         """See :meth:`RerankClient.models`."""
-        return _core.parse_models(await self._request("GET", _core.MODELS_PATH))
+        return _core.parse_models(await self._request("GET", MODELS_PATH))
 
-    async def health(self, *, timeout: float = 5.0) -> list[HealthStatus]:
+    async def health(self, *, timeout: float = DEFAULT_HEALTH_TIMEOUT) -> list[HealthStatus]:
         """See :meth:`RerankClient.health`."""
-        statuses = []
-        for url in self._config.base_urls:
-            start = time.perf_counter()
-            try:
-                ok = (await self._http.get(f"{url}/health", timeout=timeout)).status_code == 200
-                latency = (time.perf_counter() - start) * 1000
-                models = (
-                    _core.parse_models((await self._http.get(f"{url}{_core.MODELS_PATH}", timeout=timeout)).json())
-                    if ok
-                    else []
-                )
-                version = (
-                    (await self._http.get(f"{url}/version", timeout=timeout)).json().get("version") if ok else None
-                )
-                statuses.append(HealthStatus(url=url, healthy=ok, models=models, version=version, latency_ms=latency))
-            except (httpx.HTTPError, ValueError, APIError) as exc:
-                statuses.append(
-                    HealthStatus(
-                        url=url,
-                        healthy=False,
-                        error=str(_translate(exc, url)) if isinstance(exc, httpx.HTTPError) else str(exc),
-                    )
-                )
-        return statuses
+        return [await self._probe(url, timeout) for url in self._config.base_urls]
 
     async def aclose(self) -> None:
-        for http in self._lanes:
-            await http.aclose()
+        await self._http.aclose()
 
     async def __aenter__(self) -> AsyncRerankClient:
         return self

@@ -56,6 +56,10 @@ class PortInUseError(ServeError):
     """Something already listens on the requested host:port."""
 
 
+class SelfCheckError(ServeError):
+    """A healthy server builds a different prompt than the model's reference: its scores would be wrong."""
+
+
 class ServerStartError(ServeError):
     """The server exited or did not become healthy in time.
 

@@ -6,23 +6,27 @@ Why: vLLM's ``--api-key`` only guards paths under /v1, /v2, /inference and /cohe
 2 MB document keeps a CPU server busy for minutes. rerank-kit's launcher always loads this guard.
 
 Configuration comes from the server's environment, set by the launcher (never from argv, which
-``ps`` shows to every user):
+``ps`` shows to every user). ``Limits.to_env()`` writes it and ``Limits.from_env()`` reads it, so these
+names are spelled only in this module:
 
 - ``VLLM_API_KEY``: the bearer key (what vLLM itself reads); unset = no authentication.
 - ``RERANK_KIT_MAX_DOCUMENTS``: documents (or pairs) per request, default 1000.
 - ``RERANK_KIT_MAX_DOCUMENT_CHARS``: characters per query or document, default 200,000.
 - ``RERANK_KIT_MAX_BODY_BYTES``: request body size, default 32 MiB.
+- ``RERANK_KIT_STRICT_LENGTH``: ``1`` makes rerank-kit's vLLM plugin reject over-long pairs (vLLM's 400)
+  instead of truncating them.
 
 Errors use vLLM's JSON shape: ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,28 +40,59 @@ OPEN_PATHS = frozenset({"/health"})
 SCORING_PATHS = frozenset({"/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score"})
 DEFAULT_MAX_DOCUMENTS = 1000
 DEFAULT_MAX_DOCUMENT_CHARS = 200_000
-DEFAULT_MAX_BODY_BYTES = 32 << 20
+DEFAULT_MAX_BODY_MB = 32
+DEFAULT_MAX_BODY_BYTES = DEFAULT_MAX_BODY_MB << 20
+# vLLM's own name for the key (its /v1 routes check it too); the launcher sets it, the guard reads it.
+API_KEY_ENV = "VLLM_API_KEY"
+# Limits field -> the environment variable that carries it from the launcher to the server.
+_ENV_NAMES = {
+    "strict_length": "RERANK_KIT_STRICT_LENGTH",
+    "max_documents": "RERANK_KIT_MAX_DOCUMENTS",
+    "max_document_chars": "RERANK_KIT_MAX_DOCUMENT_CHARS",
+    "max_body_bytes": "RERANK_KIT_MAX_BODY_BYTES",
+}
 # Request fields that carry the texts to score, by route family.
 _TEXT_LIST_FIELDS = ("documents", "queries", "items", "text_1", "text_2", "data_1", "data_2")
 
 
 @dataclass(frozen=True)
 class Limits:
+    """The server's input settings: the launcher writes them with ``to_env()``, the guard and the vLLM
+    plugin read them with ``from_env()``.
+
+        >>> Limits(max_documents=50, strict_length=True).to_env()
+        {'RERANK_KIT_STRICT_LENGTH': '1', 'RERANK_KIT_MAX_DOCUMENTS': '50'}
+        >>> Limits.from_env({"RERANK_KIT_MAX_DOCUMENTS": "50"}) == Limits(max_documents=50)
+        True
+    """
+
     max_documents: int = DEFAULT_MAX_DOCUMENTS
     max_document_chars: int = DEFAULT_MAX_DOCUMENT_CHARS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Reject query+document pairs longer than --max-model-len (vLLM's 400) instead of truncating them.
+    strict_length: bool = False
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that carry these settings; a default is left out (readers fall back to it)."""
+        defaults = Limits()
+        env = {}
+        for name, variable in _ENV_NAMES.items():
+            value = getattr(self, name)
+            if value != getattr(defaults, name):
+                env[variable] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return env
 
     @classmethod
-    def from_env(cls) -> Limits:
-        def read(name: str, default: int) -> int:
-            value = os.environ.get(name, "")
-            return int(value) if value.strip() else default
-
-        return cls(
-            max_documents=read("RERANK_KIT_MAX_DOCUMENTS", DEFAULT_MAX_DOCUMENTS),
-            max_document_chars=read("RERANK_KIT_MAX_DOCUMENT_CHARS", DEFAULT_MAX_DOCUMENT_CHARS),
-            max_body_bytes=read("RERANK_KIT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
+        """The settings in ``environ`` (default ``os.environ``); unset or empty variables keep the defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for setting in dataclasses.fields(cls):
+            raw = env.get(_ENV_NAMES[setting.name], "").strip()
+            if raw:
+                flag = isinstance(setting.default, bool)
+                values[setting.name] = raw.lower() in ("1", "true", "yes") if flag else int(raw)
+        return cls(**values)  # type: ignore[arg-type]
 
 
 class RejectedRequest(Exception):
@@ -139,7 +174,7 @@ class RerankKitGuard:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        key = os.environ.get("VLLM_API_KEY", "")
+        key = os.environ.get(API_KEY_ENV, "")
         self._key_hash = hashlib.sha256(key.encode()).digest() if key else None
         self.limits = Limits.from_env()
 

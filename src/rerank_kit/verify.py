@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rerank_kit.client import RerankClient
 from rerank_kit.errors import ConfigError
-from rerank_kit.recipes import Recipe
+from rerank_kit.recipes import Recipe, resolve_model_path
 from rerank_kit.reference import Reference
 
 # Queries ending in punctuation, documents with newlines, code and other languages: the cases where
@@ -116,8 +116,6 @@ def verify(
 def local_weights(recipe: Recipe, weights: str | None = None) -> Path:
     """The directory holding ``recipe``'s weights on this machine: ``weights``, the model path itself,
     its packaged copy, or the Hugging Face cache. Never downloads."""
-    from rerank_kit.launcher import resolve_model_path
-
     if weights:
         path = Path(weights).expanduser()
         if not (path / "config.json").exists():
@@ -135,3 +133,27 @@ def local_weights(recipe: Recipe, weights: str | None = None) -> Path:
             f"the weights of {resolved} are not on this machine: `huggingface-cli download {resolved}` "
             "(or pass --weights DIR) so the reference can run locally"
         ) from exc
+
+
+def verify_server(
+    client: RerankClient,
+    recipe: Recipe,
+    *,
+    weights: str | None = None,
+    instruction: str | None = None,
+    tolerance: float = 0.02,
+    model: str | None = None,
+) -> VerifyReport:
+    """`rerank-kit verify`: the reference for ``recipe`` from local weights, compared with the server."""
+    from rerank_kit.reference import load_reference
+
+    reference = load_reference(recipe.family, str(local_weights(recipe, weights)))
+    return verify(client, reference, instruction=instruction, tolerance=tolerance, model=model)
+
+
+def tokenizer_source(recipe: Recipe, weights: str | None = None) -> str:
+    """Where the self-check loads ``recipe``'s tokenizer: the local weights when present, else the hub id."""
+    try:
+        return str(local_weights(recipe, weights))
+    except ConfigError:
+        return resolve_model_path(recipe)

@@ -14,7 +14,8 @@ an empty separator, i.e. vLLM's own behaviour.
 The plugin also rejects an ``instruction`` that the served template would silently ignore, and
 makes truncation the default: a query-document pair longer than ``--max-model-len`` is cut to fit
 (the document loses its tail; with piecewise prompts the task prompt and suffix are kept) instead
-of failing the whole request. ``RERANK_KIT_STRICT_LENGTH=1`` restores vLLM's reject-with-400.
+of failing the whole request. ``rerank-kit serve --strict-length`` (``guard.Limits.strict_length``)
+restores vLLM's reject-with-400.
 
 vLLM loads it through the ``vllm.general_plugins`` entry point of the installed rerank-kit
 distribution, in every vLLM process; the work happens only in the API server, where requests are
@@ -24,10 +25,10 @@ rendered. Set ``VLLM_PLUGINS`` to a list without ``rerank_kit`` to disable it.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
-from rerank_kit.recipes import PIECEWISE_KEY
+from rerank_kit.guard import Limits
+from rerank_kit.recipes import PIECEWISE_KEY, instruction_error
 
 # A child of vLLM's logger, so messages appear in the server log with its formatting.
 logger = logging.getLogger("vllm.rerank_kit")
@@ -36,7 +37,6 @@ logger = logging.getLogger("vllm.rerank_kit")
 # across it because it never reaches a tokenizer, and text that contains it falls back to vLLM's
 # whole-string path.
 PIECE_SEP = "\U000f8a5e"
-STRICT_ENV = "RERANK_KIT_STRICT_LENGTH"
 ACTIVE_MESSAGE = "rerank-kit: piecewise score-prompt tokenization active for this model"
 
 
@@ -95,10 +95,8 @@ def piecewise_token_ids(
     return prefix + [t for e in encoded for t in e] + suffix
 
 
-INSTRUCTION_ERROR = (
-    "this model's score template takes no instruction: remove 'instruction' "
-    "(models that take one: Qwen3-Reranker, mxbai-rerank v2, bge-reranker-v2-gemma)"
-)
+# The server knows its template, not the recipe, so the message names no model.
+INSTRUCTION_ERROR = instruction_error("this model's score template")
 
 
 def _check_instruction(template: str | None, chat_template_kwargs: dict[str, Any] | None) -> None:
@@ -108,8 +106,8 @@ def _check_instruction(template: str | None, chat_template_kwargs: dict[str, Any
 
 def _default_truncation(request: Any) -> None:
     """Truncate over-long inputs to the model's length unless the request or the server says otherwise."""
-    # RERANK_KIT_STRICT_LENGTH=1 (set by `rerank-kit serve --strict-length`): keep vLLM's 400 for long inputs.
-    if os.environ.get(STRICT_ENV, "").lower() in ("1", "true", "yes"):
+    # `rerank-kit serve --strict-length` (guard.Limits.strict_length): keep vLLM's 400 for long inputs.
+    if Limits.from_env().strict_length:
         return
     if getattr(request, "truncate_prompt_tokens", 0) is None:
         request.truncate_prompt_tokens = -1  # vLLM: -1 means "to max_model_len"

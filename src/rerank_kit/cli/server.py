@@ -1,0 +1,347 @@
+"""Commands that run or describe servers on this machine: models, cmd/serve/up, down, status, logs, k8s, rank-local."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from rerank_kit import launcher
+from rerank_kit.errors import ConfigError
+from rerank_kit.guard import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DOCUMENT_CHARS, DEFAULT_MAX_DOCUMENTS
+from rerank_kit.recipes import DEFAULT_GPU_MODEL, FAMILIES, RECIPES, get_recipe, models_markdown
+
+from ._options import (
+    DocsFileOpt,
+    DtypeOpt,
+    FamilyOpt,
+    InstructionOpt,
+    JsonOpt,
+    MaxLenOpt,
+    ModelArg,
+    QueryOpt,
+    out,
+    say,
+)
+
+# `cmd`, `serve` and `up` take vLLM flags after `--`, passed on unchanged.
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def models(
+    as_json: JsonOpt = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="A Markdown table (the one in the README).")] = False,
+) -> None:
+    """List the recipe table: every model rerank-kit knows how to serve."""
+    if as_json:
+        print(json.dumps({"models": [r.as_dict() for r in RECIPES.values()], "families": list(FAMILIES)}, indent=2))
+        return
+    if markdown:
+        print(models_markdown())
+        return
+    table = Table("model", "family", "template", "max len", "instruction")
+    for r in RECIPES.values():
+        table.add_row(
+            r.model_id,
+            r.family,
+            r.template or "-",
+            str(r.max_model_len or "-"),
+            "yes" if r.supports_instruction else "-",
+        )
+    out.print(table)
+    out.print(f"Families for --family: {', '.join(FAMILIES)}")
+
+
+SERVER_HELP = {
+    "cmd": "Print the exact vLLM command (with its environment) that `serve` would run.\n\n"
+    "Extra vLLM flags go after `--`, e.g. `rerank-kit cmd BAAI/bge-reranker-base -- --max-num-seqs 64`.",
+    "serve": "Run a vLLM server in the foreground (Ctrl-C stops it). Extra vLLM flags go after `--`.",
+    "up": "Start a server in the background, wait until /health answers, print a request to try.",
+}
+
+
+def server(
+    ctx: typer.Context,
+    model: ModelArg = None,
+    family: FamilyOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the server to the network.")
+    ] = launcher.DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="Port to listen on (replicas take the next ones).")] = launcher.DEFAULT_PORT,
+    max_model_len: MaxLenOpt = None,
+    tensor_parallel_size: Annotated[
+        int, typer.Option("--tensor-parallel-size", "-tp", help="GPUs per replica (tensor parallel).")
+    ] = 1,
+    data_parallel_size: Annotated[
+        int, typer.Option("--data-parallel-size", "-dp", help="Replicas inside one server (data parallel).")
+    ] = 1,
+    dtype: DtypeOpt = None,
+    device: Annotated[str, typer.Option(help="auto (GPU if nvidia-smi sees one), cpu or cuda.")] = "auto",
+    eager: Annotated[bool, typer.Option("--eager", help="Skip torch.compile: faster start, slower serving.")] = False,
+    kv_cache_gib: Annotated[
+        float | None, typer.Option("--kv-cache-gib", help="CPU backend: memory for the KV cache, GiB.")
+    ] = None,
+    reserved_cpus: Annotated[
+        int | None, typer.Option("--reserved-cpus", help="CPU backend: cores kept free for vLLM's scheduler.")
+    ] = None,
+    cpu_executor: Annotated[
+        str,
+        typer.Option(
+            "--cpu-executor",
+            help="CPU backend: uni (model in the engine process), mp (vLLM's worker processes) or auto.",
+        ),
+    ] = "auto",
+    served_model_name: Annotated[
+        str | None, typer.Option("--served-model-name", help="Model name clients send.")
+    ] = None,
+    max_documents: Annotated[
+        int | None,
+        typer.Option(
+            "--max-documents",
+            help=f"Documents per request the server accepts (default {DEFAULT_MAX_DOCUMENTS}; more is HTTP 413).",
+        ),
+    ] = None,
+    max_document_chars: Annotated[
+        int | None,
+        typer.Option(
+            "--max-document-chars", help=f"Characters per query or document (default {DEFAULT_MAX_DOCUMENT_CHARS})."
+        ),
+    ] = None,
+    max_body_mb: Annotated[
+        float | None,
+        typer.Option("--max-body-mb", help=f"Request body size limit in MiB (default {DEFAULT_MAX_BODY_BYTES >> 20})."),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Allow a non-local --host without an API key (e.g. behind an authenticating proxy)."
+        ),
+    ] = False,
+    strict_length: Annotated[
+        bool,
+        typer.Option(
+            "--strict-length", help="Reject pairs longer than --max-model-len (HTTP 400) instead of truncating them."
+        ),
+    ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            help="Require this bearer key. Visible in `ps` while rerank-kit runs: prefer --api-key-file "
+            "or the RERANK_KIT_API_KEY environment variable.",
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option("--api-key-file", help="Read the bearer key from this file.")
+    ] = None,
+    replicas: Annotated[
+        int, typer.Option(help="cmd, up: independent servers on consecutive ports, each on its own GPUs or cores.")
+    ] = 1,
+    timeout: Annotated[float, typer.Option(help="up: seconds to wait for /health.")] = launcher.DEFAULT_START_TIMEOUT,
+) -> None:
+    # One function behind `cmd`, `serve` and `up` (SERVER_HELP): they share every option.
+    options = launcher.ServeOptions(
+        host=host,
+        port=port,
+        max_model_len=max_model_len,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        dtype=dtype,
+        device=device,  # type: ignore[arg-type]  # checked by ServeOptions
+        eager=eager,
+        kv_cache_gib=kv_cache_gib,
+        reserved_cpus=reserved_cpus,
+        cpu_executor=cpu_executor,  # type: ignore[arg-type]
+        served_model_name=served_model_name,
+        max_documents=max_documents,
+        max_document_chars=max_document_chars,
+        max_body_mb=max_body_mb,
+        insecure=insecure,
+        strict_length=strict_length,
+        api_key=api_key,
+        api_key_file=str(api_key_file) if api_key_file else None,
+        extra_args=tuple(a for a in ctx.args if a != "--"),
+    )
+    mode = ctx.info_name
+    if mode == "serve" and replicas != 1:
+        raise ConfigError("serve runs one server in the foreground: use `rerank-kit up --replicas N` for several")
+    commands = launcher.commands_for(model, family, options, replicas=replicas)
+    if mode == "cmd":
+        if commands[0].choices:
+            say("Chosen for this machine:")
+            _print_choices(commands[0])
+        for command in commands:
+            print(command.shell())
+    elif mode == "serve":
+        command = commands[0]
+        say(f"Serving {command.recipe.model_id} ({command.recipe.family}) at {command.url}")
+        _print_choices(command)
+        say(command.shell())
+        launcher.run_foreground(command)
+    else:
+        _up(commands, timeout)
+
+
+def _print_choices(command: launcher.Command) -> None:
+    for choice in command.choices:
+        say(f"  {choice.name}={choice.value}  ({choice.reason})")
+
+
+def _up(commands: list[launcher.Command], timeout: float) -> None:
+    for command in commands:
+        say(f"Starting {command.recipe.model_id} ({command.recipe.family}) on {command.url}")
+        say(f"  log: {launcher.ServerRecord.log_path_for(command.port)}")
+    _print_choices(commands[0])
+    last = [0.0]
+
+    def progress(elapsed: float) -> None:
+        if elapsed - last[0] >= 10:
+            last[0] = elapsed
+            say(f"  waiting for /health ... {elapsed:.0f} s")
+
+    started = time.monotonic()
+    records = launcher.start_replicas(commands, timeout=timeout, on_wait=progress)
+    say(f"Healthy after {time.monotonic() - started:.0f} s (pid {', '.join(str(r.pid) for r in records)}). Try:")
+    if len(records) > 1:
+        say(f"  export RERANK_KIT_URL={','.join(r.url for r in records)}   # the client balances across them")
+    print(_example_request(records[0], keyed="VLLM_API_KEY" in commands[0].env))
+
+
+def _example_request(record: launcher.ServerRecord, keyed: bool) -> str:
+    body = {
+        "model": record.model,
+        "query": "What is vLLM?",
+        "documents": [
+            "vLLM is a fast and easy-to-use library for LLM inference and serving.",
+            "The Eiffel Tower is in Paris.",
+            "PagedAttention manages attention keys and values in pages.",
+        ],
+        "top_n": 2,
+    }
+    auth = ' -H "Authorization: Bearer $RERANK_KIT_API_KEY"' if keyed else ""
+    return (
+        f"curl -s {record.url}/v1/rerank -H 'Content-Type: application/json'{auth} -d {shlex.quote(json.dumps(body))}"
+    )
+
+
+def down(
+    port: Annotated[int | None, typer.Option(help="Port of the server to stop (default: all).")] = None,
+) -> None:
+    """Stop servers started with `up` (the whole process tree) and remove their pid files."""
+    records = launcher.stop_servers(port)
+    if not records:
+        say("No rerank-kit servers are running.")
+    for record in records:
+        say(f"Stopped {record.model} on port {record.port} (pid {record.pid}).")
+
+
+def status(
+    port: Annotated[int | None, typer.Option(help="Only this port.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show servers started with `up`: pid, model, URL, and whether /health answers."""
+    rows = launcher.server_statuses(port)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        say("No rerank-kit servers are running.")
+    else:
+        table = Table("port", "pid", "model", "url", "state", "uptime")
+        for row in rows:
+            state = "healthy" if row["healthy"] else ("starting/unhealthy" if row["running"] else "dead")
+            table.add_row(
+                str(row["port"]), str(row["pid"]), str(row["model"]), str(row["url"]), state, f"{row['uptime_s']} s"
+            )
+        out.print(table)
+    if port is not None and not any(r["healthy"] for r in rows):
+        raise typer.Exit(1)
+
+
+def logs(
+    port: Annotated[int, typer.Option(help="Port of the server.")] = launcher.DEFAULT_PORT,
+    lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines.")] = 50,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines (Ctrl-C stops).")] = False,
+) -> None:
+    """Print the end of a server's log."""
+    path = launcher.ServerRecord.log_path_for(port)
+    print(launcher.tail(path, lines, missing_ok=False))
+    if follow:
+        try:
+            for line in launcher.follow(path):
+                print(line, end="", flush=True)
+        except KeyboardInterrupt:
+            return
+
+
+def rank_local(
+    model: Annotated[str, typer.Argument(help="Model id or local directory (with --family).")],
+    query: QueryOpt,
+    docs_file: DocsFileOpt,
+    top_k: Annotated[int, typer.Option("--top-k", help="How many results to print.")] = 3,
+    family: FamilyOpt = None,
+    instruction: InstructionOpt = None,
+    max_model_len: MaxLenOpt = None,
+    dtype: DtypeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score documents in THIS process (no server) through vLLM's offline API, with the same recipe as `serve`."""
+    from rerank_kit.files import load_documents
+    from rerank_kit.offline import rank_offline
+
+    docs = load_documents(docs_file)
+    recipe = get_recipe(model, family)
+    options = launcher.ServeOptions(max_model_len=max_model_len, dtype=dtype, eager=True)
+    response = rank_offline(recipe, options, query, docs, top_n=top_k, instruction=instruction)
+    if as_json:
+        print(
+            json.dumps(
+                [{"index": r.index, "score": r.relevance_score, "document": r.document} for r in response], indent=2
+            )
+        )
+        return
+    table = Table("rank", "index", "score", "document")
+    for n, r in enumerate(response, 1):
+        table.add_row(str(n), str(r.index), f"{r.relevance_score:.4f}", r.text[:100])
+    out.print(table)
+
+
+def k8s(
+    model: ModelArg = None,
+    family: FamilyOpt = None,
+    image: Annotated[str, typer.Option(help="Image built from this repository's Dockerfile.")] = "rerank-kit:latest",
+    replicas: Annotated[int, typer.Option(help="Pods to start with (and the autoscaler's minimum).")] = 1,
+    max_replicas: Annotated[int, typer.Option("--max-replicas", help="The autoscaler's maximum.")] = 4,
+    gpus: Annotated[int, typer.Option(help="GPUs per pod (tensor parallel).")] = 1,
+    target_in_flight: Annotated[
+        int, typer.Option("--target-in-flight", help="In-flight requests per pod the autoscaler aims for.")
+    ] = 32,
+    api_key_secret: Annotated[
+        str, typer.Option("--api-key-secret", help="Secret with an 'api-key' entry.")
+    ] = "rerank-kit-api-key",  # noqa: S107 - the name of a Secret, not a key
+    hf_cache_claim: Annotated[
+        str | None, typer.Option("--hf-cache-claim", help="PersistentVolumeClaim for the weights cache.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the Deployment/Service/HPA.")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Namespace.")] = None,
+) -> None:
+    """Print Kubernetes manifests (Deployment, Service, HorizontalPodAutoscaler) for a model (default: GPU)."""
+    from rerank_kit.k8s import K8sOptions, manifests, to_yaml
+
+    recipe = get_recipe(model or DEFAULT_GPU_MODEL, family)
+    options = K8sOptions(
+        image=image,
+        name=name,
+        namespace=namespace,
+        replicas=replicas,
+        max_replicas=max_replicas,
+        gpus=gpus,
+        target_in_flight=target_in_flight,
+        api_key_secret=api_key_secret,
+        hf_cache_claim=hf_cache_claim,
+    )
+    print(to_yaml(manifests(recipe, options), recipe), end="")

@@ -1,0 +1,386 @@
+"""Recipe + options + machine -> the vLLM server ``Command``: argv, environment, host and port.
+
+Everything here builds argument lists (never shell strings); nothing here starts a process.
+
+    >>> from rerank_kit.recipes import get_recipe
+    >>> cmd = build_command(get_recipe("BAAI/bge-reranker-base"), ServeOptions(port=9000), machine=None)
+    >>> cmd.server_args[:2], (cmd.host, cmd.port), cmd.url
+    (('--model', 'BAAI/bge-reranker-base'), ('127.0.0.1', 9000), 'http://127.0.0.1:9000')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+from rerank_kit import machine as machine_mod
+from rerank_kit.errors import ConfigError
+from rerank_kit.guard import API_KEY_ENV, Limits, RerankKitGuard
+from rerank_kit.launcher.vllm import VLLM_ENTRYPOINT, VllmFeatures, vllm_version
+from rerank_kit.machine import Choice, Machine
+from rerank_kit.recipes import Recipe, default_model, get_recipe, resolve_model_path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+# vLLM imports the guard by this dotted path (--middleware), in the server process.
+GUARD_MIDDLEWARE = f"{RerankKitGuard.__module__}.{RerankKitGuard.__qualname__}"
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# The variable a person sets to serve with a key; printed commands refer to it instead of the key.
+API_KEY_VARIABLE = "RERANK_KIT_API_KEY"
+Device = Literal["auto", "cpu", "cuda"]
+CpuExecutor = Literal["auto", "uni", "mp"]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How to serve: network, sizes, and overrides of the recipe and of the machine defaults."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    dtype: str | None = None
+    device: Device = "auto"
+    # Skip torch.compile: a faster cold start for slower steady-state throughput.
+    eager: bool = False
+    kv_cache_gib: float | None = None
+    reserved_cpus: int | None = None
+    # CPU backend: "uni" runs the model in vLLM's engine process, "mp" in a worker process; auto picks.
+    cpu_executor: CpuExecutor = "auto"
+    served_model_name: str | None = None
+    # The API key, or where it comes from (api_key, then api_key_file, then api_key_env; none: $RERANK_KIT_API_KEY).
+    # The key itself never goes into argv or a printed command: vLLM reads it from VLLM_API_KEY.
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    # Reject query+document pairs longer than --max-model-len (vLLM's default) instead of truncating them.
+    strict_length: bool = False
+    # Input limits enforced by rerank_kit.guard (None: the guard's defaults).
+    max_documents: int | None = None
+    max_document_chars: int | None = None
+    max_body_mb: float | None = None
+    # Allow binding beyond localhost without an API key.
+    insecure: bool = False
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for flag, value, allowed in (
+            ("--device", self.device, get_args(Device)),
+            ("--cpu-executor", self.cpu_executor, get_args(CpuExecutor)),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}")
+
+    def limits(self) -> Limits:
+        """The guard's and the plugin's settings these options ask for (unset ones keep the guard's defaults).
+
+        >>> ServeOptions(max_body_mb=2).limits().max_body_bytes == 2 << 20
+        True
+        """
+        given = {
+            "max_documents": self.max_documents,
+            "max_document_chars": self.max_document_chars,
+            "max_body_bytes": int(self.max_body_mb * (1 << 20)) if self.max_body_mb else None,
+        }
+        return Limits(strict_length=self.strict_length, **{k: v for k, v in given.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """An environment value the command reads from somewhere else (so secrets are never printed)."""
+
+    shell: str  # how a shell writes it, e.g. '"$RERANK_KIT_API_KEY"'
+    resolve: Callable[[], str] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A vLLM server command: argv, the environment variables it sets, and why each default was chosen.
+
+    ``host`` and ``port`` are where the server binds; ``server_args`` is the part of ``argv`` vLLM's own
+    argument parser reads (everything after the interpreter and entry point, or after a ``taskset`` prefix).
+    Read them instead of searching ``argv``.
+    """
+
+    argv: list[str]
+    env: dict[str, str | EnvRef]
+    choices: list[Choice]
+    recipe: Recipe
+    url: str
+    host: str
+    port: int
+    server_args: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if tuple(self.argv[len(self.argv) - len(self.server_args) :]) != tuple(self.server_args):
+            raise ValueError("Command.server_args must be the end of Command.argv")
+
+    def environ(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The full environment to start the process with."""
+        env = dict(os.environ if base is None else base)
+        for name, value in self.env.items():
+            env[name] = value.resolve() if isinstance(value, EnvRef) else value
+        return env
+
+    def with_args(self, *extra: str, env: dict[str, str | EnvRef] | None = None) -> Command:
+        """The same server with more vLLM flags (and, when given, this environment instead), choices cleared."""
+        return dataclasses.replace(
+            self,
+            argv=[*self.argv, *extra],
+            server_args=(*self.server_args, *extra),
+            env=self.env if env is None else env,
+            choices=[],
+        )
+
+    def shell(self) -> str:
+        """One line a person can paste to reproduce the server: NAME=value prefixes, then argv."""
+        prefixes = [
+            f"{name}={value.shell if isinstance(value, EnvRef) else shlex.quote(value)}"
+            for name, value in self.env.items()
+        ]
+        return " ".join([*prefixes, shlex.join(self.argv)])
+
+
+def _model_position_limit(model_path: str) -> int | None:
+    """The longest sequence a local model's config allows (RoBERTa-style configs reserve 2 positions)."""
+    config_file = Path(model_path) / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    limit = config.get("max_position_embeddings")
+    if not isinstance(limit, int):
+        return None
+    if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") and limit > 2:
+        limit -= 2
+    return limit
+
+
+def _cap_to_model(recipe_len: int | None, model_path: str) -> int | None:
+    """The recipe's default length, capped at what a local model supports (e.g. a small fine-tune)."""
+    limit = _model_position_limit(model_path)
+    if recipe_len is None or limit is None:
+        return recipe_len
+    return min(recipe_len, limit)
+
+
+def _api_key_ref(options: ServeOptions) -> EnvRef | None:
+    """Where the server's key comes from, as an environment value that prints without the key."""
+    if options.api_key:
+        key = options.api_key
+        return EnvRef(shell=f'"${API_KEY_VARIABLE}"', resolve=lambda: key)  # noqa: S604 - printed text
+    if options.api_key_file:
+        path = Path(options.api_key_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"API key file {str(path)!r} does not exist")
+
+        def read() -> str:
+            key = path.read_text().strip()
+            if not key:
+                raise ConfigError(f"API key file {str(path)!r} is empty")
+            return key
+
+        return EnvRef(shell=f'"$(cat {shlex.quote(str(path))})"', resolve=read)  # noqa: S604 - printed text
+    # RERANK_KIT_API_KEY: serve with this bearer key when no key, key file or key variable is given.
+    name = options.api_key_env or (API_KEY_VARIABLE if os.environ.get(API_KEY_VARIABLE) else None)
+    if name:
+
+        def read_env() -> str:
+            value = os.environ.get(name, "")
+            if not value:
+                raise ConfigError(f"environment variable {name} is empty: it should hold the API key")
+            return value
+
+        return EnvRef(shell=f'"${name}"', resolve=read_env)  # noqa: S604 - printed text, never run
+    return None
+
+
+def use_gpu(options: ServeOptions, machine: Machine | None) -> bool:
+    if options.device != "auto":
+        return options.device == "cuda"
+    return machine is not None and machine.has_gpu
+
+
+def build_command(
+    recipe: Recipe,
+    options: ServeOptions,
+    *,
+    vllm_version: str | None = None,
+    machine: Machine | None = None,
+    python: str | None = None,
+) -> Command:
+    """The vLLM server command for ``recipe``: every flag comes from the recipe, the options and the machine.
+
+    ``vllm_version=None`` builds for ``DEFAULT_VLLM_VERSION``. ``machine=None`` builds a command without
+    machine-specific CPU defaults (for printing and tests); pass ``machine_mod.detect()`` to tune for the host.
+    """
+    features = VllmFeatures.for_version(vllm_version)
+    gpu = use_gpu(options, machine)
+    model_path = resolve_model_path(recipe)
+
+    args = ["--model", model_path]
+    served_name = options.served_model_name or (recipe.model_id if model_path != recipe.model_id else None)
+    if served_name:
+        args += ["--served-model-name", served_name]
+    args += ["--host", options.host, "--port", str(options.port)]
+
+    if features.runner_flag:
+        args += ["--runner", "pooling"]
+        if recipe.convert:
+            args += ["--convert", recipe.convert]
+    else:
+        args += ["--task", "embed" if recipe.convert == "embed" else "score"]
+
+    overrides = recipe.hf_overrides_json()
+    if overrides:
+        args += ["--hf-overrides", overrides]
+    template = recipe.template_path()
+    if template is not None:
+        # vLLM applies a score template only when --chat-template is passed; without it
+        # Qwen3/mxbai/gemma rerankers return plausible-looking but wrong scores.
+        args += ["--chat-template", str(template)]
+    if recipe.trust_remote_code:
+        args += ["--trust-remote-code"]
+    if recipe.pooler_config:
+        args += ["--pooler-config", json.dumps(dict(recipe.pooler_config), separators=(",", ":"))]
+    max_len = options.max_model_len or _cap_to_model(recipe.max_model_len, model_path)
+    if max_len:
+        args += ["--max-model-len", str(max_len)]
+    if recipe.enable_prefix_caching:
+        # Decoder rerankers: the system prompt + query prefix is shared by every document of a request.
+        args += ["--enable-prefix-caching"]
+    if options.tensor_parallel_size != 1:
+        args += ["--tensor-parallel-size", str(options.tensor_parallel_size)]
+    if options.data_parallel_size != 1:
+        args += ["--data-parallel-size", str(options.data_parallel_size)]
+    if options.eager:
+        args += ["--enforce-eager"]
+    # Auth on every route but /health (vLLM's own --api-key guards only /v1, /v2, ...) and input limits.
+    args += ["--middleware", GUARD_MIDDLEWARE]
+
+    env: dict[str, str | EnvRef] = {}
+    choices: list[Choice] = []
+    if gpu:
+        dtype = options.dtype or recipe.dtype
+        if dtype:
+            args += ["--dtype", dtype]
+    else:
+        if machine is not None:
+            choices = machine_mod.cpu_choices(
+                machine,
+                dtype=options.dtype or recipe.dtype,
+                reserved_cpus=options.reserved_cpus,
+                kv_cache_gib=options.kv_cache_gib,
+                executor=options.cpu_executor,
+                workers=options.tensor_parallel_size * options.data_parallel_size,
+            )
+        elif options.dtype or recipe.dtype:
+            choices = [Choice("arg", "--dtype", str(options.dtype or recipe.dtype), "asked for")]
+        for choice in choices:
+            if choice.kind == "env":
+                env[choice.name] = choice.value
+            elif choice.name == "--kv-cache-memory-bytes" and not features.kv_cache_bytes_flag:
+                gib = max(1, round(int(choice.value) / machine_mod.GiB))
+                env["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
+            else:
+                args += [choice.name, choice.value]
+
+    key = _api_key_ref(options)
+    if key is not None:
+        env[API_KEY_ENV] = key
+    elif options.host not in LOCAL_HOSTS and not options.insecure:
+        raise ConfigError(
+            f"--host {options.host} exposes the server beyond this machine without an API key: set "
+            f"{API_KEY_VARIABLE} or pass --api-key-file FILE (or --insecure if a proxy in front authenticates)"
+        )
+    env.update(options.limits().to_env())  # read by rerank_kit.guard and the vLLM plugin in the server
+
+    args += list(options.extra_args)
+    url_host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host  # noqa: S104 - a comparison
+    return Command(
+        argv=[python or sys.executable, "-m", VLLM_ENTRYPOINT, *args],
+        env=env,
+        choices=choices,
+        recipe=recipe,
+        url=f"http://{url_host}:{options.port}",
+        host=options.host,
+        port=options.port,
+        server_args=tuple(args),
+    )
+
+
+def replica_commands(
+    recipe: Recipe,
+    options: ServeOptions,
+    replicas: int,
+    *,
+    vllm_version: str | None = None,
+    machine: Machine | None = None,
+) -> list[Command]:
+    """``replicas`` independent servers on consecutive ports, each with its own share of the machine.
+
+    With GPUs, replica i sees its own GPUs (CUDA_VISIBLE_DEVICES); on a CPU, the cores and memory are
+    split evenly and each replica is pinned to its cores with ``taskset``, so replicas do not fight
+    over the same cores. Clients balance across them: ``RerankClient([url1, url2, ...])``.
+    """
+    if replicas < 1:
+        raise ConfigError("--replicas must be >= 1")
+    if replicas == 1:
+        return [build_command(recipe, options, vllm_version=vllm_version, machine=machine)]
+    if machine is None:
+        raise ConfigError("replicas need the machine's facts (rerank_kit.machine.detect())")
+    commands = []
+    gpu = use_gpu(options, machine)
+    per_gpu = options.tensor_parallel_size * options.data_parallel_size
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(machine.cpu_count))
+    per_cpu = len(cores) // replicas
+    if gpu and machine.gpus < per_gpu * replicas:
+        raise ConfigError(
+            f"{replicas} replicas x {per_gpu} GPUs each need {per_gpu * replicas} GPUs; this machine has {machine.gpus}"
+        )
+    if not gpu and per_cpu < 1:
+        raise ConfigError(f"{replicas} CPU replicas need at least {replicas} cores; this machine has {len(cores)}")
+    for i in range(replicas):
+        replica_options = dataclasses.replace(options, port=options.port + i)
+        if gpu:
+            command = build_command(recipe, replica_options, vllm_version=vllm_version, machine=machine)
+            devices = ",".join(str(g) for g in range(i * per_gpu, (i + 1) * per_gpu))
+            commands.append(dataclasses.replace(command, env={**command.env, "CUDA_VISIBLE_DEVICES": devices}))
+            continue
+        share = dataclasses.replace(
+            machine,
+            cpu_count=per_cpu,
+            total_memory=machine.total_memory // replicas,
+            available_memory=machine.available_memory // replicas,
+        )
+        command = build_command(recipe, replica_options, vllm_version=vllm_version, machine=share)
+        mine = ",".join(str(c) for c in cores[i * per_cpu : (i + 1) * per_cpu])
+        taskset = shutil.which("taskset")
+        # A prefix only: server_args (what vLLM parses) stay the same.
+        argv = [taskset, "-c", mine, *command.argv] if taskset else command.argv
+        commands.append(dataclasses.replace(command, argv=argv))
+    return commands
+
+
+def commands_for(model: str | None, family: str | None, options: ServeOptions, *, replicas: int = 1) -> list[Command]:
+    """What `rerank-kit cmd/serve/up` run: ``replicas`` commands tuned for this machine and the installed vLLM.
+
+    ``model=None`` serves the default model for this machine (``recipes.default_model``).
+    """
+    host = machine_mod.detect()
+    recipe = get_recipe(model or default_model(host.has_gpu), family)
+    return replica_commands(recipe, options, replicas, vllm_version=vllm_version(), machine=host)
+
+
+def parse_choices_for_print(choices: Sequence[Choice]) -> list[str]:
+    """Human lines: what was chosen for this machine and why."""
+    return [f"{c.name}={c.value}: {c.reason}" for c in choices]
