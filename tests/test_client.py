@@ -11,6 +11,8 @@ import inspect
 import json
 import math
 import random
+import socket
+import time
 
 import httpx
 import pytest
@@ -429,6 +431,133 @@ def test_results_serialise_to_json():
         "usage": {"prompt_tokens": 3, "total_tokens": 3},
         "requests": 1,
     }
+
+
+# --- deadline ----------------------------------------------------------------------------------------
+
+
+def call_client(kind, handler, *, url="http://server:8000", call_kw=None, **client_kw):
+    """One rerank call through the sync or the async client; (result or raised error, seconds)."""
+    client_kw.setdefault("model", MODEL)
+    transport = {} if handler is None else {"transport": httpx.MockTransport(handler)}
+    docs = client_kw.pop("docs", ["a"])
+    start = time.monotonic()
+    try:
+        if kind == "sync":
+            with RerankClient(url, **transport, **client_kw) as client:
+                return client.rerank("q", docs, **(call_kw or {})), time.monotonic() - start
+
+        async def run():
+            async with AsyncRerankClient(url, **transport, **client_kw) as client:
+                return await client.rerank("q", docs, **(call_kw or {}))
+
+        return asyncio.run(run()), time.monotonic() - start
+    except APIError as exc:
+        return exc, time.monotonic() - start
+
+
+both_clients = pytest.mark.parametrize("kind", ["sync", "async"])
+
+
+@both_clients
+def test_a_503_storm_ends_at_the_deadline_naming_the_attempts(kind):
+    fake = FakeVLLM(fail=[_busy(503)] * 1000)
+    error, elapsed = call_client(kind, fake, deadline=1.0, max_retries=50)  # 50 retries: ~8 minutes of backoff
+    assert type(error) is APITimeoutError and elapsed < 1.0 + 0.5
+    sent = len(fake.requests)
+    assert sent >= 2 and error.attempts == {"http://server:8000": sent}
+    assert f"{sent} attempts (http://server:8000 x{sent})" in str(error)
+    assert "1 s deadline" in str(error) and "HTTP 503" in str(error) and "POST /v1/rerank" in str(error)
+    assert error.elapsed is not None and error.elapsed <= 1.0
+
+
+def test_a_retry_after_past_the_deadline_gives_up_at_once_instead_of_sleeping(sleeps):
+    fake = FakeVLLM(fail=[_busy(429, "30")])
+    error, elapsed = call_client("sync", fake, deadline=5.0)
+    assert isinstance(error, APITimeoutError) and "the next retry was due in 30.00 s" in str(error)
+    assert sleeps == [] and len(fake.requests) == 1 and elapsed < 1
+
+
+@pytest.fixture
+def silent_server():
+    """A real socket that accepts connections (the kernel does) and never answers: a hung server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@both_clients
+def test_a_server_that_never_answers_is_cut_at_the_deadline_not_the_timeout(kind, silent_server):
+    error, elapsed = call_client(kind, None, url=silent_server, timeout=60, deadline=1.0)
+    assert type(error) is APITimeoutError and 0.9 < elapsed < 1.0 + 0.5
+    assert error.attempts == {silent_server: 1} and "1 attempt (" in str(error)
+
+
+@both_clients
+def test_a_call_that_succeeds_on_the_third_try_within_the_deadline_succeeds(kind):
+    fake = FakeVLLM(fail=[_busy(503), _busy(503)])
+    response, _ = call_client(kind, fake, timeout=60, deadline=3.0)
+    assert len(response.results) == 1 and len(fake.requests) == 3
+    # each attempt's httpx timeout is the time the call had left, not the 60 s request timeout
+    read_timeouts = [r.extensions["timeout"]["read"] for r in fake.requests]
+    assert 2.9 < read_timeouts[0] <= 3.0
+    assert read_timeouts == sorted(read_timeouts, reverse=True) and read_timeouts[-1] < 3.0 - 0.5
+
+
+@both_clients
+def test_the_chunks_of_one_call_share_its_deadline(kind):
+    fake = FakeVLLM()
+
+    def slow(request):  # 0.3 s per answer, and a read timeout honoured as a real transport would
+        limit = request.extensions["timeout"]["read"]
+        time.sleep(min(0.3, limit))
+        if limit < 0.3:
+            raise httpx.ReadTimeout("slow", request=request)
+        return fake(request)
+
+    # four chunks one after another: 1.2 s in all, so with a deadline per chunk the call would succeed
+    docs = ["a", "b", "c", "d"]
+    error, elapsed = call_client(kind, slow, docs=docs, max_docs_per_request=1, max_concurrency=1, deadline=1.0)
+    assert isinstance(error, APITimeoutError) and elapsed < 1.0 + 0.5
+    assert len(fake.requests) == 3 and error.attempts == {"http://server:8000": 4}
+    assert "4 attempts" in str(error) and "ReadTimeout" in str(error)
+
+
+@both_clients
+def test_a_per_call_deadline_overrides_the_clients(kind):
+    fake = FakeVLLM(fail=[_busy(503)] * 1000)
+    error, elapsed = call_client(kind, fake, deadline=60.0, call_kw={"deadline": 0.5})
+    assert isinstance(error, APITimeoutError) and "0.5 s deadline" in str(error) and elapsed < 0.5 + 0.5
+
+
+def test_the_deadline_comes_from_the_argument_then_rerank_kit_deadline_then_the_default(monkeypatch):
+    url = "http://server:8000"
+    monkeypatch.delenv("RERANK_KIT_DEADLINE", raising=False)
+    assert _config.resolve_config(url).deadline == _config.DEFAULT_DEADLINE
+    monkeypatch.setenv("RERANK_KIT_DEADLINE", "7.5")
+    assert _config.resolve_config(url).deadline == 7.5
+    assert _config.resolve_config(url, deadline=3).deadline == 3.0
+    monkeypatch.setenv("RERANK_KIT_DEADLINE", "soon")
+    assert _config.resolve_config(url, deadline=3).deadline == 3.0  # not read when the argument is given
+    with pytest.raises(ConfigError, match="RERANK_KIT_DEADLINE='soon' is not a number"):
+        _config.resolve_config(url)
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="deadline must be a number of seconds > 0"):
+            _config.resolve_config(url, deadline=bad)
+    with make(FakeVLLM(), deadline=1) as client, pytest.raises(ConfigError, match="deadline"):
+        client.rerank("q", ["a"], deadline=0)
+    monkeypatch.delenv("RERANK_KIT_DEADLINE")
+    assert _config.resolve_config(url, timeout=300).deadline == 300  # one full-length attempt always fits
+    assert _config.resolve_config(url, timeout=300, deadline=10).deadline == 10
+
+
+@both_clients
+def test_rerank_kit_deadline_bounds_a_client_given_none(kind, monkeypatch):
+    monkeypatch.setenv("RERANK_KIT_DEADLINE", "0.5")
+    fake = FakeVLLM(fail=[_busy(503)] * 1000)
+    error, elapsed = call_client(kind, fake)
+    assert isinstance(error, APITimeoutError) and "0.5 s deadline" in str(error) and elapsed < 0.5 + 0.5
 
 
 # --- replicas ------------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ one-box scale-out path (`rerank-kit up --replicas 2`) runs for real."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rerank_kit import launcher
+from rerank_kit import k8s, launcher
+from rerank_kit.errors import ConfigError
 from rerank_kit.k8s import K8sOptions, manifests, to_yaml
 from rerank_kit.recipes import get_recipe
 
@@ -106,11 +109,14 @@ def test_k8s_manifests():
     assert "--api-key-file" in container["args"] and "env" not in container
 
 
+@pytest.mark.parametrize("metric", k8s.METRICS)
 @pytest.mark.parametrize("model", ["Qwen/Qwen3-Reranker-4B", "BAAI/bge-reranker-v2-m3"])
-def test_k8s_manifests_validate_against_kubernetes_schemas(model):
+def test_k8s_manifests_validate_against_kubernetes_schemas(model, metric):
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     recipe = get_recipe(model)
-    docs = list(yaml.safe_load_all(to_yaml(manifests(recipe, K8sOptions(replicas=2, gpus=1)), recipe)))
+    options = K8sOptions(replicas=2, gpus=1, metric=metric, namespace="rag")
+    docs = list(yaml.safe_load_all(to_yaml(manifests(recipe, options), recipe)))
+    assert len(docs) == (5 if metric == "in-flight" else 3)
     version = kubernetes_validate.latest_version()
     for doc in docs:  # strict: an unknown or misspelt field is an error too
         kubernetes_validate.validate(doc, version, strict=True)
@@ -120,17 +126,155 @@ def test_k8s_manifests_validate_against_kubernetes_schemas(model):
         kubernetes_validate.validate(broken, version, strict=True)
 
 
+def k8s_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "rerank_kit.cli", "k8s", "BAAI/bge-reranker-v2-m3", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 def test_k8s_cli_prints_applyable_yaml():
-    out = subprocess.run(
-        [sys.executable, "-m", "rerank_kit.cli", "k8s", "BAAI/bge-reranker-v2-m3", "--namespace", "rag"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = k8s_cli("--namespace", "rag")
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
     assert all(d["metadata"]["namespace"] == "rag" for d in docs)
     assert "&id" not in out.stdout  # no YAML anchors
+
+
+# --- read-only root filesystem ------------------------------------------------------------------------
+
+
+def image_env() -> dict[str, str]:
+    """The Dockerfile's ENV, as the container sees it."""
+    env = {}
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(rest))
+    return env
+
+
+def written_paths() -> dict[str, str]:
+    """The directories the image tells a writer to use (every absolute path in its ENV), and /tmp."""
+    return {**{k: v for k, v in image_env().items() if v.startswith("/")}, "TMPDIR": "/tmp"}
+
+
+def under(path: str, mounts: set[str]) -> bool:
+    return any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts)
+
+
+def test_the_image_points_every_writer_at_its_volumes():
+    env = image_env()
+    assert env["HF_HOME"] == k8s.HF_CACHE_DIR and env["VLLM_NO_USAGE_STATS"] == "1"  # never ~/.config/vllm
+    for name in ("VLLM_CACHE_ROOT", "TRITON_HOME", "CUDA_CACHE_PATH"):  # vLLM, Triton, CUDA: off ~/ and into the cache
+        assert under(env[name], {k8s.CACHE_DIR}), name
+    assert under(env["RERANK_KIT_STATE_DIR"], {"/tmp"})
+    volumes = set(json.loads(dict(dockerfile_instructions())["VOLUME"]))
+    assert volumes == {k8s.CACHE_DIR, k8s.HF_CACHE_DIR}  # writable even under a bare `docker run --read-only`
+
+
+def test_compose_runs_read_only_and_writes_only_to_volumes_and_tmpfs():
+    service = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["reranker"]
+    assert service["read_only"] is True
+    tmpfs = dict(entry.split(":", 1) for entry in service["tmpfs"])
+    # Docker's tmpfs is noexec unless told otherwise, and vLLM loads libraries it builds in /tmp
+    assert "exec" in tmpfs["/tmp"].split(",")
+    writable = {v.split(":")[1] for v in service["volumes"]} | set(tmpfs)
+    for name, path in written_paths().items():
+        assert under(path, writable), (name, path)
+    assert writable == {k8s.CACHE_DIR, k8s.HF_CACHE_DIR, "/tmp"}
+
+
+@pytest.mark.parametrize("metric", k8s.METRICS)
+def test_k8s_runs_read_only_and_writes_only_to_volumes(metric):
+    recipe = get_recipe("BAAI/bge-reranker-v2-m3")
+    deployment = manifests(recipe, K8sOptions(metric=metric))[0]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert all(m["name"] in volumes for m in container["volumeMounts"])
+    for name, path in written_paths().items():
+        assert under(path, writable), (name, path)
+    assert writable == {k8s.CACHE_DIR, k8s.HF_CACHE_DIR, "/tmp", "/dev/shm"}
+    assert volumes["hf-cache"] == {"name": "hf-cache", "emptyDir": {}}
+    claimed = manifests(recipe, K8sOptions(hf_cache_claim="weights"))[0]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "weights"}} in claimed
+
+
+# --- the autoscaler's metric exists --------------------------------------------------------------------
+
+
+def test_the_default_hpa_scales_on_cpu_which_every_cluster_has():
+    deployment, _, hpa = manifests(get_recipe("BAAI/bge-reranker-v2-m3"), K8sOptions())
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"] == {"type": "AverageValue", "averageValue": k8s.DEFAULT_TARGET_CPU}
+    # metrics-server reports CPU for every pod; a request makes the pods schedulable by CPU as well
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == k8s.CPU_REQUEST
+
+
+def vllm_defines(metric_name: str) -> bool:
+    """Whether the installed vLLM registers a Prometheus metric of that name (read from its source)."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:
+        pytest.skip("vLLM is not installed")
+    source = (Path(spec.origin).parent / "v1" / "metrics" / "loggers.py").read_text()
+    return f'name="{metric_name}"' in source
+
+
+def test_the_in_flight_hpa_reads_a_metric_the_generated_scrape_job_and_adapter_rule_provide():
+    options = K8sOptions(metric="in-flight", target_in_flight=16, namespace="rag", api_key_secret="my-key")
+    deployment, _, hpa, scrape, adapter = manifests(get_recipe("BAAI/bge-reranker-v2-m3"), options)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "16"}
+    # prometheus-adapter serves the HPA's metric name, computed from gauges that vLLM exports
+    (rule,) = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    for gauge in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+        assert gauge in rule["metricsQuery"] and vllm_defines(gauge), gauge
+    assert rule["seriesQuery"].startswith("vllm:num_requests_running{")
+    # ...per pod: the labels it maps to pods and namespaces are the ones the scrape job sets
+    (job,) = yaml.safe_load(scrape["data"]["scrape-configs.yaml"])
+    targets = {r["target_label"] for r in job["relabel_configs"] if "target_label" in r}
+    assert set(rule["resources"]["overrides"]) == targets == {"namespace", "pod"}
+    # the scrape job keeps exactly this Deployment's pods, on the container's http port, in its namespace
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    kept = {r["source_labels"][0]: r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
+    for key, value in pod_labels.items():
+        label = "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+        assert re.fullmatch(kept[label], value)
+    port_name = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"]
+    assert re.fullmatch(kept["__meta_kubernetes_pod_container_port_name"], port_name)
+    assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": ["rag"]}}]
+    # /metrics sits behind the API key: the job sends it, read from the Secret the pods use
+    assert job["metrics_path"] == "/metrics"
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "/etc/prometheus/secrets/my-key/api-key"}
+    secret = deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]
+    assert secret["secretName"] == "my-key" and secret["items"] == [{"key": "api-key", "path": "api-key"}]
+
+
+def test_k8s_options_are_checked():
+    recipe = get_recipe("BAAI/bge-reranker-v2-m3")
+    for bad, message in [
+        (K8sOptions(metric="gpu"), "--metric must be one of cpu, in-flight"),
+        (K8sOptions(target_cpu="lots"), "--target-cpu"),
+        (K8sOptions(target_in_flight=0), "--target-in-flight"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            manifests(recipe, bad)
+
+
+def test_k8s_cli_emits_the_in_flight_metric_with_its_providers():
+    out = k8s_cli("--metric", "in-flight")
+    assert out.returncode == 0, out.stderr
+    docs = list(yaml.safe_load_all(out.stdout))
+    assert [d["kind"] for d in docs] == ["Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "ConfigMap"]
+    assert "config.yaml: |" in out.stdout  # the ConfigMaps' files stay readable
+    bad = k8s_cli("--target-cpu", "lots")
+    assert bad.returncode != 0 and "--target-cpu" in bad.stderr
 
 
 def test_replica_commands_split_the_machine():

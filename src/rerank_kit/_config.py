@@ -10,6 +10,7 @@ when its argument is missing, at the call, never at import:
     RERANK_KIT_MODAL_SECRET  Modal proxy-auth token secret (sent as Modal-Secret)
     RERANK_KIT_MODEL         model name to send; without it the client asks /v1/models once
     RERANK_KIT_TIMEOUT       seconds to wait for one response
+    RERANK_KIT_DEADLINE      seconds one call may take in all (every retry and backoff included)
 
     >>> split_urls(["http://a:1, http://b:2", " http://c:3 "])
     ['http://a:1', 'http://b:2', 'http://c:3']
@@ -33,6 +34,14 @@ DEFAULT_MAX_RETRIES = 8
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 10.0
 MAX_RETRY_AFTER = 60.0  # never sleep longer than this for one Retry-After
+# The bound on one call, whatever the retries: without it 8 retries x 60 s could hang ~9 minutes.
+# 120 s outlasts a server restart (50-70 s for a CPU server in tests/test_faults.py) with time left
+# for the answer, or two answers as slow as DEFAULT_TIMEOUT (the second from another replica). A
+# client given a longer timeout gets that as its default deadline instead (see resolve_config).
+DEFAULT_DEADLINE = 120.0
+# Less time left than this cannot fit a round trip and a forward pass: the call gives up instead of
+# sending a request that can only time out.
+MIN_ATTEMPT_TIME = 0.05
 # Documents per HTTP request; longer lists are split, sent concurrently and merged.
 DEFAULT_MAX_DOCS_PER_REQUEST = 100
 DEFAULT_MAX_CONCURRENCY = 8  # chunks of one call in flight at once
@@ -86,6 +95,28 @@ def urls_or_env(urls: str | Sequence[str] | None = None) -> list[str]:
     return split_urls(_env("RERANK_KIT_URL"))  # RERANK_KIT_URL: server URL(s), comma-separated
 
 
+def seconds(name: str, value: float | None, env: str | None = None, default: float | None = None) -> float:
+    """A duration: ``value`` when given, else the variable ``env`` (read only then), else ``default``.
+    It must be a number > 0; ``float("inf")`` means no bound.
+
+        >>> seconds("deadline", None, "RERANK_KIT_NO_SUCH_VARIABLE", 120.0)
+        120.0
+    """
+    if value is None:
+        text = _env(env) if env else None
+        value = default if text is None else _number(env, text)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a number of seconds > 0, not {value!r}")
+    return float(value)
+
+
+def _number(env: str | None, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{env}={text!r} is not a number of seconds") from None
+
+
 # --- configuration --------------------------------------------------------------------------------
 
 
@@ -99,6 +130,7 @@ class ClientConfig:
     modal_secret: str | None = None
     model: str | None = None
     timeout: float = DEFAULT_TIMEOUT
+    deadline: float = DEFAULT_DEADLINE
     max_retries: int = DEFAULT_MAX_RETRIES
     max_docs_per_request: int = DEFAULT_MAX_DOCS_PER_REQUEST
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
@@ -124,6 +156,7 @@ def resolve_config(
     modal_secret: str | None = None,
     model: str | None = None,
     timeout: float | None = None,
+    deadline: float | None = None,
     max_retries: int | None = None,
     max_docs_per_request: int | None = None,
     max_concurrency: int | None = None,
@@ -147,9 +180,8 @@ def resolve_config(
         raise ConfigError("max_retries must be >= 0")
     if max_docs_per_request is not None and max_docs_per_request < 1:
         raise ConfigError("max_docs_per_request must be >= 1")
-    if timeout is not None and timeout <= 0:
-        raise ConfigError("timeout must be > 0 seconds")
-    env_timeout = _env("RERANK_KIT_TIMEOUT")  # RERANK_KIT_TIMEOUT: seconds per request
+    # RERANK_KIT_TIMEOUT: seconds to wait for one response.
+    request_timeout = seconds("timeout", timeout, "RERANK_KIT_TIMEOUT", DEFAULT_TIMEOUT)
     return ClientConfig(
         base_urls=tuple(u.rstrip("/").removesuffix("/v1") for u in url_list),
         # RERANK_KIT_API_KEY: bearer key for servers started with an API key.
@@ -159,7 +191,10 @@ def resolve_config(
         modal_secret=modal_secret if modal_secret is not None else _env("RERANK_KIT_MODAL_SECRET"),
         # RERANK_KIT_MODEL: model name to send; without it the client asks /v1/models once.
         model=model if model is not None else _env("RERANK_KIT_MODEL"),
-        timeout=timeout if timeout is not None else float(env_timeout) if env_timeout else DEFAULT_TIMEOUT,
+        timeout=request_timeout,
+        # RERANK_KIT_DEADLINE: seconds one call may take in all, retries and backoff included. A
+        # timeout longer than the default deadline raises it: one full-length attempt always fits.
+        deadline=seconds("deadline", deadline, "RERANK_KIT_DEADLINE", max(DEFAULT_DEADLINE, request_timeout)),
         max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
         max_docs_per_request=max_docs_per_request or DEFAULT_MAX_DOCS_PER_REQUEST,
         max_concurrency=max_concurrency or DEFAULT_MAX_CONCURRENCY,

@@ -1,8 +1,9 @@
-"""Retry decisions, the replica table, and the retry loop both clients drive. No I/O.
+"""Retry decisions, the replica table, one call's budget, and the retry loop both clients drive. No I/O.
 
 What an answer means (:func:`error_from_response`), whether to try again and after how long
-(:func:`retry_delay`), which replica takes the next try (:class:`Replicas`), and the state of one
-request across its tries (:class:`RetryLoop`).
+(:func:`retry_delay`), which replica takes the next try (:class:`Replicas`), what one call may spend
+and has tried (:class:`Call`: timeout, retries, deadline), and the state of one request across its
+tries (:class:`RetryLoop`).
 
     >>> retry_after_seconds("2")
     2.0
@@ -20,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_kit._config import INITIAL_BACKOFF, MAX_BACKOFF, MAX_RETRY_AFTER
+from rerank_kit._config import INITIAL_BACKOFF, MAX_BACKOFF, MAX_RETRY_AFTER, MIN_ATTEMPT_TIME
 from rerank_kit.errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
+    APITimeoutError,
     InternalServerError,
     RateLimitError,
     RequestTimeoutError,
@@ -164,30 +166,94 @@ class Replicas:
             return {r.url: r.served for r in self.replicas}
 
 
+# --- one call ------------------------------------------------------------------------------------------
+
+
+class Call:
+    """One client call (a rerank, a score): the timeout of each request and the retries each may
+    make, the deadline shared by every request the call sends (each chunk of a long list, the model
+    lookup, every retry), started at creation, and what the call tried, for the error that ends it.
+
+        >>> call = Call(timeout=60.0, max_retries=8, deadline=120.0)
+        >>> call.record("http://a:1")
+        >>> 119 < call.remaining() <= 120, call.attempts
+        (True, {'http://a:1': 1})
+    """
+
+    def __init__(self, timeout: float, max_retries: int, deadline: float) -> None:
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.deadline = deadline  # seconds from creation
+        self._start = time.monotonic()
+        self.attempts: dict[str, int] = {}  # replica URL -> requests sent, in the order first tried
+        self.last_error: APIError | None = None
+        self._lock = threading.Lock()  # the sync client sends a call's chunks from several threads
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start
+
+    def remaining(self) -> float:
+        return self.deadline - self.elapsed()
+
+    def record(self, url: str) -> None:
+        """One more request sent to ``url``."""
+        with self._lock:
+            self.attempts[url] = self.attempts.get(url, 0) + 1
+
+    def failed(self, error: APIError) -> None:
+        self.last_error = error
+
+    def exceeded(self, request: str, why: str) -> APITimeoutError:
+        """The error that ends the call at ``request`` ("POST /v1/rerank"): how long it ran, what it
+        sent where, and the last failure."""
+        with self._lock:
+            attempts = dict(self.attempts)
+        count = sum(attempts.values())
+        where = ", ".join(f"{url} x{n}" for url, n in attempts.items()) or "no replica"
+        last = f"; last error: {self.last_error}" if self.last_error is not None else ""
+        elapsed = self.elapsed()
+        return APITimeoutError(
+            f"{request}: no answer within the {self.deadline:g} s deadline: {count} attempt{'s' if count != 1 else ''} "
+            f"({where}) in {elapsed:.2f} s; {why}{last}. "
+            "Pass a longer deadline= (or set RERANK_KIT_DEADLINE) if the server needs more time",
+            attempts=attempts,
+            elapsed=elapsed,
+        )
+
+
 class RetryLoop:
-    """The state of one request across its attempts: which replica next, and what to do on failure.
+    """The state of one request across its attempts: which replica next, how long each may take,
+    and what to do on failure. Every attempt and every wait ends before its :class:`Call`'s deadline.
 
     Both clients drive it the same way::
 
-        loop = RetryLoop(replicas, max_retries, rng, method, path)
+        loop = RetryLoop(replicas, rng, method, path, call)
         while True:
-            replica = loop.acquire()
-            ... send ...; on success: loop.succeeded(replica); return
+            replica = loop.acquire()              # raises APITimeoutError when no time is left
+            ... send with loop.attempt_timeout() ...; on success: loop.succeeded(replica); return
             delay = loop.failed(replica, error)   # raises the error when it is final
             sleep(delay)
     """
 
-    def __init__(self, replicas: Replicas, max_retries: int, rng: random.Random, method: str, path: str) -> None:
+    def __init__(self, replicas: Replicas, rng: random.Random, method: str, path: str, call: Call) -> None:
         self.replicas = replicas
-        self.max_retries = max_retries
         self.rng = rng
         self.method = method
         self.path = path
+        self.call = call
         self.attempt = 0
         self._avoid: Replica | None = None
 
     def acquire(self) -> Replica:
-        return self.replicas.acquire(avoid=self._avoid)
+        if self.call.remaining() < MIN_ATTEMPT_TIME:  # e.g. a chunk that waited for its turn
+            raise self.call.exceeded(f"{self.method} {self.path}", "no time was left to send the request")
+        replica = self.replicas.acquire(avoid=self._avoid)
+        self.call.record(replica.url)
+        return replica
+
+    def attempt_timeout(self) -> float:
+        """Seconds this attempt may wait for an answer: the request timeout, cut to the time left."""
+        return max(0.0, min(self.call.timeout, self.call.remaining()))
 
     def succeeded(self, replica: Replica) -> None:
         self.replicas.release(replica, ok=True)
@@ -197,14 +263,28 @@ class RetryLoop:
         self.replicas.release(replica, ok=None)
 
     def failed(self, replica: Replica, error: APIError) -> float:
-        """Record the failure; return the delay before the next attempt, or raise ``error``."""
+        """Record the failure; return the delay before the next attempt, or raise.
+
+        Raises ``error`` when it is final (a 4xx, or the retries are spent), and the deadline's
+        :class:`APITimeoutError` when the next attempt could not start before it: never sleeps past it.
+        """
         replica_failed = is_replica_failure(error)
         self.replicas.release(replica, ok=False if replica_failed else None)
+        self.call.failed(error)
         failover = replica_failed and self.replicas.has_alternative(replica)
-        delay = retry_delay(error, self.attempt, self.max_retries, failover=failover, rng=self.rng)
+        delay = retry_delay(error, self.attempt, self.call.max_retries, failover=failover, rng=self.rng)
+        left = self.call.remaining()
+        # Sleeping into the deadline would only delay the same error: give up as soon as the next
+        # attempt could not start in time.
+        if error.retryable and left - (delay or 0.0) < MIN_ATTEMPT_TIME:
+            if delay is None or left < MIN_ATTEMPT_TIME:
+                why = "the time ran out during the last attempt"
+            else:
+                why = f"the next retry was due in {delay:.2f} s, with {left:.2f} s left"
+            raise self.call.exceeded(f"{self.method} {self.path}", why) from error
         if delay is None:
             raise error
-        log_retry(self.method, replica.url + self.path, error, delay, self.attempt, self.max_retries)
+        log_retry(self.method, replica.url + self.path, error, delay, self.attempt, self.call.max_retries)
         self.replicas.count_retry()
         self._avoid = replica if failover else None
         self.attempt += 1

@@ -36,9 +36,10 @@ from rerank_kit._config import (
     SCORE_PATH,
     VERSION_PATH,
     resolve_config,
+    seconds,
 )
 from rerank_kit._lanes import LaneTransport
-from rerank_kit._retry import Replicas, RetryLoop, error_from_response
+from rerank_kit._retry import Call, Replicas, RetryLoop, error_from_response
 from rerank_kit.errors import APIConnectionError, APIError, APITimeoutError
 from rerank_kit.recipes import check_instruction
 from rerank_kit.types import HealthStatus, RerankResponse, ScoreResponse
@@ -53,29 +54,28 @@ def _translate(exc: httpx.HTTPError, url: str) -> APIError:
     return APIConnectionError(f"cannot reach {url}: {exc or type(exc).__name__}")
 
 
-def _timeout(seconds: float) -> httpx.Timeout:
-    return httpx.Timeout(seconds, connect=min(seconds, DEFAULT_CONNECT_TIMEOUT))
-
-
-def _request_timeout(seconds: float | None) -> Any:
-    return _timeout(seconds) if seconds is not None else httpx.USE_CLIENT_DEFAULT
+def _timeout(limit: float) -> httpx.Timeout:
+    return httpx.Timeout(limit, connect=min(limit, DEFAULT_CONNECT_TIMEOUT))
 
 
 class _Attempt:
     """One try of a request: ``with _Attempt(loop, path) as attempt: attempt.response = send(attempt.url)``.
 
-    Creating it picks the replica. Leaving the block turns what happened into the retry loop's
-    decision: after a 2xx answer ``delay`` stays None; after a failed one, or an httpx error (which
-    the block swallows), ``delay`` is the wait before the next try, or the final error is raised.
-    Anything else (Ctrl-C, a cancelled task) frees the replica and goes on up.
+    Creating it picks the replica and the httpx ``timeout`` (the request timeout cut to the time the
+    call has left), or raises the deadline's APITimeoutError when none is left. Leaving the block
+    turns what happened into the retry loop's decision: after a 2xx answer ``delay`` stays None;
+    after a failed one, or an httpx error (which the block swallows), ``delay`` is the wait before
+    the next try, or the final error is raised. Anything else (Ctrl-C, a cancelled task) frees the
+    replica and goes on up.
     """
 
-    __slots__ = ("_loop", "delay", "replica", "response", "url")
+    __slots__ = ("_loop", "delay", "replica", "response", "timeout", "url")
 
     def __init__(self, loop: RetryLoop, path: str) -> None:
         self._loop = loop
         self.replica = loop.acquire()
         self.url = self.replica.url + path
+        self.timeout = _timeout(loop.attempt_timeout())
         self.response: httpx.Response | None = None
         self.delay: float | None = None
 
@@ -114,6 +114,7 @@ class _Base(Generic[_Transport]):
         modal_secret: str | None = None,
         model: str | None = None,
         timeout: float | None = None,
+        deadline: float | None = None,
         max_retries: int | None = None,
         max_docs_per_request: int | None = None,
         max_concurrency: int | None = None,
@@ -128,6 +129,7 @@ class _Base(Generic[_Transport]):
             modal_secret=modal_secret,
             model=model,
             timeout=timeout,
+            deadline=deadline,
             max_retries=max_retries,
             max_docs_per_request=max_docs_per_request,
             max_concurrency=max_concurrency,
@@ -157,12 +159,25 @@ class _Base(Generic[_Transport]):
     def base_urls(self) -> tuple[str, ...]:
         return self._config.base_urls
 
+    def _call(
+        self, timeout: float | None = None, max_retries: int | None = None, deadline: float | None = None
+    ) -> Call:
+        """A call's budget, its deadline starting now: the per-call options, else the client's."""
+        return Call(
+            seconds("timeout", timeout, default=self._config.timeout),
+            self._config.max_retries if max_retries is None else max_retries,
+            seconds("deadline", deadline, default=self._config.deadline),
+        )
+
     def _start(
-        self, method: str, path: str, json: Any, max_retries: int | None
+        self, method: str, path: str, json: Any, call: Call | None
     ) -> tuple[RetryLoop, bytes | None, dict[str, str] | None]:
-        """A request's retry loop, and its body and headers: encoded once, whatever the retries."""
-        retries = self._config.max_retries if max_retries is None else max_retries
-        return RetryLoop(self._replicas, retries, self._rng, method, path), *_core.request_body(json)
+        """A request's retry loop, and its body and headers: encoded once, whatever the retries.
+
+        The request spends ``call``'s budget with the call's other requests; alone, it is a call of its own.
+        """
+        loop = RetryLoop(self._replicas, self._rng, method, path, call or self._call())
+        return loop, *_core.request_body(json)
 
     def replica_counts(self) -> dict[str, int]:
         """Successful requests per replica URL since the client was created."""
@@ -177,7 +192,8 @@ class RerankClient(_Base[httpx.BaseTransport]):
     """Synchronous client. Thread-safe; use one per process and close it (or use ``with``).
 
     ``base_url`` may be a list: requests go to the replica with the fewest in flight, and a replica
-    that refuses connections or answers 5xx is skipped for ``cooldown`` seconds. Arguments left out
+    that refuses connections or answers 5xx is skipped for ``cooldown`` seconds. ``timeout`` bounds
+    one request, ``deadline`` one call (retries and backoff included). Arguments left out
     come from RERANK_KIT_* variables, then from the defaults in ``rerank_kit._config``.
 
         client = RerankClient(["http://gpu-1:8000", "http://gpu-2:8000"], api_key="...")
@@ -190,25 +206,23 @@ class RerankClient(_Base[httpx.BaseTransport]):
 
     # --- I/O ---------------------------------------------------------------------------------------
 
-    def _request(
-        self, method: str, path: str, json: Any = None, *, timeout: float | None = None, max_retries: int | None = None
-    ) -> Any:
-        loop, content, headers = self._start(method, path, json, max_retries)
+    def _request(self, method: str, path: str, json: Any = None, call: Call | None = None) -> Any:
+        loop, content, headers = self._start(method, path, json, call)
         while True:
             with _Attempt(loop, path) as attempt:
                 attempt.response = self._http.request(
-                    method, attempt.url, content=content, headers=headers, timeout=_request_timeout(timeout)
+                    method, attempt.url, content=content, headers=headers, timeout=attempt.timeout
                 )
             if attempt.delay is None:
                 return attempt.answer()
             time.sleep(attempt.delay)
 
-    def _resolve_model(self, model: str | None) -> str:
+    def _resolve_model(self, model: str | None, call: Call) -> str:
         if model is not None:
             return model
         with self._model_lock:  # threads sharing the client ask the server once, not once each
             if self._model is None:
-                self._model = _core.first_model(self._request("GET", MODELS_PATH))
+                self._model = _core.first_model(self._request("GET", MODELS_PATH, call=call))
         return self._model
 
     def _probe(self, url: str, timeout: float) -> HealthStatus:
@@ -237,6 +251,7 @@ class RerankClient(_Base[httpx.BaseTransport]):
         max_tokens_per_doc: int | None = None,
         return_documents: bool = True,
         timeout: float | None = None,
+        deadline: float | None = None,
         max_retries: int | None = None,
     ) -> RerankResponse:
         """Score ``documents`` against ``query``; results best first, with each document's original index.
@@ -244,17 +259,19 @@ class RerankClient(_Base[httpx.BaseTransport]):
         Documents may be strings, dicts with a "text" field, or objects with ``.text``/``.page_content``;
         the object itself comes back on each result. Lists longer than ``max_docs_per_request`` are
         split into concurrent requests and merged; identical documents are scored once.
+
+        ``timeout`` bounds each request; ``deadline`` bounds the whole call (every chunk, retry and
+        backoff): past it the call raises :class:`~rerank_kit.errors.APITimeoutError`.
         """
+        call = self._call(timeout, max_retries, deadline)
         plan = self._plan(query, documents, top_n, instruction, max_tokens_per_doc, return_documents)
-        name = self._resolve_model(model)
+        name = self._resolve_model(model, call)
         if not plan.unique_texts:
             return _core.empty_rerank(name)
         check_instruction(name, instruction)
 
         def send(chunk: int) -> Any:
-            return self._request(
-                "POST", RERANK_PATH, plan.payload(chunk, name), timeout=timeout, max_retries=max_retries
-            )
+            return self._request("POST", RERANK_PATH, plan.payload(chunk, name), call)
 
         if len(plan.chunks) == 1:
             bodies = [send(0)]
@@ -270,12 +287,17 @@ class RerankClient(_Base[httpx.BaseTransport]):
         *,
         model: str | None = None,
         timeout: float | None = None,
+        deadline: float | None = None,
         max_retries: int | None = None,
     ) -> ScoreResponse:
-        """Scores for 1:1, 1:N (one query) or N:N (paired lists) in input order, via /v1/score."""
-        name = self._resolve_model(model)
+        """Scores for 1:1, 1:N (one query) or N:N (paired lists) in input order, via /v1/score.
+
+        ``timeout`` and ``deadline`` as in :meth:`rerank`.
+        """
+        call = self._call(timeout, max_retries, deadline)
+        name = self._resolve_model(model, call)
         payload, expected = _core.score_payload(queries, documents, name)
-        body = self._request("POST", SCORE_PATH, payload, timeout=timeout, max_retries=max_retries)
+        body = self._request("POST", SCORE_PATH, payload, call)
         return _core.parse_score(body, expected, name)
 
     def models(self) -> list[str]:
@@ -309,27 +331,25 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
         self._http = httpx.AsyncClient(transport=transport or LaneTransport(), **self._http_options())
         self._model_lock: asyncio.Lock | None = None  # made on first use, inside the caller's event loop
 
-    async def _request(
-        self, method: str, path: str, json: Any = None, *, timeout: float | None = None, max_retries: int | None = None
-    ) -> Any:
-        loop, content, headers = self._start(method, path, json, max_retries)
+    async def _request(self, method: str, path: str, json: Any = None, call: Call | None = None) -> Any:
+        loop, content, headers = self._start(method, path, json, call)
         while True:
             with _Attempt(loop, path) as attempt:
                 attempt.response = await self._http.request(
-                    method, attempt.url, content=content, headers=headers, timeout=_request_timeout(timeout)
+                    method, attempt.url, content=content, headers=headers, timeout=attempt.timeout
                 )
             if attempt.delay is None:
                 return attempt.answer()
             await asyncio.sleep(attempt.delay)
 
-    async def _resolve_model(self, model: str | None) -> str:
+    async def _resolve_model(self, model: str | None, call: Call) -> str:
         if model is not None:
             return model
         if self._model_lock is None:
             self._model_lock = asyncio.Lock()
         async with self._model_lock:
             if self._model is None:
-                self._model = _core.first_model(await self._request("GET", MODELS_PATH))
+                self._model = _core.first_model(await self._request("GET", MODELS_PATH, call=call))
         return self._model
 
     async def _probe(self, url: str, timeout: float) -> HealthStatus:
@@ -356,11 +376,13 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
         max_tokens_per_doc: int | None = None,
         return_documents: bool = True,
         timeout: float | None = None,
+        deadline: float | None = None,
         max_retries: int | None = None,
     ) -> RerankResponse:
         """See :meth:`RerankClient.rerank`."""
+        call = self._call(timeout, max_retries, deadline)
         plan = self._plan(query, documents, top_n, instruction, max_tokens_per_doc, return_documents)
-        name = await self._resolve_model(model)
+        name = await self._resolve_model(model, call)
         if not plan.unique_texts:
             return _core.empty_rerank(name)
         check_instruction(name, instruction)
@@ -368,9 +390,7 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
 
         async def send(chunk: int) -> Any:
             async with limit:
-                return await self._request(
-                    "POST", RERANK_PATH, plan.payload(chunk, name), timeout=timeout, max_retries=max_retries
-                )
+                return await self._request("POST", RERANK_PATH, plan.payload(chunk, name), call)
 
         if len(plan.chunks) == 1:  # no task per request in the common case
             bodies = [await send(0)]
@@ -385,12 +405,14 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
         *,
         model: str | None = None,
         timeout: float | None = None,
+        deadline: float | None = None,
         max_retries: int | None = None,
     ) -> ScoreResponse:
         """See :meth:`RerankClient.score`."""
-        name = await self._resolve_model(model)
+        call = self._call(timeout, max_retries, deadline)
+        name = await self._resolve_model(model, call)
         payload, expected = _core.score_payload(queries, documents, name)
-        body = await self._request("POST", SCORE_PATH, payload, timeout=timeout, max_retries=max_retries)
+        body = await self._request("POST", SCORE_PATH, payload, call)
         return _core.parse_score(body, expected, name)
 
     async def models(self) -> list[str]:

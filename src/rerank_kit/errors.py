@@ -9,7 +9,7 @@
     │   └── ServerStartError        the server died or never became healthy (carries its log tail)
     └── APIError                    talking to a rerank endpoint
         ├── APIConnectionError      refused, reset, DNS...           (retried)
-        │   └── APITimeoutError                                      (retried)
+        │   └── APITimeoutError     no answer in time, or the call's deadline passed (retried until it)
         └── APIStatusError          the server answered non-2xx; .status_code, .message, .type, .param
             ├── BadRequestError 400, AuthenticationError 401, NotFoundError 404,
             ├── RequestTooLargeError 413, UnprocessableEntityError 422,
@@ -25,6 +25,7 @@ Status codes are mapped to classes in exactly one place: :func:`status_error`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -93,7 +94,16 @@ class APIConnectionError(APIError):
 
 
 class APITimeoutError(APIConnectionError):
-    """No answer within the timeout."""
+    """No answer within the timeout, or the call's deadline passed.
+
+    When the deadline ended the call, ``attempts`` maps each replica URL to the requests the call
+    sent it and ``elapsed`` is how long the call ran, in seconds; otherwise they are {} and None.
+    """
+
+    def __init__(self, message: str, *, attempts: Mapping[str, int] | None = None, elapsed: float | None = None):
+        super().__init__(message)
+        self.attempts = dict(attempts or {})
+        self.elapsed = elapsed
 
 
 class APIStatusError(APIError):
