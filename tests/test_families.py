@@ -16,8 +16,11 @@ import httpx
 import pytest
 
 from conftest import TINY_FAMILIES, start_server
+from rerank_kit import RerankClient
+from rerank_kit.errors import SelfCheckError
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
 from rerank_kit.reference import load_reference
+from rerank_kit.selfcheck import self_check
 
 pytestmark = pytest.mark.vllm
 
@@ -202,6 +205,27 @@ def test_verify_command_passes_on_a_correct_server(family_server, tiny_model):
     assert report["passed"] and report["max_abs"] <= TOLERANCE and report["top1_agreement"] == 1.0
 
 
+def _self_check(server, recipe=None):
+    """rerank-kit's start-up self-check against ``server``, judged by ``recipe`` (default: the server's)."""
+    with RerankClient(server.url) as client:
+        return self_check(client, recipe or server.recipe, tokenizer=server.model, model=server.command.model_name)
+
+
+def _prompt_only(server):
+    args = [sys.executable, "-m", "rerank_kit.cli", "verify", server.model, "--family", server.recipe.family]
+    return subprocess.run([*args, "--url", server.url, "--prompt-only"], capture_output=True, text=True, timeout=600)
+
+
+def test_self_check_passes_on_a_correct_server(family_server):
+    report = _self_check(family_server)
+    if family_server.recipe.score_kind == "cosine":
+        assert report.skipped and not report.probes
+        return
+    assert report.passed, report.summary()
+    assert len(report.probes) == (2 if family_server.recipe.supports_instruction else 1)
+    assert all(p.server_tokens > 0 for p in report.probes)
+
+
 # --- negative controls: each comparison above can fail ----------------------------------------------
 
 
@@ -264,6 +288,10 @@ def test_negative_control_without_template_misses_the_reference(bare_server):
     verdict = _verify(bare_server)
     assert verdict.returncode == 1, "rerank-kit verify must flag a server without the score template"
     assert json.loads(verdict.stdout)["max_abs"] > CONTROL_MARGIN
+    # the start-up self-check catches it with the tokenizer alone, and names the cause
+    family = bare_server.recipe.family
+    with pytest.raises(SelfCheckError, match=r"^self-check failed: .*score template was not applied"):
+        _self_check(bare_server, get_recipe(bare_server.model, family=family)).raise_for_failure()
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +313,14 @@ def test_mxbai_needs_piecewise_tokenization(mxbai_without_plugin):
     worst = max(abs(a - b) for a, b in zip(served, raw_ref, strict=True))
     print(f"mxbai without rerank-kit's plugin: max |Δ raw| = {worst:.2e}")
     assert worst > CONTROL_MARGIN
+    with pytest.raises(SelfCheckError, match=r"^self-check failed: .*plugin is not active"):
+        _self_check(mxbai_without_plugin).raise_for_failure()
+    verdict = _prompt_only(mxbai_without_plugin)
+    assert verdict.returncode == 1 and "self-check failed:" in verdict.stderr, verdict.stderr
+
+
+def test_verify_prompt_only_passes_on_a_correct_server(family_server):
+    if family_server.recipe.family != "mxbai-rerank-v2":
+        pytest.skip("one piecewise family is enough for the command line path")
+    verdict = _prompt_only(family_server)
+    assert verdict.returncode == 0 and "self-check passed" in verdict.stderr, verdict.stderr

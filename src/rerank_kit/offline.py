@@ -30,13 +30,9 @@ def engine_kwargs_from_argv(argv: Sequence[str]) -> tuple[dict[str, object], str
     """Parse a server's ``Command.server_args`` with vLLM's parser into LLM(...) kwargs and a chat template."""
     from vllm.engine.arg_utils import EngineArgs
 
-    try:
-        from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    except ImportError:  # vLLM < 0.30 kept the server CLI under entrypoints.openai
-        from vllm.entrypoints.openai.cli_args import make_arg_parser  # type: ignore[no-redef]
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    from rerank_kit.vllm_api import server_parser
 
-    namespace = make_arg_parser(FlexibleArgumentParser()).parse_args(list(argv))
+    namespace = server_parser().parse_args(list(argv))
     engine_args = EngineArgs.from_cli_args(namespace)
     kwargs = {
         f.name: getattr(engine_args, f.name)

@@ -25,11 +25,14 @@ Scores are returned raw (logits; cosine for embeddings). ``activate`` maps them 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rerank_kit.errors import ConfigError
+
+_IMPORT_LOCK = threading.Lock()
 
 MXBAI_PREFIX = (
     "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
@@ -86,10 +89,11 @@ class Reference:
 
     def _load_tokenizer(self) -> Any:
         """The tokenizer alone (no weights): enough for ``token_ids``."""
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
+        with _IMPORT_LOCK:  # transformers' lazy imports fail when two threads trigger them at once
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+                self._tokenizer = AutoTokenizer.from_pretrained(self.path)
         return self._tokenizer
 
     def _ids(self, text: str) -> list[int]:

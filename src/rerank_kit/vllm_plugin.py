@@ -113,9 +113,26 @@ def _default_truncation(request: Any) -> None:
         request.truncate_prompt_tokens = -1  # vLLM: -1 means "to max_model_len"
 
 
-def _with_request_checks(base: type) -> type:
+def _can_check_requests(base: type, factory_key: str) -> bool:
+    """vLLM >= 0.27 builds online requests in ``get_request_factory_online(ctx)`` with ``ctx.prompt_extras``;
+    older releases call ``pre_process_online``, where an override of the former would never run."""
+    from rerank_kit.vllm_api import accepts
+
+    if not accepts(factory_key, getattr(base, "get_request_factory_online", None)):
+        return False
+    try:
+        from vllm.entrypoints.pooling.typing import PoolingServeContext
+    except ImportError:
+        return False
+    return accepts("plugin.serve_context", PoolingServeContext)
+
+
+def _with_request_checks(base: type, factory_key: str = "plugin.bi_encoder_factory") -> type:
     """``base`` (a vLLM scoring IO processor) that refuses instructions its template would drop and
-    truncates over-long inputs by default."""
+    truncates over-long inputs by default; ``base`` itself where this vLLM has no place for that."""
+    if not _can_check_requests(base, factory_key):
+        _OFF.append(f"{base.__name__}: instruction checks and default truncation (vLLM >= 0.27)")
+        return base
 
     class RerankKitScoringIOProcessor(base):  # type: ignore[misc, valid-type]
         rerank_kit = True
@@ -130,11 +147,28 @@ def _with_request_checks(base: type) -> type:
 
 
 def _piecewise_cross_encoder(base: type) -> type:
-    from vllm import TokensPrompt
-    from vllm.entrypoints.pooling.scoring.utils import parse_score_data, truncate_text_to_tokens
-    from vllm.renderers.hf import safe_apply_chat_template
+    from rerank_kit.vllm_api import accepts
 
-    class RerankKitCrossEncoderIOProcessor(_with_request_checks(base)):  # type: ignore[misc]
+    checked = _with_request_checks(base, "plugin.cross_encoder_factory")
+    try:
+        from vllm import TokensPrompt
+        from vllm.entrypoints.pooling.scoring.utils import parse_score_data, truncate_text_to_tokens
+        from vllm.renderers.hf import safe_apply_chat_template
+    except ImportError as exc:
+        _OFF.append(f"piecewise score prompts ({exc})")
+        return checked
+    if not all(
+        (
+            accepts("plugin.get_score_prompt", getattr(base, "get_score_prompt", None)),
+            accepts("plugin.parse_score_data", parse_score_data),
+            accepts("plugin.truncate_text_to_tokens", truncate_text_to_tokens),
+            accepts("plugin.safe_apply_chat_template", safe_apply_chat_template),
+        )
+    ):
+        _OFF.append("piecewise score prompts (get_score_prompt(..., chat_template_kwargs) arrived in vLLM 0.22)")
+        return checked
+
+    class RerankKitCrossEncoderIOProcessor(checked):  # type: ignore[misc, valid-type]
         """vLLM's cross-encoder IO processor, with piecewise prompts and instruction checks."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -201,12 +235,33 @@ def _piecewise_cross_encoder(base: type) -> type:
     return RerankKitCrossEncoderIOProcessor
 
 
+# What this vLLM has no place for: said once, in one warning, by register().
+_OFF: list[str] = []
+
+
 def register() -> None:
-    """Entry point for vLLM's ``vllm.general_plugins`` group. Safe to call more than once."""
+    """Entry point for vLLM's ``vllm.general_plugins`` group. Safe to call more than once.
+
+    Every patch point (module, class, method signature: ``rerank_kit.vllm_api``) is checked before it is
+    used; what is not there is left alone and reported once. Nothing raised here reaches vLLM: a plugin
+    must never be the reason a server fails to start. The launcher learns what is active from the
+    start-up self-check, not from this log.
+    """
+    try:
+        _register()
+    except Exception as exc:  # any vLLM: never let the plugin stop the server
+        logger.warning("rerank-kit: plugin inactive (%s: %s); scores use vLLM's own prompts", type(exc).__name__, exc)
+
+
+def _register() -> None:
+    _OFF.clear()
     try:
         from vllm.entrypoints.pooling.scoring import io_processor as scoring_io
     except ImportError:
-        logger.warning("rerank-kit: this vLLM has no pooling scoring IO processors; piecewise prompts are off")
+        logger.warning(
+            "rerank-kit: this vLLM has no pooling scoring IO processors (vLLM >= 0.20): piecewise prompts, "
+            "instruction checks and default truncation are off"
+        )
         return
     processors = getattr(scoring_io, "ScoringIOProcessors", None)
     if not isinstance(processors, dict) or "cross-encoder" not in processors:
@@ -214,5 +269,7 @@ def register() -> None:
         return
     for name, wrap in (("cross-encoder", _piecewise_cross_encoder), ("bi-encoder", _with_request_checks)):
         base = processors.get(name)
-        if base is not None and not getattr(base, "rerank_kit", False):
+        if isinstance(base, type) and not getattr(base, "rerank_kit", False):
             processors[name] = wrap(base)
+    if _OFF:
+        logger.warning("rerank-kit: off on this vLLM: %s", "; ".join(dict.fromkeys(_OFF)))

@@ -52,6 +52,7 @@ app.command("score")(calls.score)
 app.command("health")(calls.health)
 app.command("batch")(calls.batch)
 app.command("verify")(calls.verify)
+app.command("verify-models")(server.verify_models)
 app.add_typer(bench.bench_app, name="bench")
 
 

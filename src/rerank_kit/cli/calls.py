@@ -156,17 +156,38 @@ def verify(
     served_model: Annotated[
         str | None, typer.Option("--served-model", help="Model name to send (default: ask the server).")
     ] = None,
+    prompt_only: Annotated[
+        bool,
+        typer.Option(
+            "--prompt-only",
+            help="Only the self-check: compare the server's prompt token counts with the reference prompt "
+            "(needs the tokenizer, not the weights).",
+        ),
+    ] = False,
     api_key: ClientKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a running server's scores against the model's reference implementation, computed here.
 
     Prints max |Δscore| and rank agreement; exits 1 when the server misses the tolerance or ranks a
-    different document first.
+    different document first. With --prompt-only, runs the start-up self-check instead and exits 1
+    with "self-check failed: ..." when the server's prompt differs from the reference.
     """
-    from rerank_kit.verify import verify_server
+    from rerank_kit.verify import tokenizer_source, verify_server
 
     recipe = get_recipe(model, family)
+    if prompt_only:
+        from rerank_kit.selfcheck import self_check
+
+        with _client(url, api_key) as client:
+            check = self_check(client, recipe, tokenizer=tokenizer_source(recipe, weights), model=served_model)
+        if as_json:
+            probes = [p.__dict__ for p in check.probes]
+            _print_json({"passed": check.passed, "skipped": check.skipped, "probes": probes})
+        else:
+            say(check.summary())
+        check.raise_for_failure()
+        return
     with _client(url, api_key) as client:
         report = verify_server(
             client, recipe, weights=weights, instruction=instruction, tolerance=tolerance, model=served_model

@@ -11,7 +11,7 @@ The command adapts to the installed vLLM version and, on a machine without a GPU
     >>> cmd = build_command(get_recipe("BAAI/bge-reranker-base"), ServeOptions(port=9000),
     ...                     vllm_version="0.32.0", machine=None)
     >>> cmd.argv[1:4], "--runner" in cmd.server_args, cmd.port
-    (['-m', 'vllm.entrypoints.openai.api_server', '--model'], True, 9000)
+    (['-m', 'vllm.entrypoints.launchers.api_server.entry', '--model'], True, 9000)
 """
 
 from rerank_kit.launcher.command import (
@@ -58,7 +58,16 @@ from rerank_kit.launcher.process import (
     tail,
     wait_healthy,
 )
-from rerank_kit.launcher.vllm import DEFAULT_VLLM_VERSION, VLLM_ENTRYPOINT, VllmFeatures, vllm_version
+from rerank_kit.launcher.vllm import (
+    DEFAULT_VLLM_VERSION,
+    MIN_VLLM_VERSION,
+    NEWEST_VERIFIED_VLLM_VERSION,
+    TEMPLATE_MIN_VLLM_VERSION,
+    VLLM_ENTRYPOINT,
+    VllmFeatures,
+    support_note,
+    vllm_version,
+)
 from rerank_kit.recipes import resolve_model_path
 
 __all__ = [
@@ -71,7 +80,10 @@ __all__ = [
     "HEALTH_POLL_INTERVAL",
     "LOCAL_HOSTS",
     "LOG_TAIL_LINES",
+    "MIN_VLLM_VERSION",
+    "NEWEST_VERIFIED_VLLM_VERSION",
     "STOP_TIMEOUT",
+    "TEMPLATE_MIN_VLLM_VERSION",
     "VLLM_ENTRYPOINT",
     "Command",
     "EnvRef",
@@ -101,6 +113,7 @@ __all__ = [
     "stop_daemon",
     "stop_process_group",
     "stop_servers",
+    "support_note",
     "tail",
     "use_gpu",
     "vllm_version",

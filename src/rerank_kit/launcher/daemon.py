@@ -135,8 +135,10 @@ def start_daemon(
     *,
     timeout: float = DEFAULT_START_TIMEOUT,
     on_wait: Callable[[float], None] | None = None,
+    check: Callable[[Command], None] | None = None,
 ) -> ServerRecord:
-    """Start ``command`` in the background, wait for /health, and record it. Stops it again on failure."""
+    """Start ``command`` in the background, wait for /health, run ``check`` (the self-check), and record
+    it. Stops it again on any failure."""
     existing = ServerRecord.load(command.port)
     if existing is not None and existing.alive:
         raise PortInUseError(
@@ -159,6 +161,8 @@ def start_daemon(
         wait_healthy(
             command.url, timeout=timeout, alive=lambda: proc.poll() is None, log_path=log_path, on_wait=on_wait
         )
+        if check is not None:
+            check(command)
     except BaseException:
         stop_process_group(proc.pid)
         record.remove()
@@ -195,6 +199,7 @@ def start_replicas(
     *,
     timeout: float = DEFAULT_START_TIMEOUT,
     on_wait: Callable[[float], None] | None = None,
+    check: Callable[[Command], None] | None = None,
 ) -> list[ServerRecord]:
     """Start every command as a daemon, concurrently; if one fails, stop the others and raise."""
     from concurrent.futures import ThreadPoolExecutor
@@ -207,8 +212,14 @@ def start_replicas(
         errors = [f.exception() for f in futures]
     records = [f.result() for f, e in zip(futures, errors, strict=True) if e is None]
     failed = [e for e in errors if e is not None]
-    if failed:
+    try:
+        if failed:
+            raise failed[0]
+        # one after another, once all are healthy: each check loads a tokenizer, which is not thread-safe
+        for command in commands if check is not None else ():
+            check(command)
+    except BaseException:
         for record in records:
             stop_daemon(record.port)
-        raise failed[0]
+        raise
     return records

@@ -53,8 +53,13 @@ def free_port() -> int:
 # Patterns in a failed server's log -> the likely fix.
 _FAILURE_HINTS: tuple[tuple[str, str], ...] = (
     (
-        r"less than desired CPU memory utilization|Not enough memory|Cannot allocate memory",
-        "the CPU backend could not reserve its memory: lower --kv-cache-gib or free memory on this machine",
+        # vLLM 0.10-0.33 spellings: the KV cache asked for (--kv-cache-memory-bytes / VLLM_CPU_KVCACHE_SPACE)
+        # does not fit, the start-up memory check (0.20-0.32), a worker with no room left (0.33).
+        r"less than requested memory for kv|less than desired CPU memory utilization|leaving none for the KV cache|"
+        r"No available memory for the cache blocks|larger than the available KV cache memory|Not enough memory|"
+        r"Cannot allocate memory",
+        "the CPU backend could not reserve its memory: lower --kv-cache-gib (VLLM_CPU_KVCACHE_SPACE on old vLLM) "
+        "or --max-model-len, or free memory on this machine",
     ),
     (
         r"[Hh]ead size \d+ is not supported|Unsupported head size",
@@ -190,20 +195,46 @@ def spawn(command: Command, log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def run_foreground(command: Command) -> None:
-    """Replace this process with the vLLM server so Ctrl-C and signals reach it directly."""
+def run_foreground(
+    command: Command, *, check: Callable[[Command], None] | None = None, timeout: float = DEFAULT_START_TIMEOUT
+) -> int:
+    """Run the vLLM server in the foreground until it exits or Ctrl-C; returns its exit code.
+
+    Without ``check`` this process becomes the server (exec), so signals reach it directly. With
+    ``check`` (the self-check) the server runs as a child whose output stays on this terminal; once
+    /health answers ``check`` runs, and a failed check stops the server and raises.
+    """
     check_port_free(command.host, command.port)
-    os.execvpe(command.argv[0], command.argv, command.environ())  # noqa: S606
+    if check is None:
+        os.execvpe(command.argv[0], command.argv, command.environ())  # noqa: S606
+    # A session of its own, so that stopping it stops the engine core and workers too.
+    proc = subprocess.Popen(command.argv, env=command.environ(), stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_healthy(command.url, timeout=timeout, alive=lambda: proc.poll() is None)
+        check(command)
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop_process_group(proc.pid)
+        return 130
+    except BaseException:
+        stop_process_group(proc.pid)
+        raise
 
 
 @contextlib.contextmanager
 def serving(
-    command: Command, *, timeout: float = DEFAULT_START_TIMEOUT, log_path: Path
+    command: Command,
+    *,
+    timeout: float = DEFAULT_START_TIMEOUT,
+    log_path: Path,
+    check: Callable[[Command], None] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` for the duration of a ``with`` block (used by tests and benchmarks)."""
     proc = spawn(command, log_path)
     try:
         wait_healthy(command.url, timeout=timeout, alive=lambda: proc.poll() is None, log_path=log_path)
+        if check is not None:
+            check(command)
         yield proc
     finally:
         stop_process_group(proc.pid)

