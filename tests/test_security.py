@@ -1,10 +1,13 @@
 """A real vLLM server started by rerank-kit with an API key: every route but /health needs it, the key
-never shows in argv, logs or `rerank-kit cmd`, and hostile input gets a 4xx JSON error while the
-server stays healthy (hypothesis fuzzing)."""
+never shows in argv, logs or `rerank-kit cmd`, and hostile input gets a 4xx JSON error on every route
+the running server registers (read from its /openapi.json) while the server stays healthy (hypothesis
+fuzzing); past its bound on requests in flight it answers 429 with Retry-After and /health still answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,17 +77,10 @@ def test_the_key_never_appears_in_argv_logs_or_cmd(secured):
     server, key_file = secured
     from rerank_kit import launcher
 
-    pids = [p for p in Path("/proc").glob("[0-9]*") if (p / "stat").exists()]
-    group = []
-    for proc in pids:
-        try:
-            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) == server.pid:
-                group.append(proc)
-        except (OSError, ValueError):
-            continue
-    assert group, "the server's processes"
-    for proc in group:
-        assert KEY not in (proc / "cmdline").read_bytes().decode(errors="replace")
+    command_lines = _command_lines(server.pid)
+    assert command_lines, "the server's processes"
+    for line in command_lines:
+        assert KEY not in line
     httpx.post(server.url + "/v1/rerank", json=RERANK, headers=AUTH, timeout=60)
     assert KEY not in server.log.read_text(errors="replace")
     assert KEY not in server.command.shell() and "$(cat " in server.command.shell()
@@ -96,6 +92,18 @@ def test_the_key_never_appears_in_argv_logs_or_cmd(secured):
     )
     assert printed.returncode == 0 and KEY not in printed.stdout + printed.stderr
     assert launcher.GUARD_MIDDLEWARE in printed.stdout
+
+
+def _command_lines(pid: int) -> list[str]:
+    """The argv (as text) of every process in the process group that ``pid`` leads."""
+    lines = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pid:
+                lines.append((proc / "cmdline").read_bytes().decode(errors="replace"))
+        except (OSError, ValueError):
+            continue
+    return lines
 
 
 def test_limits_return_413_with_a_message(secured):
@@ -118,6 +126,87 @@ def test_long_documents_are_truncated_not_rejected(secured):
     )
     assert ok.status_code == 200, ok.text
     assert ok.json()["usage"]["prompt_tokens"] <= 2 * 512
+
+
+# --- every route the running server registers ----------------------------------------------------------
+
+BODY_METHODS = ("post", "put", "patch")
+
+
+@pytest.fixture(scope="module")
+def openapi(secured) -> dict:
+    server, _ = secured
+    response = httpx.get(server.url + "/openapi.json", headers=AUTH, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _concrete(path: str) -> str:
+    """A path with its {parameters} filled in, e.g. /v1/responses/{response_id} -> /v1/responses/x."""
+    return re.sub(r"\{[^}]+\}", "x", path)
+
+
+@pytest.fixture(scope="module")
+def every_route(openapi) -> list[tuple[str, str]]:
+    """(method, path) for every path the app registers: its body methods, or POST when it has none."""
+    routes = []
+    for path, operations in openapi["paths"].items():
+        methods = [m for m in operations if m in BODY_METHODS] or ["post"]
+        routes += [(m.upper(), _concrete(path)) for m in methods]
+    paths = {p for _, p in routes}
+    # The routes issue 13 found open; they must be among those read from the app, or the app changed.
+    assert {"/v1/rerank", "/rerank", "/score", "/invocations", "/pooling", "/tokenize"} <= paths, sorted(paths)
+    return routes
+
+
+@pytest.fixture(scope="module")
+def body_routes(openapi) -> list[tuple[str, str]]:
+    """(method, path) for the operations that read a JSON body: those that declare one, and /invocations
+    (vLLM's SageMaker route reads its body by hand, so its OpenAPI entry declares none)."""
+    routes = [
+        (method.upper(), _concrete(path))
+        for path, operations in openapi["paths"].items()
+        for method, operation in operations.items()
+        if method in BODY_METHODS and ("requestBody" in operation or path == "/invocations")
+    ]
+    assert ("POST", "/invocations") in routes and ("POST", "/pooling") in routes
+    return routes
+
+
+def _error_message(response: httpx.Response) -> str:
+    error = response.json()
+    return (
+        error["error"]["message"]
+        if isinstance(error.get("error"), dict)
+        else error.get("detail") or error.get("message")
+    )
+
+
+HOSTILE_BODIES = {
+    "too many documents": json.dumps({"query": "q", "documents": ["d"] * (MAX_DOCS + 1)}).encode(),
+    "too many inputs": json.dumps({"input": ["d"] * (MAX_DOCS + 1)}).encode(),
+    "a too long input": json.dumps({"input": "x" * (MAX_CHARS + 1)}).encode(),
+    "a too long prompt": json.dumps({"prompt": "x" * (MAX_CHARS + 1)}).encode(),
+    "a too long message": json.dumps({"messages": [{"role": "user", "content": "x" * (MAX_CHARS + 1)}]}).encode(),
+    "a body over the size limit": json.dumps({"input": "x"}).encode() + b" " * (1 << 20),
+    "100,000 nested [": b"[" * 100_000,
+    "100,000 nested [ in a field": b'{"input": ' + b"[" * 100_000,
+    "not JSON": b"{'query': 'q'}",
+}
+
+
+@pytest.mark.parametrize("what", list(HOSTILE_BODIES))
+def test_every_route_refuses_hostile_bodies_with_a_4xx_json_error(secured, every_route, what):
+    server, _ = secured
+    body = HOSTILE_BODIES[what]
+    with httpx.Client(base_url=server.url, headers={**AUTH, "Content-Type": "application/json"}, timeout=120) as client:
+        for method, path in every_route:
+            response = client.request(method, path, content=body)
+            assert 400 <= response.status_code < 500, (what, method, path, response.status_code, response.text[:300])
+            assert _error_message(response), (what, method, path, response.text[:300])
+        assert client.get("/health").status_code == 200
+        ok = client.post("/v1/rerank", json=RERANK)
+        assert ok.status_code == 200 and len(ok.json()["results"]) == 2
 
 
 # --- fuzzing ---------------------------------------------------------------------------------------------
@@ -173,23 +262,15 @@ def _utf8(data: bytes) -> bool:
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
-@given(
-    body=st.one_of(malformed_bodies.map(str.encode), invalid_utf8),
-    path=st.sampled_from(["/v1/rerank", "/rerank", "/v1/score"]),
-)
-def test_malformed_and_extreme_payloads_get_a_4xx_json_error(secured, body, path):
+@given(body=st.one_of(malformed_bodies.map(str.encode), invalid_utf8), data=st.data())
+def test_malformed_and_extreme_payloads_get_a_4xx_json_error(secured, body_routes, body, data):
     server, _ = secured
-    response = httpx.post(
-        server.url + path, content=body, timeout=120, headers={**AUTH, "Content-Type": "application/json"}
+    method, path = data.draw(st.sampled_from(body_routes), label="route")
+    response = httpx.request(
+        method, server.url + path, content=body, timeout=120, headers={**AUTH, "Content-Type": "application/json"}
     )
-    assert 400 <= response.status_code < 500, (response.status_code, body[:200], response.text[:300])
-    error = response.json()
-    message = (
-        error["error"]["message"]
-        if isinstance(error.get("error"), dict)
-        else error.get("detail") or error.get("message")
-    )
-    assert message
+    assert 400 <= response.status_code < 500, (path, response.status_code, body[:200], response.text[:300])
+    assert _error_message(response)
     assert httpx.get(server.url + "/health", timeout=30).status_code == 200
 
 
@@ -197,3 +278,55 @@ def test_server_still_serves_after_the_fuzzing(secured):
     server, _ = secured
     ok = httpx.post(server.url + "/v1/rerank", json=RERANK, headers=AUTH, timeout=60)
     assert ok.status_code == 200 and len(ok.json()["results"]) == 2
+
+
+# --- the key given the vLLM way, and admission control ------------------------------------------------------
+
+VLLM_WAY_KEY = "rk-vllm-way-4b7e0c2d"
+BOUND = 2
+
+
+@pytest.fixture(scope="module")
+def bounded(tiny_model, server_logs):
+    """A server started with `-- --api-key K` (vLLM's own flag) and at most 2 requests in flight."""
+    recipe = get_recipe(str(tiny_model("bge-reranker")), family="bge-reranker")
+    with start_server(
+        recipe, server_logs, max_in_flight=BOUND, extra_args=("--max-num-seqs", "64", "--api-key", VLLM_WAY_KEY)
+    ) as server:
+        yield server
+
+
+def test_a_key_given_after_dashes_is_not_in_argv_and_guards_every_route(bounded):
+    lines = _command_lines(bounded.pid)
+    assert lines and all(VLLM_WAY_KEY not in line for line in lines)
+    assert all(VLLM_WAY_KEY not in a for a in bounded.command.argv)
+    auth = {"Authorization": f"Bearer {VLLM_WAY_KEY}"}
+    for method, path, body in [*ROUTES, ("POST", "/tokenize", {"prompt": "hi"}), ("POST", "/invocations", RERANK)]:
+        denied = httpx.request(method, bounded.url + path, json=body, timeout=60)
+        assert denied.status_code == 401, path  # vLLM's own check would have left /rerank, /metrics, ... open
+        allowed = httpx.request(method, bounded.url + path, json=body, headers=auth, timeout=60)
+        assert allowed.status_code == 200, (path, allowed.text)
+
+
+def test_past_the_bound_the_server_sheds_with_retry_after_and_stays_healthy(bounded):
+    auth = {"Authorization": f"Bearer {VLLM_WAY_KEY}"}
+    body = {"query": "what is vLLM?", "documents": [f"document {i} " + "words " * 60 for i in range(64)]}
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=bounded.url, headers=auth, timeout=300) as client:
+            rerank = [client.post("/v1/rerank", json=body) for _ in range(16)]
+            health = [client.get("/health") for _ in range(4)]
+            return await asyncio.gather(*rerank, *health)
+
+    responses = asyncio.run(burst())
+    reranks, health = responses[:16], responses[16:]
+    statuses = sorted(r.status_code for r in reranks)
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= BOUND, statuses
+    shed = [r for r in reranks if r.status_code == 429]
+    assert shed, "16 concurrent requests against a bound of 2: some must be shed"
+    for response in shed:
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.json()["error"]["type"] == "RateLimitError"
+    assert all(r.status_code == 200 for r in health)
+    ok = httpx.post(bounded.url + "/v1/rerank", json=RERANK, headers=auth, timeout=60)
+    assert ok.status_code == 200

@@ -1,18 +1,37 @@
 """An ASGI middleware that vLLM loads (``--middleware rerank_kit.guard.RerankKitGuard``): an API key on
-every route but /health, and input limits on the scoring routes.
+every route but /health, input limits on every request body, and a bound on requests in flight.
 
 Why: vLLM's ``--api-key`` only guards paths under /v1, /v2, /inference and /cohere, so /rerank,
-/score, /metrics, /tokenize and /docs stay open; and a single request with 50,000 documents or a
-2 MB document keeps a CPU server busy for minutes. rerank-kit's launcher always loads this guard.
+/score, /metrics, /tokenize and /docs stay open; a single request with 50,000 documents or a
+2 MB document keeps a CPU server busy for minutes, on whichever route carries it (/v1/rerank,
+/invocations, /pooling, /v1/embeddings, ...); and vLLM queues without bound, so a burst grows
+everyone's latency. rerank-kit's launcher always loads this guard.
+
+What it does, in order, for each HTTP request:
+
+1. Authentication: every route but /health needs ``Authorization: Bearer <key>`` when a key is set (401).
+2. Admission: at most ``max_in_flight`` requests per API server process run at once; past it, 429 with a
+   ``Retry-After`` (see ``retry_after``). /health, /metrics, /ping, /load, /version, /v1/models and the
+   docs are never counted nor shed. vLLM's API server is one process, or one per ``--api-server-count``
+   (which vLLM defaults to ``--data-parallel-size``): each process has its own guard and its own bound.
+3. Body limits, by body rather than by route: every POST/PUT/PATCH/DELETE body is bounded by
+   ``max_body_bytes`` (413). A JSON body (Content-Type ``application/json`` or ``application/*+json``,
+   or any body starting with ``{`` or ``[``: what FastAPI and Starlette would parse) must parse (400),
+   be an object nested at most ``bodycheck.MAX_DEPTH`` levels (400), and its text fields (``bodycheck.TEXT_FIELDS``,
+   at any depth) must hold at most ``max_documents`` items per list and ``max_document_chars``
+   characters per string (413). Forms and other bodies are bounded by size only. The app then
+   receives the exact bytes the client sent.
 
 Configuration comes from the server's environment, set by the launcher (never from argv, which
 ``ps`` shows to every user). ``Limits.to_env()`` writes it and ``Limits.from_env()`` reads it, so these
 names are spelled only in this module:
 
 - ``VLLM_API_KEY``: the bearer key (what vLLM itself reads); unset = no authentication.
-- ``RERANK_KIT_MAX_DOCUMENTS``: documents (or pairs) per request, default 1000.
-- ``RERANK_KIT_MAX_DOCUMENT_CHARS``: characters per query or document, default 200,000.
+- ``RERANK_KIT_MAX_DOCUMENTS``: items per text list (documents, pairs, inputs, messages), default 1000.
+- ``RERANK_KIT_MAX_DOCUMENT_CHARS``: characters per text (query, document, prompt, ...), default 200,000.
 - ``RERANK_KIT_MAX_BODY_BYTES``: request body size, default 32 MiB.
+- ``RERANK_KIT_MAX_IN_FLIGHT``: requests in flight per API server process; unset or 0 = unbounded
+  (the launcher sets it from the machine: ``machine.max_in_flight_choice``).
 - ``RERANK_KIT_STRICT_LENGTH``: ``1`` makes rerank-kit's vLLM plugin reject over-long pairs (vLLM's 400)
   instead of truncating them.
 
@@ -24,11 +43,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+
+from rerank_kit.bodycheck import RejectedRequest, check_body, too_large
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,7 +60,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health"})
-SCORING_PATHS = frozenset({"/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score"})
+# Probes, metrics and docs: cheap, and a load balancer must still see them when the server is saturated.
+UNCOUNTED_PATHS = frozenset(
+    {"/health", "/ping", "/load", "/metrics", "/version", "/v1/models", "/docs", "/redoc", "/openapi.json"}
+)
+UNCOUNTED_PREFIXES = ("/metrics/", "/docs/")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_MAX_DOCUMENTS = 1000
 DEFAULT_MAX_DOCUMENT_CHARS = 200_000
 DEFAULT_MAX_BODY_MB = 32
@@ -50,9 +78,12 @@ _ENV_NAMES = {
     "max_documents": "RERANK_KIT_MAX_DOCUMENTS",
     "max_document_chars": "RERANK_KIT_MAX_DOCUMENT_CHARS",
     "max_body_bytes": "RERANK_KIT_MAX_BODY_BYTES",
+    "max_in_flight": "RERANK_KIT_MAX_IN_FLIGHT",
 }
-# Request fields that carry the texts to score, by route family.
-_TEXT_LIST_FIELDS = ("documents", "queries", "items", "text_1", "text_2", "data_1", "data_2")
+# Admission: weight of the newest request duration in the running mean; the mean before any request ends.
+DURATION_WEIGHT = 0.2
+INITIAL_DURATION_S = 1.0
+MAX_RETRY_AFTER_S = 60
 
 
 @dataclass(frozen=True)
@@ -64,6 +95,8 @@ class Limits:
         {'RERANK_KIT_STRICT_LENGTH': '1', 'RERANK_KIT_MAX_DOCUMENTS': '50'}
         >>> Limits.from_env({"RERANK_KIT_MAX_DOCUMENTS": "50"}) == Limits(max_documents=50)
         True
+        >>> Limits(max_in_flight=0).to_env()
+        {'RERANK_KIT_MAX_IN_FLIGHT': '0'}
     """
 
     max_documents: int = DEFAULT_MAX_DOCUMENTS
@@ -71,6 +104,8 @@ class Limits:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     # Reject query+document pairs longer than --max-model-len (vLLM's 400) instead of truncating them.
     strict_length: bool = False
+    # Requests in flight per API server process before the guard answers 429; None or 0: unbounded.
+    max_in_flight: int | None = None
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that carry these settings; a default is left out (readers fall back to it)."""
@@ -94,61 +129,59 @@ class Limits:
                 values[setting.name] = raw.lower() in ("1", "true", "yes") if flag else int(raw)
         return cls(**values)  # type: ignore[arg-type]
 
+    @staticmethod
+    def env_name(setting: str) -> str:
+        """The environment variable that carries ``setting`` (a field name), for code that prints it.
 
-class RejectedRequest(Exception):
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param = status, message, type_, param
-
-
-def _texts(value: Any) -> list[str]:
-    """The strings a query/document field holds (plain strings or multimodal {"content": [...]} parts)."""
-    items = value if isinstance(value, list) else [value]
-    out = []
-    for item in items:
-        if isinstance(item, str):
-            out.append(item)
-        elif isinstance(item, dict) and isinstance(item.get("content"), list):
-            out.extend(part.get("text", "") for part in item["content"] if isinstance(part, dict))
-    return out
+        >>> Limits.env_name("max_in_flight")
+        'RERANK_KIT_MAX_IN_FLIGHT'
+        """
+        return _ENV_NAMES[setting]
 
 
-def check_scoring_body(raw: bytes, limits: Limits) -> None:
-    """Raise RejectedRequest when a /rerank or /score body is malformed or over a limit."""
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise RejectedRequest(
-            400, f"the request body is not valid UTF-8 (byte {exc.start})", "BadRequestError"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise RejectedRequest(
-            400, f"the request body is not valid JSON ({exc.msg} at line {exc.lineno})", "BadRequestError"
-        ) from None
-    if not isinstance(body, dict):
-        raise RejectedRequest(400, "the request body must be a JSON object", "BadRequestError")
-    for name in _TEXT_LIST_FIELDS:
-        value = body.get(name)
-        if isinstance(value, list) and len(value) > limits.max_documents:
-            raise RejectedRequest(
-                413,
-                f"{len(value)} {name} in one request; this server accepts at most {limits.max_documents}: "
-                "split the list (rerank-kit's client does it with max_docs_per_request)",
-                "RequestTooLargeError",
-                name,
-            )
-    for name in ("query", *_TEXT_LIST_FIELDS):
-        if name not in body:
-            continue
-        for i, text in enumerate(_texts(body[name])):
-            if len(text) > limits.max_document_chars:
-                raise RejectedRequest(
-                    413,
-                    f"{name}[{i}] has {len(text):,} characters; this server accepts at most "
-                    f"{limits.max_document_chars:,} per text: shorten or split it",
-                    "RequestTooLargeError",
-                    name,
-                )
+def retry_after(mean_duration: float, excess: float, bound: int) -> int:
+    """Seconds a shed client should wait: ``ceil(mean_duration * excess / bound)``, from 1 to 60.
+
+    At the bound, ``bound`` requests are in flight and each takes ``mean_duration`` seconds, so a slot
+    frees every ``mean_duration / bound`` seconds (Little's law); ``excess`` counts the requests recently
+    shed (this one included), which will come back for those slots. The n-th of a burst is told to
+    come back when about n slots have freed, which spreads the retries instead of bunching them.
+
+        >>> retry_after(2.0, 10, 4), retry_after(0.05, 1, 8), retry_after(30.0, 100, 2)
+        (5, 1, 60)
+    """
+    # Rounded to the millisecond first, so a decayed 1.0000000001 is 1 s, not 2.
+    return min(MAX_RETRY_AFTER_S, max(1, math.ceil(round(mean_duration * excess / bound, 3))))
+
+
+class _Admission:
+    """Requests in flight, the running mean of their durations, and the recently shed (for Retry-After).
+
+    Everything runs on the server's one event loop, so plain counters need no lock.
+    """
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.in_flight = 0
+        self.mean_duration: float | None = None
+        self.excess = 0.0  # shed requests, decaying with time constant mean_duration
+        self.last_shed = 0.0
+
+    def shed(self, now: float) -> int | None:
+        """Retry-After seconds when the bound is reached (the caller answers 429), else None."""
+        if self.in_flight < self.bound:
+            return None
+        mean = max(self.mean_duration or INITIAL_DURATION_S, 1e-3)
+        self.excess = self.excess * math.exp(-(now - self.last_shed) / mean) + 1
+        self.last_shed = now
+        return retry_after(mean, self.excess, self.bound)
+
+    def done(self, seconds: float) -> None:
+        mean = self.mean_duration
+        self.mean_duration = seconds if mean is None else mean + DURATION_WEIGHT * (seconds - mean)
+
+
+# --- the middleware ----------------------------------------------------------------------------------
 
 
 async def _send_error(send: Send, error: RejectedRequest, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -169,24 +202,43 @@ async def _send_error(send: Send, error: RejectedRequest, headers: list[tuple[by
     await send({"type": "http.response.body", "body": payload})
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value
+    return None
+
+
+def _counted(path: str, method: str) -> bool:
+    return method != "OPTIONS" and path not in UNCOUNTED_PATHS and not path.startswith(UNCOUNTED_PREFIXES)
+
+
 class RerankKitGuard:
-    """Authenticate every route but /health; bound what /rerank and /score accept."""
+    """Authenticate every route but /health; bound requests in flight; bound what every request body carries.
+
+    vLLM adds it with ``--middleware rerank_kit.guard.RerankKitGuard`` and reads its settings from the
+    environment (``Limits``). Any ASGI app can be wrapped the same way::
+
+        app = RerankKitGuard(app)  # with VLLM_API_KEY and RERANK_KIT_* set in os.environ
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         key = os.environ.get(API_KEY_ENV, "")
         self._key_hash = hashlib.sha256(key.encode()).digest() if key else None
         self.limits = Limits.from_env()
+        self.admission = _Admission(self.limits.max_in_flight) if self.limits.max_in_flight else None
 
     def _authorized(self, scope: Scope) -> bool:
         if self._key_hash is None:
             return True
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer":
-                    return secrets.compare_digest(hashlib.sha256(token.encode()).digest(), self._key_hash)
-        return False
+        value = _header(scope, b"authorization")
+        if value is None:
+            return False
+        scheme, _, token = value.decode("latin-1").partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(
+            hashlib.sha256(token.encode()).digest(), self._key_hash
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -206,36 +258,59 @@ class RerankKitGuard:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
-        if scope["type"] == "http" and method == "POST" and path in SCORING_PATHS:
-            await self._checked(scope, receive, send)
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
-
-    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Read the body (refusing it past the size limit), check it, then hand it on unchanged."""
-        limit = self.limits.max_body_bytes
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _send_error(send, _too_large(int(value), limit))
-                return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _send_error(send, _too_large(size, limit))
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        admission = self.admission if _counted(path, method) else None
+        if admission is None:
+            await self._handle(scope, receive, send, method)
+            return
+        started = time.monotonic()
+        wait = admission.shed(started)
+        if wait is not None:
+            await _send_error(
+                send,
+                RejectedRequest(
+                    429,
+                    f"this server is at its bound of {admission.bound} requests in flight: retry after {wait} s",
+                    "RateLimitError",
+                ),
+                [(b"retry-after", str(wait).encode())],
+            )
+            return
+        # Admitted before the body is read: the bound also caps the memory held by buffered bodies.
+        admission.in_flight += 1
+        served = False
         try:
-            check_scoring_body(body, self.limits)
+            served = await self._handle(scope, receive, send, method)
+        finally:
+            # Runs on a response, an exception in the app, a client that went away and a cancelled task.
+            admission.in_flight -= 1
+            if served:
+                admission.done(time.monotonic() - started)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, method: str) -> bool:
+        """Check the body when there is one, then call the app; True when the app was called."""
+        if method not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return True
+        body = await self._read_body(scope, receive, send)
+        if body is None:
+            return False
+        content_type = _header(scope, b"content-type")
+        try:
+            check_body(body, self.limits, content_type.decode("latin-1") if content_type is not None else None)
         except RejectedRequest as error:
             await _send_error(send, error)
-            return
+            return False
+        except Exception as exc:  # a checker bug must be a 400, never a 500 or a dropped connection
+            await _send_error(
+                send,
+                RejectedRequest(
+                    400, f"the request body could not be checked ({type(exc).__name__})", "BadRequestError"
+                ),
+            )
+            return False
         replayed = False
 
         async def replay() -> Message:
@@ -246,12 +321,25 @@ class RerankKitGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+        return True
 
-
-def _too_large(size: int, limit: int) -> RejectedRequest:
-    return RejectedRequest(
-        413,
-        f"the request body has {size:,} bytes or more; this server accepts at most {limit:,}: "
-        "send fewer or shorter documents",
-        "RequestTooLargeError",
-    )
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None after answering 413 (past the size limit) or when the client left."""
+        limit = self.limits.max_body_bytes
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_error(send, too_large(int(declared), limit))
+            return None
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_error(send, too_large(size, limit))
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from rerank_kit.guard import Limits
+
 GiB = 1 << 30
 
 # On a machine with this many cores or fewer, vLLM's reserved scheduler core costs too much.
@@ -32,6 +34,10 @@ SMALL_MACHINE_CORES = 4
 KV_CACHE_SHARE = 0.2
 KV_CACHE_MIN_GIB = 0.5
 KV_CACHE_MAX_GIB = 4.0
+# Admission control (rerank_kit.guard): requests in flight per API server process before 429.
+IN_FLIGHT_PER_CORE = 4
+MIN_IN_FLIGHT_CPU = 8
+GPU_IN_FLIGHT = 256
 
 
 @dataclass(frozen=True)
@@ -240,3 +246,38 @@ def cpu_choices(
                 )
             )
     return choices
+
+
+def max_in_flight_choice(machine: Machine | None, *, gpu: bool, asked: int | None = None) -> Choice | None:
+    """How many requests one API server process runs at once before the guard answers 429 + Retry-After.
+
+    ``asked`` wins (0: unbounded). Otherwise a GPU gets 256 and a CPU 4 per core (at least 8); with no
+    machine facts and no GPU, None (the guard's default: unbounded). The guard is per process: with
+    ``--api-server-count N`` (vLLM's default N is ``--data-parallel-size``) the server admits N times this.
+
+        >>> max_in_flight_choice(Machine(2, frozenset(), 24 << 30, 23 << 30, 0), gpu=False).value
+        '8'
+    """
+    name = Limits.env_name("max_in_flight")
+    if asked is not None:
+        return Choice("env", name, str(asked), "asked for" if asked else "asked for: no bound on requests in flight")
+    if gpu:
+        return Choice(
+            "env",
+            name,
+            str(GPU_IN_FLIGHT),
+            "a GPU: vLLM batches 256 sequences by default (1024 on H100-class) and a rerank request brings one "
+            "per document, so more requests only wait in its queue; past it, 429 + Retry-After "
+            "(--max-in-flight overrides, 0 disables)",
+        )
+    if machine is None:
+        return None
+    bound = max(MIN_IN_FLIGHT_CPU, IN_FLIGHT_PER_CORE * machine.cpu_count)
+    return Choice(
+        "env",
+        name,
+        str(bound),
+        f"{machine.cpu_count} cores: {IN_FLIGHT_PER_CORE} requests per core (at least {MIN_IN_FLIGHT_CPU}) keep "
+        "them busy, more only queue and slow everyone; past it, 429 + Retry-After (--max-in-flight overrides, "
+        "0 disables)",
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -116,6 +117,14 @@ def server(
         float | None,
         typer.Option("--max-body-mb", help=f"Request body size limit in MiB (default {DEFAULT_MAX_BODY_BYTES >> 20})."),
     ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            "--max-in-flight",
+            help="Requests one server process runs at once; more get HTTP 429 with Retry-After "
+            "(default: chosen for the machine, printed with why; 0: unbounded).",
+        ),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -143,6 +152,14 @@ def server(
         int, typer.Option(help="cmd, up: independent servers on consecutive ports, each on its own GPUs or cores.")
     ] = 1,
     timeout: Annotated[float, typer.Option(help="up: seconds to wait for /health.")] = launcher.DEFAULT_START_TIMEOUT,
+    no_self_check: Annotated[
+        bool,
+        typer.Option(
+            "--no-self-check",
+            help="serve, up: skip the start-up check that the server builds the model's reference prompt "
+            "(it sends one probe through /v1/rerank and compares prompt token counts).",
+        ),
+    ] = False,
 ) -> None:
     # One function behind `cmd`, `serve` and `up` (SERVER_HELP): they share every option.
     options = launcher.ServeOptions(
@@ -161,6 +178,7 @@ def server(
         max_documents=max_documents,
         max_document_chars=max_document_chars,
         max_body_mb=max_body_mb,
+        max_in_flight=max_in_flight,
         insecure=insecure,
         strict_length=strict_length,
         api_key=api_key,
@@ -171,6 +189,8 @@ def server(
     if mode == "serve" and replicas != 1:
         raise ConfigError("serve runs one server in the foreground: use `rerank-kit up --replicas N` for several")
     commands = launcher.commands_for(model, family, options, replicas=replicas)
+    for note in commands[0].notes:
+        say(f"warning: {note}")
     if mode == "cmd":
         if commands[0].choices:
             say("Chosen for this machine:")
@@ -182,9 +202,15 @@ def server(
         say(f"Serving {command.recipe.model_id} ({command.recipe.family}) at {command.url}")
         _print_choices(command)
         say(command.shell())
-        launcher.run_foreground(command)
+        raise typer.Exit(launcher.run_foreground(command, check=None if no_self_check else _self_check))
     else:
-        _up(commands, timeout)
+        _up(commands, timeout, check=None if no_self_check else _self_check)
+
+
+def _self_check(command: launcher.Command) -> None:
+    from rerank_kit.selfcheck import check_command
+
+    check_command(command, on_report=lambda report: say(f"{command.url}: {report.summary()}"))
 
 
 def _print_choices(command: launcher.Command) -> None:
@@ -192,7 +218,7 @@ def _print_choices(command: launcher.Command) -> None:
         say(f"  {choice.name}={choice.value}  ({choice.reason})")
 
 
-def _up(commands: list[launcher.Command], timeout: float) -> None:
+def _up(commands: list[launcher.Command], timeout: float, check: Callable[[launcher.Command], None] | None) -> None:
     for command in commands:
         say(f"Starting {command.recipe.model_id} ({command.recipe.family}) on {command.url}")
         say(f"  log: {launcher.ServerRecord.log_path_for(command.port)}")
@@ -205,7 +231,7 @@ def _up(commands: list[launcher.Command], timeout: float) -> None:
             say(f"  waiting for /health ... {elapsed:.0f} s")
 
     started = time.monotonic()
-    records = launcher.start_replicas(commands, timeout=timeout, on_wait=progress)
+    records = launcher.start_replicas(commands, timeout=timeout, on_wait=progress, check=check)
     say(f"Healthy after {time.monotonic() - started:.0f} s (pid {', '.join(str(r.pid) for r in records)}). Try:")
     if len(records) > 1:
         say(f"  export RERANK_KIT_URL={','.join(r.url for r in records)}   # the client balances across them")
@@ -317,8 +343,23 @@ def k8s(
     replicas: Annotated[int, typer.Option(help="Pods to start with (and the autoscaler's minimum).")] = 1,
     max_replicas: Annotated[int, typer.Option("--max-replicas", help="The autoscaler's maximum.")] = 4,
     gpus: Annotated[int, typer.Option(help="GPUs per pod (tensor parallel).")] = 1,
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="What the autoscaler scales on: cpu (metrics-server, any cluster) or in-flight "
+            "(vLLM's queue; also emits the Prometheus scrape job and prometheus-adapter rule it needs)."
+        ),
+    ] = "cpu",
+    target_cpu: Annotated[
+        str | None,
+        typer.Option(
+            "--target-cpu",
+            help="--metric cpu: average CPU per pod to aim for, e.g. 1500m (default: an estimate for a busy pod).",
+        ),
+    ] = None,
     target_in_flight: Annotated[
-        int, typer.Option("--target-in-flight", help="In-flight requests per pod the autoscaler aims for.")
+        int,
+        typer.Option("--target-in-flight", help="--metric in-flight: requests running + waiting per pod to aim for."),
     ] = 32,
     api_key_secret: Annotated[
         str, typer.Option("--api-key-secret", help="Secret with an 'api-key' entry.")
@@ -329,8 +370,11 @@ def k8s(
     name: Annotated[str | None, typer.Option(help="Name of the Deployment/Service/HPA.")] = None,
     namespace: Annotated[str | None, typer.Option(help="Namespace.")] = None,
 ) -> None:
-    """Print Kubernetes manifests (Deployment, Service, HorizontalPodAutoscaler) for a model (default: GPU)."""
-    from rerank_kit.k8s import K8sOptions, manifests, to_yaml
+    """Print Kubernetes manifests (Deployment, Service, HorizontalPodAutoscaler) for a model (default: GPU).
+
+    The container's root filesystem is read-only; it writes to volumes only.
+    """
+    from rerank_kit.k8s import DEFAULT_TARGET_CPU, K8sOptions, manifests, to_yaml
 
     recipe = get_recipe(model or DEFAULT_GPU_MODEL, family)
     options = K8sOptions(
@@ -340,8 +384,47 @@ def k8s(
         replicas=replicas,
         max_replicas=max_replicas,
         gpus=gpus,
+        metric=metric,
+        target_cpu=target_cpu or DEFAULT_TARGET_CPU,
         target_in_flight=target_in_flight,
         api_key_secret=api_key_secret,
         hf_cache_claim=hf_cache_claim,
     )
     print(to_yaml(manifests(recipe, options), recipe), end="")
+
+
+def verify_models(
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="MODEL", help="Models to check, one server at a time (default: the GPU set)."),
+    ] = None,
+    family: FamilyOpt = None,
+    port: Annotated[int, typer.Option(help="Port each server takes in turn.")] = launcher.DEFAULT_PORT,
+    dtype: DtypeOpt = None,
+    max_model_len: MaxLenOpt = None,
+    eager: Annotated[bool, typer.Option("--eager", help="Skip torch.compile: faster start, slower serving.")] = False,
+    tolerance: Annotated[float, typer.Option(help="Largest acceptable |Δscore| against the reference.")] = 0.02,
+    bench_requests: Annotated[int, typer.Option("--bench-requests", help="Requests in each short benchmark.")] = 100,
+    out_path: Annotated[Path, typer.Option("--out", help="Where to write the JSON report.")] = Path(
+        "verify-models.json"
+    ),
+) -> None:
+    """Serve each model in turn and check it for real: self-check, scores vs the reference, a short bench.
+
+    Needs each model's weights (downloaded by vLLM on first start where the hub is reachable). Exits 1
+    when any model fails; the report says which and why. `make verify-gpu` runs it on a CUDA box.
+    """
+    from rerank_kit.acceptance import GPU_MODELS
+    from rerank_kit.acceptance import verify_models as run
+    from rerank_kit.bench.report import write_json
+
+    options = launcher.ServeOptions(port=port, dtype=dtype, max_model_len=max_model_len, eager=eager)
+    report = run(
+        models or GPU_MODELS, options, family=family, say=say, tolerance=tolerance, bench_requests=bench_requests
+    )
+    write_json(report, out_path)
+    for row in report["models"]:
+        say(f"{'PASS' if row['passed'] else 'FAIL'} {row['model']}: {row.get('error') or row.get('self_check')}")
+    say(f"Report: {out_path}")
+    if not report["passed"]:
+        raise typer.Exit(1)

@@ -24,7 +24,7 @@ from typing import Literal, get_args
 from rerank_kit import machine as machine_mod
 from rerank_kit.errors import ConfigError
 from rerank_kit.guard import API_KEY_ENV, Limits, RerankKitGuard
-from rerank_kit.launcher.vllm import VLLM_ENTRYPOINT, VllmFeatures, vllm_version
+from rerank_kit.launcher.vllm import VllmFeatures, support_note, vllm_version
 from rerank_kit.machine import Choice, Machine
 from rerank_kit.recipes import Recipe, default_model, get_recipe, resolve_model_path
 
@@ -68,8 +68,12 @@ class ServeOptions:
     max_documents: int | None = None
     max_document_chars: int | None = None
     max_body_mb: float | None = None
+    # Requests in flight per API server process before the guard answers 429 (None: chosen for the
+    # machine by machine.max_in_flight_choice; 0: unbounded).
+    max_in_flight: int | None = None
     # Allow binding beyond localhost without an API key.
     insecure: bool = False
+    # vLLM flags passed on unchanged, except vLLM's own --api-key, which becomes ``api_key`` (see _take_api_key).
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -79,6 +83,18 @@ class ServeOptions:
         ):
             if value not in allowed:
                 raise ConfigError(f"{flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}")
+        if self.max_in_flight is not None and self.max_in_flight < 0:
+            raise ConfigError(f"--max-in-flight must be >= 0 (0: unbounded), not {self.max_in_flight}")
+        rest, key = _take_api_key(self.extra_args)
+        if key is not None:
+            if self.api_key_file or self.api_key_env:
+                source = "--api-key-file" if self.api_key_file else f"${self.api_key_env}"
+                raise ConfigError(f"--api-key after -- and {source} both give an API key: give it once")
+            if self.api_key and self.api_key != key:
+                raise ConfigError("--api-key and --api-key after -- give two different keys: give one")
+            # Frozen dataclass: normalise once here so every command built from these options agrees.
+            object.__setattr__(self, "api_key", key)
+            object.__setattr__(self, "extra_args", rest)
 
     def limits(self) -> Limits:
         """The guard's and the plugin's settings these options ask for (unset ones keep the guard's defaults).
@@ -90,8 +106,49 @@ class ServeOptions:
             "max_documents": self.max_documents,
             "max_document_chars": self.max_document_chars,
             "max_body_bytes": int(self.max_body_mb * (1 << 20)) if self.max_body_mb else None,
+            "max_in_flight": self.max_in_flight,
         }
         return Limits(strict_length=self.strict_length, **{k: v for k, v in given.items() if v is not None})
+
+
+# vLLM's --api-key as its parser accepts it: --api_key too, and unambiguous abbreviations (--api-k...).
+_VLLM_API_KEY_FLAGS = frozenset({"--api-key", "--api-ke", "--api-k"})
+
+
+def _take_api_key(args: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    """``args`` without vLLM's ``--api-key K`` / ``--api-key=K``, and the key they gave (None: none).
+
+    vLLM would put the key in its argv, which ``ps`` shows to every user, and would only check it under
+    /v1, /v2, /inference; the launcher passes it through the environment to the guard instead. vLLM
+    accepts several keys (``--api-key A B``); the guard checks one, so several different ones are refused.
+
+        >>> _take_api_key(("--max-num-seqs", "8", "--api-key=k"))
+        (('--max-num-seqs', '8'), 'k')
+    """
+    rest: list[str] = []
+    keys: list[str] = []
+    i = 0
+    while i < len(args):
+        option, equals, value = args[i].partition("=")
+        if not option.startswith("--") or option.replace("_", "-") not in _VLLM_API_KEY_FLAGS:
+            rest.append(args[i])
+            i += 1
+            continue
+        if equals:
+            given = [value]
+            i += 1
+        else:  # nargs="+": every following argument up to the next option
+            end = i + 1
+            while end < len(args) and not args[end].startswith("-"):
+                end += 1
+            given = list(args[i + 1 : end])
+            i = end
+        if not given or not all(given):
+            raise ConfigError(f"{option} after -- needs a key")
+        keys += given
+    if len(set(keys)) > 1:
+        raise ConfigError(f"--api-key after -- gives {len(set(keys))} different keys; rerank-kit serves one key")
+    return tuple(rest), (keys[0] if keys else None)
 
 
 @dataclass(frozen=True)
@@ -119,6 +176,10 @@ class Command:
     host: str
     port: int
     server_args: tuple[str, ...]
+    # The name clients send as "model" (--served-model-name, else --model); "" when unknown.
+    model_name: str = ""
+    # Warnings for the person starting it (e.g. a vLLM newer than the newest verified release).
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if tuple(self.argv[len(self.argv) - len(self.server_args) :]) != tuple(self.server_args):
@@ -302,12 +363,18 @@ def build_command(
             f"--host {options.host} exposes the server beyond this machine without an API key: set "
             f"{API_KEY_VARIABLE} or pass --api-key-file FILE (or --insecure if a proxy in front authenticates)"
         )
-    env.update(options.limits().to_env())  # read by rerank_kit.guard and the vLLM plugin in the server
+    limits = options.limits()
+    admission = machine_mod.max_in_flight_choice(machine, gpu=gpu, asked=options.max_in_flight)
+    if admission is not None:
+        # Printed with the other choices; it reaches the guard through Limits, not argv.
+        choices = [*choices, admission]
+        limits = dataclasses.replace(limits, max_in_flight=int(admission.value))
+    env.update(limits.to_env())  # read by rerank_kit.guard and the vLLM plugin in the server
 
     args += list(options.extra_args)
     url_host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host  # noqa: S104 - a comparison
     return Command(
-        argv=[python or sys.executable, "-m", VLLM_ENTRYPOINT, *args],
+        argv=[python or sys.executable, "-m", features.entrypoint, *args],
         env=env,
         choices=choices,
         recipe=recipe,
@@ -315,6 +382,7 @@ def build_command(
         host=options.host,
         port=options.port,
         server_args=tuple(args),
+        model_name=served_name or model_path,
     )
 
 
@@ -378,7 +446,16 @@ def commands_for(model: str | None, family: str | None, options: ServeOptions, *
     """
     host = machine_mod.detect()
     recipe = get_recipe(model or default_model(host.has_gpu), family)
-    return replica_commands(recipe, options, replicas, vllm_version=vllm_version(), machine=host)
+    version = vllm_version()
+    # No vLLM here: the command is only printed, for the default release. Otherwise refuse (or warn)
+    # by the supported range before anything starts.
+    note = None
+    if version is not None:
+        note = support_note(
+            version, needs_template=recipe.template is not None, what=recipe.model_id, gpu=use_gpu(options, host)
+        )
+    commands = replica_commands(recipe, options, replicas, vllm_version=version, machine=host)
+    return [dataclasses.replace(c, notes=(note,)) for c in commands] if note else commands
 
 
 def parse_choices_for_print(choices: Sequence[Choice]) -> list[str]:
