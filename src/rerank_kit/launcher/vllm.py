@@ -110,8 +110,8 @@ def support_note(version: str, *, needs_template: bool, what: str, gpu: bool) ->
 
     >>> support_note("0.21.0", needs_template=False, what="BAAI/bge-reranker-base", gpu=False) is None
     True
-    >>> support_note("0.40.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=True)[:27]
-    'vLLM 0.40.0 is newer than 0.'
+    >>> support_note("0.40.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=True)[:33]
+    'vLLM 0.40.0 is newer than 0.33.0,'
     """
     from rerank_kit.errors import ConfigError
 
