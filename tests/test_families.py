@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -224,6 +225,33 @@ def test_self_check_passes_on_a_correct_server(family_server):
     assert report.passed, report.summary()
     assert len(report.probes) == (2 if family_server.recipe.supports_instruction else 1)
     assert all(p.server_tokens > 0 for p in report.probes)
+
+
+# vLLM start-up warnings that are legitimate on these servers, each with its reason. Anything else at
+# WARNING/ERROR level (or a traceback) before "Application startup complete" fails the test below.
+EXPLAINED_WARNINGS = {
+    r"Model Runner V2 requires Triton|Triton is not installed|Triton is installed, but": "the CPU build has no Triton",
+    r"Enforce eager set|Inductor compilation was disabled": "the tests start servers with --eager (fast start)",
+    r"Found ulimit of": "this machine's open-file limit",
+    r"The global random seed is set to 0. Since VLLM_ENABLE_V1_MULTIPROCESSING": "rerank-kit's uni executor on "
+    "small machines (machine.cpu_choices), measured faster",
+    r"OMP_NUM_THREADS=\d+ is set; leaving Torch threads": "rerank-kit sets OMP_NUM_THREADS to the cores it gives",
+    r"(libtcmalloc|libiomp) is not found in LD_PRELOAD": "preloading them is issue 14's (performance) work",
+    r"To indicate that the rerank API is not part of the standard OpenAI API": "vLLM's notice about /rerank",
+}
+
+
+def test_start_up_log_has_no_unexplained_warning(family_server):
+    text = family_server.log.read_text(errors="replace")
+    start_up = text.split("Application startup complete", 1)[0]
+    flagged = [
+        line
+        for line in start_up.splitlines()
+        if re.search(r"\bWARNING\b|\bERROR\b|Traceback", line)
+        and not any(re.search(pattern, line) for pattern in EXPLAINED_WARNINGS)
+    ]
+    assert not flagged, "\n".join(flagged)
+    assert "Chat template warmup failed" not in start_up
 
 
 # --- negative controls: each comparison above can fail ----------------------------------------------

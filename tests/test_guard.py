@@ -504,3 +504,32 @@ def test_two_sources_of_a_key_are_refused_unless_they_agree(tmp_path):
         ServeOptions(extra_args=("--api-key=",))
     # not vLLM's key flag: passed on
     assert ServeOptions(extra_args=("--api-server-count", "2")).extra_args == ("--api-server-count", "2")
+
+
+def test_third_party_shapes_reach_vllm_normalised_and_other_bodies_byte_for_byte(monkeypatch):
+    """langchain-cohere's "max_tokens_per_doc": null (vLLM: 400) is dropped before the app sees the body."""
+    seen = {}
+
+    async def app(scope, receive, send):
+        message = await receive()
+        seen["body"], seen["headers"] = message["body"], dict(scope["headers"])
+        await echo_app(scope, lambda: _done(message), send)
+
+    async def _done(message):
+        return message
+
+    sent = {"model": "m", "query": "q", "documents": ["a"], "top_n": None, "max_tokens_per_doc": None}
+    guard = make_guard(monkeypatch, app)
+
+    async def go(path, body):
+        async with client_for(guard) as client:
+            return await client.post(path, content=body, headers={"Authorization": "Bearer sekret"})
+
+    raw = json.dumps(sent).encode()
+    response = asyncio.run(go("/v2/rerank", raw))
+    assert response.status_code == 200
+    assert json.loads(seen["body"]) == {"model": "m", "query": "q", "documents": ["a"]}
+    assert seen["headers"][b"content-length"] == str(len(seen["body"])).encode()
+    # the same body on a route that is not a rerank route is not touched
+    asyncio.run(go("/v1/score", raw))
+    assert seen["body"] == raw

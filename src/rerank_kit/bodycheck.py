@@ -63,12 +63,12 @@ def is_json_body(raw: bytes, content_type: str | None) -> bool:
     return first in (b"{", b"[")
 
 
-def check_body(raw: bytes, limits: Limits, content_type: str | None = "application/json") -> None:
+def check_body(raw: bytes, limits: Limits, content_type: str | None = "application/json") -> dict[str, Any] | None:
     """Raise RejectedRequest when a request body is not JSON where JSON is expected, nests too deeply,
-    or carries a text list or a text over a limit. Bodies that are not JSON pass (the size is checked
-    while reading)."""
+    or carries a text list or a text over a limit. Returns the parsed JSON object (None for a body that
+    is not JSON: those pass, their size is checked while reading)."""
     if not is_json_body(raw, content_type):
-        return
+        return None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -82,6 +82,7 @@ def check_body(raw: bytes, limits: Limits, content_type: str | None = "applicati
     if not isinstance(body, dict):
         raise RejectedRequest(400, "the request body must be a JSON object", "BadRequestError")
     _TextCheck(limits, raw).body(body)
+    return body
 
 
 class _TextCheck:

@@ -51,7 +51,10 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from rerank_kit.bodycheck import RejectedRequest, check_body, too_large
+from rerank_kit.normalize import RERANK_PATHS, normalize_rerank_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -202,6 +205,31 @@ async def _send_error(send: Send, error: RejectedRequest, headers: list[tuple[by
     await send({"type": "http.response.body", "body": payload})
 
 
+def _normalized(scope: Scope, parsed: dict[str, Any], raw: bytes) -> bytes:
+    """``raw``, or the re-encoded body vLLM accepts when a third-party client sent a shape it refuses
+    (``rerank_kit.normalize``); Content-Length follows the new body."""
+    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    if path not in RERANK_PATHS:
+        return raw
+    normalized, changes = normalize_rerank_body(path, parsed, max_model_len=_max_model_len(scope))
+    if not changes:
+        return raw
+    encoded = orjson.dumps(normalized)
+    scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k != b"content-length"] + [
+        (b"content-length", str(len(encoded)).encode())
+    ]
+    return encoded
+
+
+def _max_model_len(scope: Scope) -> int | None:
+    """The served model's max_model_len, from the vLLM app's state (vLLM 0.32: app.state.vllm_config)."""
+    try:
+        value = scope["app"].state.vllm_config.model_config.max_model_len
+    except (KeyError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", []):
         if key == name:
@@ -299,7 +327,9 @@ class RerankKitGuard:
             return False
         content_type = _header(scope, b"content-type")
         try:
-            check_body(body, self.limits, content_type.decode("latin-1") if content_type is not None else None)
+            parsed = check_body(body, self.limits, content_type.decode("latin-1") if content_type is not None else None)
+            if parsed is not None:
+                body = _normalized(scope, parsed, body)
         except RejectedRequest as error:
             await _send_error(send, error)
             return False

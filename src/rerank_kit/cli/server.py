@@ -12,10 +12,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from rerank_kit import launcher
+from rerank_kit import launcher, machine
 from rerank_kit.errors import ConfigError
 from rerank_kit.guard import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DOCUMENT_CHARS, DEFAULT_MAX_DOCUMENTS
-from rerank_kit.recipes import DEFAULT_GPU_MODEL, FAMILIES, RECIPES, get_recipe, models_markdown
+from rerank_kit.recipes import DEFAULT_GPU_MODEL, FAMILIES, RECIPES, default_model, get_recipe, models_markdown
 
 from ._options import (
     DocsFileOpt,
@@ -305,7 +305,8 @@ def logs(
 
 
 def rank_local(
-    model: Annotated[str, typer.Argument(help="Model id or local directory (with --family).")],
+    model: ModelArg = None,
+    *,
     query: QueryOpt,
     docs_file: DocsFileOpt,
     top_k: Annotated[int, typer.Option("--top-k", help="How many results to print.")] = 3,
@@ -320,7 +321,7 @@ def rank_local(
     from rerank_kit.offline import rank_offline
 
     docs = load_documents(docs_file)
-    recipe = get_recipe(model, family)
+    recipe = get_recipe(model or default_model(machine.detect().has_gpu), family)
     options = launcher.ServeOptions(max_model_len=max_model_len, dtype=dtype, eager=True)
     response = rank_offline(recipe, options, query, docs, top_n=top_k, instruction=instruction)
     if as_json:

@@ -1,0 +1,176 @@
+"""Third-party clients, unchanged, against a real rerank-kit server with an API key: each is called as its
+documentation shows a user calling it (base URL pointing at the server, the key, the served model's name), and
+must rank exactly as rerank-kit's own RerankClient does: the same indices in the same order, the same scores.
+
+What each sends (path, body) is recorded in rerank_kit/normalize.py, which lists the bodies the guard rewrites
+for vLLM: langchain-cohere (a null max_tokens_per_doc), Haystack (max_tokens_per_doc 4096 on a 256-token
+model) and the v1 Cohere SDK given {"text": ...} documents fail without it. A client whose package is not
+installed is skipped."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conftest import Server, start_server
+from rerank_kit import RerankClient
+from rerank_kit.recipes import get_recipe
+
+pytestmark = pytest.mark.vllm
+
+KEY = "rk-third-party-4e7b2a91"
+QUERY = "How do I serve a reranking model behind an HTTP API?"
+# Short and distinct: no truncation, no duplicates, so a returned text identifies its index.
+DOCS = [
+    "Paris is the capital and largest city of France.",
+    "vLLM serves models behind an OpenAI-compatible HTTP server, including a rerank endpoint.",
+    "Bananas are a good source of potassium.",
+    "A reranker scores each query and document pair and sorts the documents by that score.",
+    "The Eiffel Tower was completed in 1889.",
+    "Start the server with one command, then send the query and the documents to /v1/rerank.",
+]
+TOP_N = 3
+SCORE_TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def server(server_logs) -> Server:
+    """The packaged all-MiniLM-L6-v2 (what `rerank-kit up` serves on CPU), with an API key; max_model_len 256."""
+    recipe = get_recipe("sentence-transformers/all-MiniLM-L6-v2")
+    with start_server(recipe, server_logs, dtype=None, api_key=KEY) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def model(server) -> str:
+    """The name clients send as "model"."""
+    return server.command.model_name
+
+
+@pytest.fixture(scope="module")
+def expected(server, model) -> list[tuple[int, float]]:
+    """(index, score) best first, from rerank-kit's own client."""
+    with RerankClient(server.url, api_key=KEY, model=model) as client:
+        response = client.rerank(QUERY, DOCS)
+    ranking = [(r.index, r.relevance_score) for r in response.results]
+    assert sorted(i for i, _ in ranking) == list(range(len(DOCS)))
+    return ranking
+
+
+def assert_same_ranking(got: list[tuple[int, float]], expected: list[tuple[int, float]]) -> None:
+    assert [i for i, _ in got] == [i for i, _ in expected]
+    for (index, score), (_, want) in zip(got, expected, strict=True):
+        assert score == pytest.approx(want, abs=SCORE_TOLERANCE), f"document {index}"
+
+
+def by_text(pairs: list[tuple[str, float]]) -> list[tuple[int, float]]:
+    """(index, score) from (document text, score), for clients that hand back documents rather than indices."""
+    return [(DOCS.index(text), score) for text, score in pairs]
+
+
+def test_cohere_sdk_v1_client(server, model, expected):
+    cohere = pytest.importorskip("cohere")
+    client = cohere.Client(api_key=KEY, base_url=server.url)  # POST /v1/rerank
+    response = client.rerank(model=model, query=QUERY, documents=DOCS, top_n=TOP_N)
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected[:TOP_N])
+    # The v1 API's document objects: ranked on their "text" (normalize.py turns them into strings for vLLM).
+    response = client.rerank(model=model, query=QUERY, documents=[{"text": d, "id": i} for i, d in enumerate(DOCS)])
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected)
+
+
+def test_cohere_sdk_client_v2(server, model, expected):
+    cohere = pytest.importorskip("cohere")
+    client = cohere.ClientV2(api_key=KEY, base_url=server.url)  # POST /v2/rerank
+    response = client.rerank(model=model, query=QUERY, documents=DOCS, top_n=TOP_N)
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected[:TOP_N])
+    # An explicit None is sent as "top_n": null (normalize.py drops it: every document).
+    response = client.rerank(model=model, query=QUERY, documents=DOCS, top_n=None)
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected)
+
+
+def test_cohere_sdk_async_client_v2(server, model, expected):
+    cohere = pytest.importorskip("cohere")
+
+    async def rerank():
+        client = cohere.AsyncClientV2(api_key=KEY, base_url=server.url)
+        return await client.rerank(model=model, query=QUERY, documents=DOCS)
+
+    response = asyncio.run(rerank())
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected)
+
+
+def test_langchain_cohere_rerank(server, model, expected):
+    # The way LangChain's docs reach a vLLM reranker. It sends "max_tokens_per_doc": null on every call,
+    # which vLLM refuses with a 400 unless the guard normalises the body.
+    langchain_cohere = pytest.importorskip("langchain_cohere")
+    from langchain_core.documents import Document
+
+    documents = [Document(page_content=d) for d in DOCS]
+    reranker = langchain_cohere.CohereRerank(base_url=server.url, model=model, cohere_api_key=KEY, top_n=TOP_N)
+    kept = reranker.compress_documents(documents, QUERY)
+    assert_same_ranking(by_text([(d.page_content, d.metadata["relevance_score"]) for d in kept]), expected[:TOP_N])
+    # top_n=None ("every document") adds "top_n": null.
+    everything = langchain_cohere.CohereRerank(base_url=server.url, model=model, cohere_api_key=KEY, top_n=None)
+    kept = everything.compress_documents(documents, QUERY)
+    assert_same_ranking(by_text([(d.page_content, d.metadata["relevance_score"]) for d in kept]), expected)
+
+
+def test_llama_index_cohere_rerank(server, model, expected):
+    module = pytest.importorskip("llama_index.postprocessor.cohere_rerank")
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    # 0.4 (llama-index-core 0.12) sends to /v1/rerank with cohere.Client; 0.10 to /v2/rerank with ClientV2.
+    reranker = module.CohereRerank(api_key=KEY, base_url=server.url, model=model, top_n=len(DOCS))
+    nodes = reranker.postprocess_nodes([NodeWithScore(node=TextNode(text=d)) for d in DOCS], query_str=QUERY)
+    assert_same_ranking(by_text([(n.node.get_content(), n.score) for n in nodes]), expected)
+
+
+@pytest.mark.parametrize(
+    ("provider", "suffix"),
+    [
+        ("hosted_vllm", ""),  # POST /rerank
+        ("hosted_vllm", "/v1"),  # POST /v1/rerank
+        ("cohere", ""),  # POST /v2/rerank
+    ],
+)
+def test_litellm_rerank(server, model, expected, monkeypatch, provider, suffix):
+    # LiteLLM fetches its model price list from the internet at import unless told to use the bundled one.
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    litellm = pytest.importorskip("litellm")
+    response = litellm.rerank(
+        model=f"{provider}/{model}", query=QUERY, documents=DOCS, top_n=TOP_N, api_base=server.url + suffix, api_key=KEY
+    )
+    assert_same_ranking([(r["index"], r["relevance_score"]) for r in response.results], expected[:TOP_N])
+
+
+def test_haystack_cohere_ranker(server, model, expected, monkeypatch):
+    # Sends its default "max_tokens_per_doc": 4096 on every call; this model's max_model_len is 256.
+    # Haystack sends usage telemetry (posthog) unless told not to; this machine reaches no such host.
+    monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")
+    ranker_module = pytest.importorskip("haystack_integrations.components.rankers.cohere")
+    from haystack import Document
+    from haystack.utils import Secret
+
+    ranker = ranker_module.CohereRanker(
+        model=model, top_k=TOP_N, api_key=Secret.from_token(KEY), api_base_url=server.url
+    )
+    documents = [Document(content=d) for d in DOCS]
+    ranked = ranker.run(query=QUERY, documents=documents)["documents"]
+    assert_same_ranking(by_text([(d.content, d.score) for d in ranked]), expected[:TOP_N])
+    ranked = asyncio.run(ranker.run_async(query=QUERY, documents=documents))["documents"]
+    assert_same_ranking(by_text([(d.content, d.score) for d in ranked]), expected[:TOP_N])
+
+
+def test_requests_in_jinas_shape(server, model, expected):
+    requests = pytest.importorskip("requests")
+    response = requests.post(
+        server.url + "/v1/rerank",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": model, "query": QUERY, "documents": DOCS, "top_n": TOP_N},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert_same_ranking([(r["index"], r["relevance_score"]) for r in results], expected[:TOP_N])
+    assert [r["document"]["text"] for r in results] == [DOCS[i] for i, _ in expected[:TOP_N]]
