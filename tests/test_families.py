@@ -238,6 +238,7 @@ EXPLAINED_WARNINGS = {
     r"OMP_NUM_THREADS=\d+ is set; leaving Torch threads": "rerank-kit sets OMP_NUM_THREADS to the cores it gives",
     r"(libtcmalloc|libiomp) is not found in LD_PRELOAD": "preloading them is issue 14's (performance) work",
     r"To indicate that the rerank API is not part of the standard OpenAI API": "vLLM's notice about /rerank",
+    r"Gemma's activation function was incorrectly set": "Gemma's own config.json says hidden_act (vLLM fixes it)",
 }
 
 

@@ -190,3 +190,9 @@ def test_vllm_refuses_those_bodies_without_normalising(vllm_rerank, client):
     # If this starts failing, vLLM accepts the client's body itself and the normalisation can go.
     with pytest.raises(ValueError):  # pydantic's ValidationError is a ValueError
         vllm_rerank(SENT[client][1])
+
+
+def test_a_cap_at_max_model_len_keeps_vllms_400_outside_cohere_v2():
+    body = {**BASE, "max_tokens_per_doc": 4096}
+    assert normalize_rerank_body("/v1/rerank", body, max_model_len=256)[0] is body
+    assert "max_tokens_per_doc" not in normalize_rerank_body("/v2/rerank", body, max_model_len=256)[0]

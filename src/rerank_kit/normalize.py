@@ -12,8 +12,9 @@ client that needs it (measured with the released packages; the tests in tests/te
 2. ``"max_tokens_per_doc": null`` is dropped: null asks for the server's default, which is what leaving it out
    gives. Needed by langchain-cohere ``CohereRerank`` (every call: it passes ``max_tokens_per_doc=None`` to the
    Cohere SDK, which sends it); vLLM answers 400 "body.max_tokens_per_doc: Input should be a valid integer".
-3. ``max_tokens_per_doc`` at or above the model's ``max_model_len`` is dropped, when the caller knows
-   ``max_model_len``. Such a cap cannot shorten what the model reads: the query-document pair is cut to
+3. On /v2/rerank (Cohere's v2 API, whose default cap is 4096), ``max_tokens_per_doc`` at or above the
+   model's ``max_model_len`` is dropped, when the caller knows ``max_model_len``; /rerank and /v1/rerank keep
+   vLLM's own 400 for it. Such a cap cannot shorten what the model reads: the query-document pair is cut to
    ``max_model_len`` anyway (or refused, with ``--strict-length``, with the cap or without it). Needed by
    Haystack's cohere-haystack ``CohereRanker``, which sends its default 4096 on every call; vLLM answers 400
    "max_tokens_per_doc (4096) must be less than max_model_len (256)." for any model of 4096 tokens or fewer.
@@ -38,6 +39,8 @@ from typing import Any
 
 # vLLM's rerank routes (vllm/entrypoints/pooling/scoring/api_router.py); they all take RerankRequest.
 RERANK_PATHS = frozenset({"/rerank", "/v1/rerank", "/v2/rerank"})
+# Cohere's v2 API, where max_tokens_per_doc defaults to 4096 (Haystack sends that default every time).
+COHERE_V2_PATH = "/v2/rerank"
 # Optional integer fields RerankRequest types without None, where a client's null means "the default".
 _NULL_MEANS_DEFAULT = {
     "top_n": "every document",
@@ -70,7 +73,7 @@ def normalize_rerank_body(
             changes.append(f'dropped "{name}": null ({meaning})')
     cap = out.get("max_tokens_per_doc")
     # bool is an int to Python, not to vLLM's pydantic model: leave true/false for vLLM to refuse.
-    if max_model_len is not None and type(cap) is int and cap >= max_model_len:
+    if path == COHERE_V2_PATH and max_model_len is not None and type(cap) is int and cap >= max_model_len:
         del out["max_tokens_per_doc"]
         changes.append(
             f'dropped "max_tokens_per_doc": {cap} (not below max_model_len {max_model_len}: '
