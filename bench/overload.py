@@ -3,9 +3,9 @@
 For each setting, a fresh server is started by rerank-kit's launcher (the MiniLM-shaped cross-encoder
 of the other CPU benchmarks) and two loads run one after the other:
 
-1. raw: 256 concurrent httpx clients, no retries, each sending requests back to back for --duration
-   seconds: how many were accepted (200) or shed (429 + Retry-After), and the latency of the accepted
-   ones (what a burst costs the requests the server takes);
+1. raw: 256 concurrent httpx clients sending requests back to back for --duration seconds, waiting
+   Retry-After after a 429: how many were accepted (200) or shed (429), and the latency of the
+   accepted ones (what a burst costs the requests the server takes);
 2. client: `rerank-kit bench` (rerank-kit's load generator and AsyncRerankClient, which honours 429
    and Retry-After) at concurrency 256 for --requests requests: lost requests and end-to-end latency.
 
@@ -59,7 +59,7 @@ async def raw_load(url: str, model: str, concurrency: int, duration: float, docs
                 elif response.status_code == 429:
                     shed += 1
                     retry_after.append(float(response.headers.get("retry-after", "0")))
-                    await asyncio.sleep(0.05)  # a raw client without backoff would spin
+                    await asyncio.sleep(retry_after[-1])  # a well-behaved client comes back when told
                 else:
                     errors += 1
 

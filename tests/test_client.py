@@ -704,3 +704,19 @@ def test_async_lanes_fill_one_pool_before_opening_the_next():
     assert len(lanes._lanes) == 3
     lanes._load[1] = 0
     assert lanes._pick() == 1
+
+
+def test_a_server_shedding_load_is_retried_past_max_retries_until_the_deadline(sleeps):
+    """429 + Retry-After (rerank-kit's guard past --max-in-flight) is not counted against max_retries: a
+    burst larger than the server's bound would otherwise lose requests."""
+    fake = FakeVLLM(fail=[_busy(429, "1")] * 5)
+    with make(fake, max_retries=2) as client:
+        client.rerank("q", ["a"])
+    assert sleeps == [1.0] * 5
+    # a 429 without Retry-After is an ordinary retryable error, and max_retries=0 still means no retry
+    fake = FakeVLLM(fail=[httpx.Response(429, json={"error": {"message": "slow"}})] * 3)
+    with make(fake, max_retries=2) as client, pytest.raises(RateLimitError):
+        client.rerank("q", ["a"])
+    fake = FakeVLLM(fail=[_busy(429, "1")])
+    with make(fake, max_retries=0) as client, pytest.raises(RateLimitError):
+        client.rerank("q", ["a"])

@@ -75,8 +75,13 @@ def retry_delay(error: APIError, attempt: int, max_retries: int, *, failover: bo
     Connection errors, 408, 429 and 5xx are retried; everything else (400, 401, 404, 413, 422) is
     not. ``Retry-After`` is honoured (capped); otherwise exponential backoff with jitter. When another
     replica can take the request (``failover``), it is sent there at once.
+
+    A 429 with ``Retry-After`` is a server shedding load and naming when to come back (rerank-kit's
+    guard does this past ``--max-in-flight``): it is retried past ``max_retries``, until the call's
+    deadline, unless ``max_retries`` is 0. Counting it would lose requests in every burst larger than
+    the server's bound (measured: bench/overload.py, 256 in flight against a bound of 32).
     """
-    if not error.retryable or attempt >= max_retries:
+    if not error.retryable or (attempt >= max_retries and not (is_shed(error) and max_retries > 0)):
         return None
     if failover:
         return 0.0
@@ -87,10 +92,14 @@ def retry_delay(error: APIError, attempt: int, max_retries: int, *, failover: bo
     return backoff / 2 + rng.uniform(0, backoff / 2)  # "equal jitter": spread out, never near zero
 
 
+def is_shed(error: APIError) -> bool:
+    """A 429 that says when to come back: the server is shedding load, not refusing this request."""
+    return isinstance(error, RateLimitError) and error.retry_after is not None
+
+
 def log_retry(method: str, url: str, error: APIError, delay: float, attempt: int, max_retries: int) -> None:
-    logger.warning(
-        "rerank-kit: retrying %s %s in %.2f s (retry %d of %d): %s", method, url, delay, attempt + 1, max_retries, error
-    )
+    count = f"{attempt + 1} of {max_retries}" if attempt < max_retries else f"{attempt + 1}, until the deadline"
+    logger.warning("rerank-kit: retrying %s %s in %.2f s (retry %s): %s", method, url, delay, count, error)
 
 
 # --- replicas -----------------------------------------------------------------------------------------
