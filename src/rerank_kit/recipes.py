@@ -411,3 +411,26 @@ def models_markdown() -> str:
             f"{r.max_model_len or '-'} | {'yes' if r.supports_instruction else '-'} |"
         )
     return "\n".join(rows)
+
+
+def model_position_limit(model_path: str) -> int | None:
+    """The longest sequence a local model's config allows (RoBERTa-style configs reserve 2 positions)."""
+    config_file = Path(model_path) / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    limit = config.get("max_position_embeddings")
+    if not isinstance(limit, int):
+        return None
+    if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") and limit > 2:
+        limit -= 2
+    return limit
+
+
+def cap_to_model(recipe_len: int | None, model_path: str) -> int | None:
+    """The recipe's default length, capped at what a local model supports (e.g. a small fine-tune)."""
+    limit = model_position_limit(model_path)
+    if recipe_len is None or limit is None:
+        return recipe_len
+    return min(recipe_len, limit)

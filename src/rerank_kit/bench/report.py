@@ -189,5 +189,6 @@ def compare_table(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str]) 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path

@@ -214,6 +214,7 @@ def build_beir_workload(
 def write_workload(workload: Workload, out: str | Path) -> Path:
     """Write a workload as JSONL that `file_workload` (and `rerank-kit bench --workload FILE`) reads back."""
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as fh:
         for case in workload.cases:
             row: dict[str, Any] = {"qid": case.qid, "query": case.query, "documents": case.documents}

@@ -25,7 +25,6 @@ from rerank_kit.launcher.command import (
     ServeOptions,
     build_command,
     commands_for,
-    parse_choices_for_print,
     replica_commands,
     use_gpu,
 )
@@ -98,7 +97,6 @@ __all__ = [
     "free_port",
     "group_alive",
     "list_servers",
-    "parse_choices_for_print",
     "pid_alive",
     "probe_health",
     "replica_commands",

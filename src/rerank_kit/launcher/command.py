@@ -16,7 +16,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -26,7 +26,7 @@ from rerank_kit.errors import ConfigError
 from rerank_kit.guard import API_KEY_ENV, Limits, RerankKitGuard
 from rerank_kit.launcher.vllm import VllmFeatures, support_note, vllm_version
 from rerank_kit.machine import Choice, Machine
-from rerank_kit.recipes import Recipe, default_model, get_recipe, resolve_model_path
+from rerank_kit.recipes import Recipe, cap_to_model, default_model, get_recipe, resolve_model_path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -211,29 +211,6 @@ class Command:
         return " ".join([*prefixes, shlex.join(self.argv)])
 
 
-def _model_position_limit(model_path: str) -> int | None:
-    """The longest sequence a local model's config allows (RoBERTa-style configs reserve 2 positions)."""
-    config_file = Path(model_path) / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError):
-        return None
-    limit = config.get("max_position_embeddings")
-    if not isinstance(limit, int):
-        return None
-    if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") and limit > 2:
-        limit -= 2
-    return limit
-
-
-def _cap_to_model(recipe_len: int | None, model_path: str) -> int | None:
-    """The recipe's default length, capped at what a local model supports (e.g. a small fine-tune)."""
-    limit = _model_position_limit(model_path)
-    if recipe_len is None or limit is None:
-        return recipe_len
-    return min(recipe_len, limit)
-
-
 def _api_key_ref(options: ServeOptions) -> EnvRef | None:
     """Where the server's key comes from, as an environment value that prints without the key."""
     if options.api_key:
@@ -313,7 +290,7 @@ def build_command(
         args += ["--trust-remote-code"]
     if recipe.pooler_config:
         args += ["--pooler-config", json.dumps(dict(recipe.pooler_config), separators=(",", ":"))]
-    max_len = options.max_model_len or _cap_to_model(recipe.max_model_len, model_path)
+    max_len = options.max_model_len or cap_to_model(recipe.max_model_len, model_path)
     if max_len:
         args += ["--max-model-len", str(max_len)]
     if recipe.enable_prefix_caching:
@@ -456,8 +433,3 @@ def commands_for(model: str | None, family: str | None, options: ServeOptions, *
         )
     commands = replica_commands(recipe, options, replicas, vllm_version=version, machine=host)
     return [dataclasses.replace(c, notes=(note,)) for c in commands] if note else commands
-
-
-def parse_choices_for_print(choices: Sequence[Choice]) -> list[str]:
-    """Human lines: what was chosen for this machine and why."""
-    return [f"{c.name}={c.value}: {c.reason}" for c in choices]
