@@ -24,6 +24,7 @@ rendered. Set ``VLLM_PLUGINS`` to a list without ``rerank_kit`` to disable it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -104,10 +105,16 @@ def _check_instruction(template: str | None, chat_template_kwargs: dict[str, Any
         raise InstructionNotSupported(INSTRUCTION_ERROR)
 
 
+@functools.cache
+def _strict_length() -> bool:
+    """`rerank-kit serve --strict-length` (guard.Limits.strict_length): keep vLLM's 400 for long inputs.
+    Read once: the server's environment does not change, and this runs on every request."""
+    return Limits.from_env().strict_length
+
+
 def _default_truncation(request: Any) -> None:
     """Truncate over-long inputs to the model's length unless the request or the server says otherwise."""
-    # `rerank-kit serve --strict-length` (guard.Limits.strict_length): keep vLLM's 400 for long inputs.
-    if Limits.from_env().strict_length:
+    if _strict_length():
         return
     if getattr(request, "truncate_prompt_tokens", 0) is None:
         request.truncate_prompt_tokens = -1  # vLLM: -1 means "to max_model_len"
