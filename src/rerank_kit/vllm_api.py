@@ -97,6 +97,8 @@ REQUIREMENTS: tuple[Requirement, ...] = (
        "plugin", "0.22.0", note="0.20-0.21 take no chat_template_kwargs"),
     _r("plugin.cross_encoder_factory", "signature", SCORING, f"{CROSS}.get_request_factory_online", "ctx *",
        "plugin", "0.27.0", note="0.20-0.26 have pre_process_online(ctx): an override of this is never called"),
+    _r("plugin.render", "signature", SCORING, f"{CROSS}.render", "render_params", "plugin", "0.27.0",
+       note="the plugin builds a request's prompts at once and hands each pair to render()"),
     _r("plugin.bi_encoder_factory", "signature", SCORING, f"{BI}.get_request_factory_online", "ctx *",
        "plugin", "0.27.0"),
     _r("plugin.serve_context", "signature", "vllm.entrypoints.pooling.typing", "PoolingServeContext",

@@ -17,6 +17,11 @@ makes truncation the default: a query-document pair longer than ``--max-model-le
 of failing the whole request. ``rerank-kit serve --strict-length`` (``guard.Limits.strict_length``)
 restores vLLM's reject-with-400.
 
+On vLLM >= 0.27 the plugin also builds a request's prompts in one go instead of pair by pair
+(``rerank_kit.score_prompts``): one template render and one batched tokenizer call per request, run on
+vLLM's preprocessing thread pool, then each pair's cheap remainder inline. Same token ids, a fraction of
+the API server's time per pair (bench/frontend_cost.py).
+
 vLLM loads it through the ``vllm.general_plugins`` entry point of the installed rerank-kit
 distribution, in every vLLM process; the work happens only in the API server, where requests are
 rendered. Set ``VLLM_PLUGINS`` to a list without ``rerank_kit`` to disable it.
@@ -24,20 +29,24 @@ rendered. Set ``VLLM_PLUGINS`` to a list without ``rerank_kit`` to disable it.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
+from rerank_kit import score_prompts
 from rerank_kit.guard import Limits
 from rerank_kit.recipes import PIECEWISE_KEY, instruction_error
+from rerank_kit.score_prompts import PIECE_SEP
 
 # A child of vLLM's logger, so messages appear in the server log with its formatting.
 logger = logging.getLogger("vllm.rerank_kit")
 
-# Marks piece boundaries in the rendered template. A private-use code point: no tokenizer merges
-# across it because it never reaches a tokenizer, and text that contains it falls back to vLLM's
+# PIECE_SEP marks piece boundaries in the rendered template. A private-use code point: no tokenizer
+# merges across it because it never reaches a tokenizer, and text that contains it falls back to vLLM's
 # whole-string path.
-PIECE_SEP = "\U000f8a5e"
 ACTIVE_MESSAGE = "rerank-kit: piecewise score-prompt tokenization active for this model"
 
 
@@ -45,7 +54,9 @@ class InstructionNotSupported(ValueError):
     """The request carries an instruction the model's score template does not use."""
 
 
+@functools.lru_cache(maxsize=64)
 def _template_uses(template: str | None, name: str) -> bool:
+    """Cached: a server has one template, and parsing it on every request costs more than the request."""
     if not template:
         return False
     import jinja2
@@ -174,6 +185,9 @@ def _piecewise_cross_encoder(base: type) -> type:
     ):
         _OFF.append("piecewise score prompts (get_score_prompt(..., chat_template_kwargs) arrived in vLLM 0.22)")
         return checked
+    batched = checked is not base and accepts("plugin.render", getattr(base, "render", None))
+    if not batched:
+        _OFF.append("prompts built per request instead of per pair (vLLM >= 0.27)")
 
     class RerankKitCrossEncoderIOProcessor(checked):  # type: ignore[misc, valid-type]
         """vLLM's cross-encoder IO processor, with piecewise prompts and instruction checks."""
@@ -190,6 +204,69 @@ def _piecewise_cross_encoder(base: type) -> type:
                     )
                 else:
                     logger.info(ACTIVE_MESSAGE)
+            # rendered skeleton per (template, template kwargs); None: not verbatim, build prompts per pair
+            self._shapes: dict[tuple[str, str], str | None] = {}
+            self._render_per_pair = getattr(self, "render_async", None)
+            if batched and callable(self._render_per_pair) and getattr(self, "_executor", None) is not None:
+                self.render_async = self._render_async
+
+        def get_request_factory_online(self, ctx: Any) -> Any:
+            requests = super().get_request_factory_online(ctx)
+            if self.render_async == self._render_async and requests:
+                batch = _PromptBatch(functools.partial(self._request_prompts, requests))
+                for i, params in enumerate(requests):
+                    params[BATCH_KEY] = (batch, i)
+            return requests
+
+        async def _render_async(self, params: Any) -> Any:
+            batch, i = params.get(BATCH_KEY) or (None, 0)
+            prompts = None if batch is None else await batch.result(self._executor)
+            if prompts is None:
+                return await self._render_per_pair(params)
+            # what is left per pair (token checks, engine input) is cheaper than a thread-pool hop
+            return self.render({**params, "data_2": prompts[i]})
+
+        def _request_prompts(self, requests: list[Any]) -> list[score_prompts.Prompt] | None:
+            """Every pair's prompt in one go, or None where only the per-pair path is exact."""
+            first = requests[0]
+            if first["max_tokens_per_query"] or first["max_tokens_per_doc"] or getattr(self, "model", 1) is not None:
+                return None
+            queries, documents = [r["data_1"] for r in requests], [r["data_2"] for r in requests]
+            if not (score_prompts.batchable(queries) and score_prompts.batchable(documents)):
+                return None
+            encode_kwargs = first["tok_params"].get_encode_kwargs()
+            template = first["chat_template"]
+            if template is None:
+                sep = getattr(self, "use_sep_token", None)
+                if sep is None:
+                    return None
+                build = score_prompts.pair_prompts if sep else score_prompts.joined_prompts
+                return build(self.tokenizer, queries, documents, encode_kwargs)
+            kwargs = (first["prompt_extras"] or {}).get("chat_template_kwargs") or {}
+            piecewise = self._piecewise
+            shape = self._shape(template, {**kwargs, "piece_sep": PIECE_SEP} if piecewise else kwargs)
+            if shape is None:
+                return None
+            frame = self._frame
+            return score_prompts.template_prompts(
+                self.tokenizer, shape, queries, documents, encode_kwargs, piecewise=piecewise, frame=frame
+            )
+
+        def _shape(self, template: str, kwargs: dict[str, Any]) -> str | None:
+            key = (template, repr(sorted(kwargs.items())))
+            if key not in self._shapes:
+
+                def render(query: str, document: str) -> str:
+                    messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
+                    return safe_apply_chat_template(
+                        self.model_config, self.tokenizer, messages,
+                        chat_template=template, tools=None, tokenize=False, **kwargs,
+                    )  # fmt: skip
+
+                self._shapes[key] = score_prompts.skeleton(render)
+                if self._shapes[key] is None:
+                    logger.info("rerank-kit: this score template does not insert texts verbatim: prompts per pair")
+            return self._shapes[key]
 
         def get_score_prompt(
             self,
@@ -201,6 +278,11 @@ def _piecewise_cross_encoder(base: type) -> type:
             max_tokens_per_doc: int = 0,
             chat_template_kwargs: dict[str, Any] | None = None,
         ) -> Any:
+            if isinstance(data_2, score_prompts.Prompt):  # built for the whole request by _request_prompts
+                prompt = TokensPrompt(prompt_token_ids=data_2.token_ids)
+                if data_2.token_type_ids is not None:
+                    prompt["token_type_ids"] = data_2.token_type_ids
+                return "", prompt
             _check_instruction(chat_template, chat_template_kwargs)
             args = (
                 data_1,
@@ -240,6 +322,30 @@ def _piecewise_cross_encoder(base: type) -> type:
             return rendered.replace(PIECE_SEP, ""), TokensPrompt(prompt_token_ids=ids)
 
     return RerankKitCrossEncoderIOProcessor
+
+
+# Where a pair's render params carry their request's _PromptBatch and their index in it.
+BATCH_KEY = "rerank_kit_batch"
+
+
+class _PromptBatch:
+    """A request's prompts, computed once on vLLM's preprocessing thread pool for all of its pairs."""
+
+    def __init__(self, compute: Callable[[], list[score_prompts.Prompt] | None]) -> None:
+        self._compute = compute
+        self._future: asyncio.Future[list[score_prompts.Prompt] | None] | None = None
+
+    def _run(self) -> list[score_prompts.Prompt] | None:
+        try:
+            return self._compute()
+        except Exception:  # the per-pair path raises the same error, with vLLM's own message and status
+            return None
+
+    def result(self, executor: Executor) -> Awaitable[list[score_prompts.Prompt] | None]:
+        if self._future is None:
+            self._future = asyncio.get_running_loop().run_in_executor(executor, self._run)
+        # shielded: one pair's cancellation must not cancel its siblings' shared result
+        return asyncio.shield(self._future)
 
 
 # What this vLLM has no place for: said once, in one warning, by register().

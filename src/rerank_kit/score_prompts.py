@@ -1,0 +1,152 @@
+"""A whole request's score prompts at once: the template rendered once, each distinct text tokenized once.
+
+vLLM's API server builds a cross-encoder's prompts pair by pair: one template render and one tokenizer call
+per (query, document) pair, each dispatched to a thread pool (plus one more call per piece when the
+rerank-kit plugin tokenizes a prompt in pieces). On a GPU that per-pair Python work, not the model, limits a
+reranker's throughput. Here the same token ids come from one render and one batched tokenizer call per
+request:
+
+- the template is rendered once with placeholder characters for the query and the document (its
+  *skeleton*), and each pair's text is the skeleton with the placeholders replaced. That is exact for a
+  template that inserts the texts verbatim, which ``skeleton()`` checks with probe texts before it is used;
+  a template that transforms them (``| trim``, ``| upper``, branches on content) gets no skeleton and the
+  caller keeps its per-pair path;
+- texts are deduplicated before the tokenizer sees them: a query's pieces are tokenized once per request,
+  not once per document;
+- one tokenizer call per distinct kind of text, which Hugging Face tokenizers encode in a batch.
+
+Pure functions over a Hugging Face tokenizer; no vLLM import (the plugin wires them in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Private-use code points: no tokenizer or template ever sees them (texts that contain one are not
+# batched, see ``batchable``).
+PIECE_SEP = "\U000f8a5e"
+QUERY_MARK = "\U000f8a5f"
+DOC_MARK = "\U000f8a60"
+MARKS = (PIECE_SEP, QUERY_MARK, DOC_MARK)
+
+# Texts a verbatim template must reproduce exactly: whitespace at the edges, template syntax, markup,
+# quotes, control characters, the empty string, the words the reranker templates themselves use.
+PROBES: tuple[tuple[str, str], ...] = (
+    ("q", "d"),
+    ("  leading and trailing  ", "\n\ttabs and newlines\n\n"),
+    ("", ""),
+    ("{{ query }} {% raw %}", "{# comment #} }}"),
+    ("<b>&amp;\"'</b>", "\r\n\\n yes no"),
+    ("Ünïcode ✓ 中文", "Instruct: Query: Document:"),
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One pair's model input: what vLLM's ``TokensPrompt`` carries."""
+
+    token_ids: list[int]
+    token_type_ids: list[int] | None = None
+
+
+Render = Callable[[str, str], str]
+
+
+def batchable(texts: Sequence[Any]) -> bool:
+    """Plain strings without the placeholder characters."""
+    return all(isinstance(t, str) and not any(m in t for m in MARKS) for t in texts)
+
+
+def skeleton(render: Render) -> str | None:
+    """The template rendered with placeholders, or None when it does not insert its texts verbatim."""
+    try:
+        shape = render(QUERY_MARK, DOC_MARK)
+        if shape.count(QUERY_MARK) != 1 or shape.count(DOC_MARK) != 1:
+            return None
+        for query, document in PROBES:
+            if render(query, document) != fill(shape, query, document):
+                return None
+    except Exception:  # a template that cannot render probes is handled by the caller's per-pair path
+        return None
+    return shape
+
+
+def fill(shape: str, query: str, document: str) -> str:
+    return shape.replace(QUERY_MARK, query).replace(DOC_MARK, document)
+
+
+def _encode_unique(tokenizer: Any, texts: list[str], **kwargs: Any) -> list[list[int]]:
+    """Token ids of each text (no special tokens unless kwargs say so), one tokenizer call for the distinct ones."""
+    unique = list(dict.fromkeys(texts))
+    ids = tokenizer(unique, **kwargs)["input_ids"] if unique else []
+    by_text = dict(zip(unique, ids, strict=True))
+    return [list(by_text[t]) for t in texts]
+
+
+def _from_encoding(encoding: Any) -> list[Prompt]:
+    types = encoding.get("token_type_ids")
+    return [
+        Prompt(list(ids), list(types[i]) if types is not None else None) for i, ids in enumerate(encoding["input_ids"])
+    ]
+
+
+def pair_prompts(tokenizer: Any, queries: list[str], documents: list[str], encode_kwargs: dict) -> list[Prompt]:
+    """BERT-style cross-encoders: ``tokenizer(text=query, text_pair=document)`` for every pair, in one call.
+
+    Except pairs with an empty text: alone, transformers treats an empty ``text_pair`` as no pair (one
+    [SEP]); in a batch it is an empty second sequence (two). Those are tokenized one by one, as vLLM does.
+    """
+    prompts = _from_encoding(tokenizer(text=queries, text_pair=documents, **encode_kwargs))
+    for i, (query, document) in enumerate(zip(queries, documents, strict=True)):
+        if not (query and document):
+            one = tokenizer(text=query, text_pair=document, **encode_kwargs)
+            types = one.get("token_type_ids")
+            prompts[i] = Prompt(list(one["input_ids"]), list(types) if types is not None else None)
+    return prompts
+
+
+def joined_prompts(tokenizer: Any, queries: list[str], documents: list[str], encode_kwargs: dict) -> list[Prompt]:
+    """vLLM's "LLM as reranker" default without a template: query + document as one text."""
+    return _from_encoding(tokenizer([q + d for q, d in zip(queries, documents, strict=True)], **encode_kwargs))
+
+
+def template_prompts(
+    tokenizer: Any,
+    shape: str,
+    queries: list[str],
+    documents: list[str],
+    encode_kwargs: dict,
+    *,
+    piecewise: bool,
+    frame: tuple[list[int], list[int]] = ([], []),
+) -> list[Prompt]:
+    """Every pair's prompt from the template's skeleton.
+
+    Whole (vLLM's behaviour): each filled text tokenized with ``encode_kwargs``. Piecewise (the references'
+    behaviour, see rerank_kit.vllm_plugin): the skeleton split at ``PIECE_SEP``, each piece tokenized on its
+    own inside ``frame``, and with truncation the document's piece cut from its end so the whole fits.
+    """
+    if not piecewise:
+        texts = [fill(shape, q, d) for q, d in zip(queries, documents, strict=True)]
+        return _from_encoding(tokenizer(texts, **encode_kwargs))
+    pieces = [p for p in shape.split(PIECE_SEP) if p]
+    # per piece: the token ids of each pair's version of it (a fixed piece is one text for every pair)
+    columns = [
+        _encode_unique(tokenizer, [fill(p, q, d) for q, d in zip(queries, documents, strict=True)],
+                       add_special_tokens=False)
+        for p in pieces
+    ]  # fmt: skip
+    doc_piece = max((i for i, p in enumerate(pieces) if DOC_MARK in p), default=None)
+    max_length = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
+    prefix, suffix = frame if encode_kwargs.get("add_special_tokens", True) else ([], [])
+    prompts = []
+    for row in range(len(documents)):
+        encoded = [column[row] for column in columns]
+        if max_length is not None and doc_piece is not None:
+            excess = len(prefix) + len(suffix) + sum(len(e) for e in encoded) - max_length
+            if excess > 0:
+                encoded[doc_piece] = encoded[doc_piece][: max(0, len(encoded[doc_piece]) - excess)]
+        prompts.append(Prompt([*prefix, *(t for e in encoded for t in e), *suffix]))
+    return prompts
