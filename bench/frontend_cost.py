@@ -10,9 +10,11 @@ measures that process alone:
 - the API server's CPU time (all its threads, from /proc) over a closed-loop run, divided by the pairs it
   served: microseconds per pair, and 1e6 / that = pairs/s per API-server core.
 
-Two ways to serve each family, same model, same template, same flags otherwise:
+Ways to serve each family, same model, same template, same flags otherwise:
   vllm        vLLM's own path: no rerank-kit plugin (VLLM_PLUGINS=""), no guard middleware
   rerank-kit  rerank-kit's recipe as `rerank-kit serve` starts it (plugin + guard)
+  before      the same, with the plugin and guard of an earlier rerank-kit checkout (--before DIR: a git
+              worktree, e.g. `git worktree add /tmp/rk-before 601898b`), put first on the server's PYTHONPATH
 
 ``--profile`` adds a py-spy profile of the API server per configuration, folded into stages (template
 render, tokenization, request parsing and validation, guard, engine hand-off, response, event loop).
@@ -48,7 +50,7 @@ from rerank_kit.recipes import get_recipe  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 FAMILIES = ("ms-marco-cross-encoder", "qwen3-reranker", "mxbai-rerank-v2")
-MODES = ("vllm", "rerank-kit")
+MODES = ("vllm", "rerank-kit", "before")
 API_CPU, ENGINE_CPU = 0, 1
 
 # py-spy frames -> stage. First match wins, checked from the innermost frame outwards, so a tokenizer
@@ -73,12 +75,16 @@ def family_model(family: str) -> Path:
     return tiny_models.build(family, OUT / "models")
 
 
-def command_for(family: str, mode: str, port: int) -> launcher.Command:
+def command_for(family: str, mode: str, port: int, before: Path | None = None) -> launcher.Command:
     recipe = get_recipe(str(family_model(family)), family=family)
     options = launcher.ServeOptions(port=port, eager=True, dtype="float32", kv_cache_gib=1.0, max_in_flight=0)
     command = launcher.build_command(recipe, options, vllm_version=launcher.vllm_version(), machine=machine.detect())
     if mode == "rerank-kit":
         return command
+    if mode == "before":
+        if before is None:
+            raise SystemExit("mode 'before' needs --before DIR (a checkout of the earlier rerank-kit)")
+        return command.with_args(env={**command.env, "PYTHONPATH": str(before / "src")})
     args = list(command.server_args)
     at = args.index("--middleware")
     del args[at : at + 2]
@@ -125,9 +131,11 @@ def fold_profile(raw: Path) -> dict[str, float]:
     return {stage: round(n / total, 3) for stage, n in counts.most_common()}
 
 
-def measure(family: str, mode: str, duration: float, workload, concurrency: int, profile: bool) -> dict:
+def measure(
+    family: str, mode: str, duration: float, workload, concurrency: int, profile: bool, before: Path | None
+) -> dict:
     port = launcher.free_port()
-    command = command_for(family, mode, port)
+    command = command_for(family, mode, port, before)
     log = OUT / "logs" / f"frontend-{family}-{mode}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     config = BenchConfig(urls=[command.url], concurrency=concurrency, duration=duration, warmup=0)
@@ -179,7 +187,8 @@ def pyspy() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=["vllm", "rerank-kit"], choices=MODES)
+    parser.add_argument("--before", type=Path, help="an earlier rerank-kit checkout, for --modes ... before")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per measured run")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -196,7 +205,7 @@ def main() -> None:
         for family in args.families:
             for mode in args.modes:
                 print(f"round {r + 1}/{args.rounds}: {family} / {mode} ...", flush=True)
-                result = measure(family, mode, args.duration, workload, args.concurrency, args.profile)
+                result = measure(family, mode, args.duration, workload, args.concurrency, args.profile, args.before)
                 result["round"] = r + 1
                 print("  " + json.dumps(result), flush=True)
                 runs.append(result)
@@ -210,10 +219,11 @@ def main() -> None:
                 "pairs_per_s_per_api_core": statistics.median(x["pairs_per_s_per_api_core"] for x in mine),
                 "rounds": [x["api_us_per_pair"] for x in mine],
             }
-        if {"vllm", "rerank-kit"} <= per_mode.keys():
-            per_mode["ratio_rerank_kit_over_vllm"] = round(
-                per_mode["rerank-kit"]["pairs_per_s_per_api_core"] / per_mode["vllm"]["pairs_per_s_per_api_core"], 2
-            )
+        for mode in ("rerank-kit", "before"):
+            if {"vllm", mode} <= per_mode.keys():
+                per_mode[f"ratio_{mode}_over_vllm"] = round(
+                    per_mode[mode]["pairs_per_s_per_api_core"] / per_mode["vllm"]["pairs_per_s_per_api_core"], 2
+                )
         summary[family] = per_mode
     result = {
         "machine": dataclasses.asdict(machine.detect()),

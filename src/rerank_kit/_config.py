@@ -4,11 +4,13 @@ Every number a client uses without being told (timeouts, retries, backoff, chunk
 connection pools) is a named constant here. Explicit arguments always win; a variable is read only
 when its argument is missing, at the call, never at import:
 
-    RERANK_KIT_URL           server URL, or several separated by commas (replicas)
+    RERANK_KIT_URL           server URL, or several separated by commas (replicas, of one model or of
+                             several: the client routes each call to the servers of its model)
     RERANK_KIT_API_KEY       bearer key for servers started with an API key
     RERANK_KIT_MODAL_KEY     Modal proxy-auth token id (sent as Modal-Key)
     RERANK_KIT_MODAL_SECRET  Modal proxy-auth token secret (sent as Modal-Secret)
-    RERANK_KIT_MODEL         model name to send; without it the client asks /v1/models once
+    RERANK_KIT_MODEL         model name to send; without it the client asks /v1/models once (the one
+                             model the servers serve; several are served: an error that lists them)
     RERANK_KIT_TIMEOUT       seconds to wait for one response
     RERANK_KIT_DEADLINE      seconds one call may take in all (every retry and backoff included)
 
@@ -29,6 +31,9 @@ from rerank_kit.errors import ConfigError
 DEFAULT_TIMEOUT = 60.0  # seconds to wait for a response (a long list on a CPU server is slow)
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_HEALTH_TIMEOUT = 5.0  # seconds per request of health(): a live server answers at once
+# Seconds to wait for one server's /v1/models when finding which model each URL serves (a live server
+# answers at once); one that does not answer in time is asked again later.
+MODELS_TIMEOUT = 5.0
 # Retries with backoff reach ~60 s of waiting in total: long enough for a CPU server to restart.
 DEFAULT_MAX_RETRIES = 8
 INITIAL_BACKOFF = 0.5

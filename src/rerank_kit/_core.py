@@ -277,6 +277,14 @@ def parse_models(body: Any) -> list[str]:
     return [m.id for m in _parse(WireModelList, body, "models").data]
 
 
+def served_names(served: dict[str, list[str]], error: APIError | None) -> list[str]:
+    """Every model name several servers serve, each once (``served``: name -> URLs); when none
+    answered, the ``error`` asking them ended with."""
+    if not served and error is not None:
+        raise error
+    return list(served)
+
+
 def first_model(body: Any) -> str:
     """The model to send when the caller named none: the first one /v1/models lists."""
     names = parse_models(body)

@@ -1,9 +1,9 @@
 """Retry decisions, the replica table, one call's budget, and the retry loop both clients drive. No I/O.
 
 What an answer means (:func:`error_from_response`), whether to try again and after how long
-(:func:`retry_delay`), which replica takes the next try (:class:`Replicas`), what one call may spend
-and has tried (:class:`Call`: timeout, retries, deadline), and the state of one request across its
-tries (:class:`RetryLoop`).
+(:func:`retry_delay`), which replica takes the next try (:class:`Replicas`, which also records the
+models each serves: see ``_routing``), what one call may spend and has tried (:class:`Call`: timeout,
+retries, deadline), and the state of one request across its tries (:class:`RetryLoop`).
 
     >>> retry_after_seconds("2")
     2.0
@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from rerank_kit._config import INITIAL_BACKOFF, MAX_BACKOFF, MAX_RETRY_AFTER, MIN_ATTEMPT_TIME
 from rerank_kit.errors import (
@@ -28,6 +28,7 @@ from rerank_kit.errors import (
     APIStatusError,
     APITimeoutError,
     InternalServerError,
+    NotFoundError,
     RateLimitError,
     RequestTimeoutError,
     status_error,
@@ -92,6 +93,18 @@ def retry_delay(error: APIError, attempt: int, max_retries: int, *, failover: bo
     return backoff / 2 + rng.uniform(0, backoff / 2)  # "equal jitter": spread out, never near zero
 
 
+def is_model_missing(error: APIError) -> bool:
+    """vLLM's 404 for a model the server does not serve ("The model `x` does not exist.", param "model"),
+    as opposed to a 404 for a path."""
+    return isinstance(error, NotFoundError) and (error.param == "model" or "does not exist" in error.message)
+
+
+def went_away(error: APIError) -> bool:
+    """The server is gone (refused, reset): when it comes back it may serve another model. A timeout
+    is a busy server, not a gone one."""
+    return isinstance(error, APIConnectionError) and not isinstance(error, APITimeoutError)
+
+
 def is_shed(error: APIError) -> bool:
     """A 429 that says when to come back: the server is shedding load, not refusing this request."""
     return isinstance(error, RateLimitError) and error.retry_after is not None
@@ -112,10 +125,23 @@ class Replica:
     down_until: float = 0.0
     failures: int = 0
     served: int = 0
+    # The names its /v1/models lists, the one it serves by default first; None until it was asked, and
+    # again after it went away (it may come back serving another model).
+    models: tuple[str, ...] | None = None
+    error: str = ""  # why it was last forgotten, for the error that names servers which could not be asked
+
+
+class _Table(NamedTuple):
+    """Which replica serves which model, as known; swapped whole, so readers need no lock."""
+
+    serving: dict[str, tuple[Replica, ...]]  # model name -> the replicas that list it
+    defaults: tuple[str, ...]  # the distinct names known replicas serve by default (their first)
+    unknown: tuple[Replica, ...]  # replicas whose models are not known
 
 
 class Replicas:
-    """Least-outstanding-requests choice among replicas, skipping failed ones for a cool-down.
+    """Least-outstanding-requests choice among replicas, skipping failed ones for a cool-down, and
+    which model each serves (see ``_routing.Discovery``); a call's choice can be limited to its model's.
 
     Thread-safe; the async client uses it from one event loop.
 
@@ -132,15 +158,19 @@ class Replicas:
         self.retries = 0  # retries decided so far (failovers included); see count_retry
         self._lock = threading.Lock()
         self._rng = rng or random.Random()
+        self.table = _Table({}, (), tuple(self.replicas))
 
-    def acquire(self, now: float | None = None, avoid: Replica | None = None) -> Replica:
+    def acquire(
+        self, now: float | None = None, avoid: Replica | None = None, among: Sequence[Replica] | None = None
+    ) -> Replica:
+        """The replica for the next request: among ``among`` (default: all), the healthy one with the
+        fewest requests in flight, other than ``avoid`` when another is healthy."""
         now = time.monotonic() if now is None else now
+        pool = self.replicas if among is None else among
         with self._lock:
-            healthy = [r for r in self.replicas if r.down_until <= now and r is not avoid]
+            healthy = [r for r in pool if r.down_until <= now and r is not avoid]
             if not healthy:
-                healthy = [r for r in self.replicas if r.down_until <= now] or [
-                    min(self.replicas, key=lambda r: r.down_until)
-                ]
+                healthy = [r for r in pool if r.down_until <= now] or [min(pool, key=lambda r: r.down_until)]
             least = min(r.outstanding for r in healthy)
             choice = self._rng.choice([r for r in healthy if r.outstanding == least])
             choice.outstanding += 1
@@ -159,10 +189,12 @@ class Replicas:
                 replica.failures += 1
                 replica.down_until = now + self.cooldown
 
-    def has_alternative(self, replica: Replica, now: float | None = None) -> bool:
+    def has_alternative(
+        self, replica: Replica, now: float | None = None, among: Sequence[Replica] | None = None
+    ) -> bool:
         now = time.monotonic() if now is None else now
         with self._lock:
-            return any(r is not replica and r.down_until <= now for r in self.replicas)
+            return any(r is not replica and r.down_until <= now for r in (self.replicas if among is None else among))
 
     def count_retry(self) -> None:
         """One more request retried or failed over (what ``retries`` counts)."""
@@ -173,6 +205,53 @@ class Replicas:
         """Successful requests per replica URL."""
         with self._lock:
             return {r.url: r.served for r in self.replicas}
+
+    # --- which replica serves which model ---------------------------------------------------------------
+
+    def learn(self, replica: Replica, models: Sequence[str]) -> None:
+        """``replica`` answered /v1/models with ``models``: it serves them (and if it had gone away, it is back)."""
+        with self._lock:
+            if replica.models is None:
+                replica.down_until = 0.0
+            replica.models = tuple(models)
+            replica.error = ""
+            self._rebuild()
+
+    def forget(self, replica: Replica, error: APIError | None = None, *, cool_down: bool = False) -> None:
+        """What ``replica`` serves is not known any more: ``error`` says why; ``cool_down`` skips it
+        for the cool-down (it failed)."""
+        with self._lock:
+            if error is not None:
+                replica.error = str(error)
+            if cool_down:
+                replica.failures += 1
+                replica.down_until = time.monotonic() + self.cooldown
+            if replica.models is not None:
+                replica.models = None
+                self._rebuild()
+
+    def _rebuild(self) -> None:
+        serving: dict[str, list[Replica]] = {}
+        for replica in self.replicas:
+            for name in replica.models or ():
+                serving.setdefault(name, []).append(replica)
+        self.table = _Table(
+            serving={name: tuple(replicas) for name, replicas in serving.items()},
+            defaults=tuple(dict.fromkeys(r.models[0] for r in self.replicas if r.models)),
+            unknown=tuple(r for r in self.replicas if r.models is None),
+        )
+
+    def recheck_due(self, now: float | None = None) -> bool:
+        """A replica whose models are not known may be asked again: its cool-down is over."""
+        unknown = self.table.unknown
+        if not unknown:  # the steady state: nothing more to check
+            return False
+        now = time.monotonic() if now is None else now
+        return any(r.down_until <= now for r in unknown)
+
+    def served(self) -> dict[str, list[str]]:
+        """Each model name the replicas serve -> their URLs, as known."""
+        return {name: [r.url for r in replicas] for name, replicas in self.table.serving.items()}
 
 
 # --- one call ------------------------------------------------------------------------------------------
@@ -244,19 +323,28 @@ class RetryLoop:
             sleep(delay)
     """
 
-    def __init__(self, replicas: Replicas, rng: random.Random, method: str, path: str, call: Call) -> None:
+    def __init__(
+        self,
+        replicas: Replicas,
+        rng: random.Random,
+        method: str,
+        path: str,
+        call: Call,
+        among: tuple[Replica, ...] | None = None,
+    ) -> None:
         self.replicas = replicas
         self.rng = rng
         self.method = method
         self.path = path
         self.call = call
+        self.among = among  # the replicas serving the request's model (its Route); None: any
         self.attempt = 0
         self._avoid: Replica | None = None
 
     def acquire(self) -> Replica:
         if self.call.remaining() < MIN_ATTEMPT_TIME:  # e.g. a chunk that waited for its turn
             raise self.call.exceeded(f"{self.method} {self.path}", "no time was left to send the request")
-        replica = self.replicas.acquire(avoid=self._avoid)
+        replica = self.replicas.acquire(avoid=self._avoid, among=self.among)
         self.call.record(replica.url)
         return replica
 
@@ -280,7 +368,10 @@ class RetryLoop:
         replica_failed = is_replica_failure(error)
         self.replicas.release(replica, ok=False if replica_failed else None)
         self.call.failed(error)
-        failover = replica_failed and self.replicas.has_alternative(replica)
+        if self.among is not None and (went_away(error) or is_model_missing(error)):
+            # Routed by model: ask it again before sending it this model's requests (it may serve another now).
+            self.replicas.forget(replica, error)
+        failover = replica_failed and self.replicas.has_alternative(replica, among=self.among)
         delay = retry_delay(error, self.attempt, self.call.max_retries, failover=failover, rng=self.rng)
         left = self.call.remaining()
         # Sleeping into the deadline would only delay the same error: give up as soon as the next

@@ -39,8 +39,9 @@ from rerank_kit._config import (
     seconds,
 )
 from rerank_kit._lanes import LaneTransport
-from rerank_kit._retry import Call, Replicas, RetryLoop, error_from_response
-from rerank_kit.errors import APIConnectionError, APIError, APITimeoutError
+from rerank_kit._retry import Call, Replica, Replicas, RetryLoop, error_from_response, is_model_missing
+from rerank_kit._routing import Discovery, Route
+from rerank_kit.errors import APIConnectionError, APIError, APITimeoutError, ModelNotServedError, NotFoundError
 from rerank_kit.recipes import check_instruction
 from rerank_kit.types import HealthStatus, RerankResponse, ScoreResponse
 
@@ -56,6 +57,16 @@ def _translate(exc: httpx.HTTPError, url: str) -> APIError:
 
 def _timeout(limit: float) -> httpx.Timeout:
     return httpx.Timeout(limit, connect=min(limit, DEFAULT_CONNECT_TIMEOUT))
+
+
+def _model_names(response: httpx.Response, url: str) -> list[str] | APIError:
+    """What a /v1/models answer says: the model names, or the error it is."""
+    if not response.is_success:
+        return error_from_response(response.status_code, response.text, response.headers, url)
+    try:
+        return _core.parse_models(_core.decode_json(response.content, url))
+    except APIError as error:
+        return error
 
 
 class _Attempt:
@@ -139,6 +150,9 @@ class _Base(Generic[_Transport]):
         self._replicas = Replicas(self._config.base_urls, self._config.cooldown)
         self._rng = random.Random()
         self._model: str | None = self._config.model
+        # Several URLs may serve several models: each call goes to the servers of its model (see _routing).
+        # One URL is not routed: it gets every call, and its own 404 says when it does not serve a model.
+        self._routed = len(self._config.base_urls) > 1
         # plan_rerank with this client's chunk size; a call passes rerank()'s options in order
         self._plan = functools.partial(_core.plan_rerank, max_docs_per_request=self._config.max_docs_per_request)
         self._open(transport)
@@ -170,14 +184,23 @@ class _Base(Generic[_Transport]):
         )
 
     def _start(
-        self, method: str, path: str, json: Any, call: Call | None
+        self, method: str, path: str, json: Any, call: Call | None, among: tuple[Replica, ...] | None
     ) -> tuple[RetryLoop, bytes | None, dict[str, str] | None]:
         """A request's retry loop, and its body and headers: encoded once, whatever the retries.
 
         The request spends ``call``'s budget with the call's other requests; alone, it is a call of its own.
+        It goes to one of ``among`` (the replicas of its model), or to any replica.
         """
-        loop = RetryLoop(self._replicas, self._rng, method, path, call or self._call())
+        loop = RetryLoop(self._replicas, self._rng, method, path, call or self._call(), among)
         return loop, *_core.request_body(json)
+
+    def _discovery(self, model: str | None, call: Call) -> Discovery:
+        return Discovery(self._replicas, model or self._model, call, self._rng)
+
+    def _stale(self, error: NotFoundError, route: Route) -> bool:
+        """A routed request answered "model does not exist": the server was switched to another model
+        since it was asked; the call asks it again and resends to the model's other servers."""
+        return route.replicas is not None and is_model_missing(error)
 
     def replica_counts(self) -> dict[str, int]:
         """Successful requests per replica URL since the client was created."""
@@ -203,11 +226,19 @@ class RerankClient(_Base[httpx.BaseTransport]):
     def _open(self, transport: httpx.BaseTransport | None) -> None:
         self._http = httpx.Client(transport=transport, **self._http_options())
         self._model_lock = threading.Lock()
+        self._discovery_lock = threading.Lock()
 
     # --- I/O ---------------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, json: Any = None, call: Call | None = None) -> Any:
-        loop, content, headers = self._start(method, path, json, call)
+    def _request(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        call: Call | None = None,
+        among: tuple[Replica, ...] | None = None,
+    ) -> Any:
+        loop, content, headers = self._start(method, path, json, call, among)
         while True:
             with _Attempt(loop, path) as attempt:
                 attempt.response = self._http.request(
@@ -224,6 +255,65 @@ class RerankClient(_Base[httpx.BaseTransport]):
             if self._model is None:
                 self._model = _core.first_model(self._request("GET", MODELS_PATH, call=call))
         return self._model
+
+    def _route(self, model: str | None, call: Call) -> Route:
+        """The model a call sends and the replicas that serve it; the table's answer once it is known."""
+        if not self._routed:
+            return Route(self._resolve_model(model, call), None)
+        discovery = self._discovery(model, call)
+        try:
+            route = discovery.cached()
+        except ModelNotServedError:  # the table may predate a switch to this model: ask everyone first
+            self._ask_all(discovery)
+            route = discovery.cached()
+        while route is None:
+            # One thread asks at a time (the others then find the answer); a call the table can route
+            # already does not wait for it.
+            known = discovery.known()
+            if known is not None:
+                if not self._discovery_lock.acquire(blocking=False):
+                    return known
+            elif not self._discovery_lock.acquire(timeout=max(0.0, call.remaining())):
+                raise discovery.give_up(out_of_time=True)
+            try:
+                self._ask_models(discovery.to_ask(), discovery)
+            finally:
+                self._discovery_lock.release()
+            route = discovery.known()
+            if route is None:
+                time.sleep(discovery.wait())
+        return route
+
+    def _ask_models(self, replicas: Sequence[Replica], discovery: Discovery) -> None:
+        def ask(replica: Replica) -> list[str] | APIError:
+            url = replica.url + MODELS_PATH
+            try:
+                return _model_names(self._http.get(url, timeout=_timeout(discovery.ask_timeout())), url)
+            except httpx.HTTPError as exc:
+                return _translate(exc, replica.url)
+
+        if len(replicas) > 1:
+            with ThreadPoolExecutor(max_workers=len(replicas)) as pool:
+                answers = list(pool.map(ask, replicas))
+        else:
+            answers = [ask(replica) for replica in replicas]
+        for replica, answer in zip(replicas, answers, strict=True):
+            discovery.answered(replica, answer)
+
+    def _ask_all(self, discovery: Discovery) -> None:
+        with self._discovery_lock:
+            self._ask_models(self._replicas.replicas, discovery)
+
+    def _post(self, path: str, payload: Any, route: Route, call: Call) -> Any:
+        resends = len(self._replicas.replicas)  # each stale answer takes one server out of the route
+        while True:
+            try:
+                return self._request("POST", path, payload, call, route.replicas)
+            except NotFoundError as error:
+                if not self._stale(error, route) or resends == 0:
+                    raise
+            resends -= 1
+            route = self._route(route.model, call)
 
     def _probe(self, url: str, timeout: float) -> HealthStatus:
         start = time.perf_counter()
@@ -265,13 +355,14 @@ class RerankClient(_Base[httpx.BaseTransport]):
         """
         call = self._call(timeout, max_retries, deadline)
         plan = self._plan(query, documents, top_n, instruction, max_tokens_per_doc, return_documents)
-        name = self._resolve_model(model, call)
+        route = self._route(model, call)
+        name = route.model
         if not plan.unique_texts:
             return _core.empty_rerank(name)
         check_instruction(name, instruction)
 
         def send(chunk: int) -> Any:
-            return self._request("POST", RERANK_PATH, plan.payload(chunk, name), call)
+            return self._post(RERANK_PATH, plan.payload(chunk, name), route, call)
 
         if len(plan.chunks) == 1:
             bodies = [send(0)]
@@ -295,14 +386,21 @@ class RerankClient(_Base[httpx.BaseTransport]):
         ``timeout`` and ``deadline`` as in :meth:`rerank`.
         """
         call = self._call(timeout, max_retries, deadline)
-        name = self._resolve_model(model, call)
-        payload, expected = _core.score_payload(queries, documents, name)
-        body = self._request("POST", SCORE_PATH, payload, call)
-        return _core.parse_score(body, expected, name)
+        route = self._route(model, call)
+        payload, expected = _core.score_payload(queries, documents, route.model)
+        body = self._post(SCORE_PATH, payload, route, call)
+        return _core.parse_score(body, expected, route.model)
 
     def models(self) -> list[str]:
-        """Model names the server serves (/v1/models)."""
-        return _core.parse_models(self._request("GET", MODELS_PATH))
+        """Model names the server serves (/v1/models); with several URLs, every server's, each once.
+
+        With several URLs it asks every server again, which also refreshes which server serves what.
+        """
+        if not self._routed:
+            return _core.parse_models(self._request("GET", MODELS_PATH))
+        discovery = self._discovery(None, self._call())
+        self._ask_all(discovery)
+        return _core.served_names(self._replicas.served(), discovery.last_error)
 
     def health(self, *, timeout: float = DEFAULT_HEALTH_TIMEOUT) -> list[HealthStatus]:
         """One status per replica: /health, the served models and the vLLM version. Never raises."""
@@ -329,10 +427,19 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
         # Connections spread over small pools (see _lanes.py) unless a transport is injected (tests).
         # The client's own limits apply only to proxies that httpx mounts from the environment.
         self._http = httpx.AsyncClient(transport=transport or LaneTransport(), **self._http_options())
-        self._model_lock: asyncio.Lock | None = None  # made on first use, inside the caller's event loop
+        # made on first use, inside the caller's event loop
+        self._model_lock: asyncio.Lock | None = None
+        self._discovery_lock: asyncio.Lock | None = None
 
-    async def _request(self, method: str, path: str, json: Any = None, call: Call | None = None) -> Any:
-        loop, content, headers = self._start(method, path, json, call)
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        call: Call | None = None,
+        among: tuple[Replica, ...] | None = None,
+    ) -> Any:
+        loop, content, headers = self._start(method, path, json, call, among)
         while True:
             with _Attempt(loop, path) as attempt:
                 attempt.response = await self._http.request(
@@ -351,6 +458,64 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
             if self._model is None:
                 self._model = _core.first_model(await self._request("GET", MODELS_PATH, call=call))
         return self._model
+
+    async def _route(self, model: str | None, call: Call) -> Route:
+        """See :meth:`RerankClient._route`."""
+        if not self._routed:
+            return Route(await self._resolve_model(model, call), None)
+        discovery = self._discovery(model, call)
+        if self._discovery_lock is None:
+            self._discovery_lock = asyncio.Lock()
+        try:
+            route = discovery.cached()
+        except ModelNotServedError:
+            await self._ask_all(discovery)
+            route = discovery.cached()
+        while route is None:
+            known = discovery.known()
+            if known is not None and self._discovery_lock.locked():
+                return known
+            try:
+                await asyncio.wait_for(self._discovery_lock.acquire(), max(0.0, call.remaining()))
+            except TimeoutError:
+                raise discovery.give_up(out_of_time=True) from None
+            try:
+                await self._ask_models(discovery.to_ask(), discovery)
+            finally:
+                self._discovery_lock.release()
+            route = discovery.known()
+            if route is None:
+                await asyncio.sleep(discovery.wait())
+        return route
+
+    async def _ask_models(self, replicas: Sequence[Replica], discovery: Discovery) -> None:
+        async def ask(replica: Replica) -> list[str] | APIError:
+            url = replica.url + MODELS_PATH
+            try:
+                return _model_names(await self._http.get(url, timeout=_timeout(discovery.ask_timeout())), url)
+            except httpx.HTTPError as exc:
+                return _translate(exc, replica.url)
+
+        answers = await asyncio.gather(*(ask(replica) for replica in replicas))
+        for replica, answer in zip(replicas, answers, strict=True):
+            discovery.answered(replica, answer)
+
+    async def _ask_all(self, discovery: Discovery) -> None:
+        if self._discovery_lock is None:
+            self._discovery_lock = asyncio.Lock()
+        async with self._discovery_lock:
+            await self._ask_models(self._replicas.replicas, discovery)
+
+    async def _post(self, path: str, payload: Any, route: Route, call: Call) -> Any:
+        resends = len(self._replicas.replicas)  # each stale answer takes one server out of the route
+        while True:
+            try:
+                return await self._request("POST", path, payload, call, route.replicas)
+            except NotFoundError as error:
+                if not self._stale(error, route) or resends == 0:
+                    raise
+            resends -= 1
+            route = await self._route(route.model, call)
 
     async def _probe(self, url: str, timeout: float) -> HealthStatus:
         start = time.perf_counter()
@@ -382,7 +547,8 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
         """See :meth:`RerankClient.rerank`."""
         call = self._call(timeout, max_retries, deadline)
         plan = self._plan(query, documents, top_n, instruction, max_tokens_per_doc, return_documents)
-        name = await self._resolve_model(model, call)
+        route = await self._route(model, call)
+        name = route.model
         if not plan.unique_texts:
             return _core.empty_rerank(name)
         check_instruction(name, instruction)
@@ -390,7 +556,7 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
 
         async def send(chunk: int) -> Any:
             async with limit:
-                return await self._request("POST", RERANK_PATH, plan.payload(chunk, name), call)
+                return await self._post(RERANK_PATH, plan.payload(chunk, name), route, call)
 
         if len(plan.chunks) == 1:  # no task per request in the common case
             bodies = [await send(0)]
@@ -410,14 +576,18 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
     ) -> ScoreResponse:
         """See :meth:`RerankClient.score`."""
         call = self._call(timeout, max_retries, deadline)
-        name = await self._resolve_model(model, call)
-        payload, expected = _core.score_payload(queries, documents, name)
-        body = await self._request("POST", SCORE_PATH, payload, call)
-        return _core.parse_score(body, expected, name)
+        route = await self._route(model, call)
+        payload, expected = _core.score_payload(queries, documents, route.model)
+        body = await self._post(SCORE_PATH, payload, route, call)
+        return _core.parse_score(body, expected, route.model)
 
     async def models(self) -> list[str]:
         """See :meth:`RerankClient.models`."""
-        return _core.parse_models(await self._request("GET", MODELS_PATH))
+        if not self._routed:
+            return _core.parse_models(await self._request("GET", MODELS_PATH))
+        discovery = self._discovery(None, self._call())
+        await self._ask_all(discovery)
+        return _core.served_names(self._replicas.served(), discovery.last_error)
 
     async def health(self, *, timeout: float = DEFAULT_HEALTH_TIMEOUT) -> list[HealthStatus]:
         """See :meth:`RerankClient.health`."""

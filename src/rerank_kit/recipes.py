@@ -31,6 +31,34 @@ ScoreKind = Literal["cross-encoder", "llm-yes-no", "cosine"]
 # the score template's pieces are tokenized one by one, as the model's reference implementation does.
 PIECEWISE_KEY = "rerank_kit_piecewise"
 
+# What `--quantization` may ask for, in rerank-kit's words: a recipe lists the ones its family tolerates;
+# rerank_kit.launcher.quantization refuses what the device or the installed vLLM cannot run, and spells the
+# rest for that vLLM.
+QUANTIZATION_METHODS: Mapping[str, str] = MappingProxyType(
+    {
+        "fp8": "FP8 weights and activations, made by vLLM while it loads an unquantized checkpoint "
+        "(or an FP8 checkpoint read as saved); 16-bit activations only",
+        "bitsandbytes": "bitsandbytes (vLLM < 0.28, CUDA): 4-bit NF4 made while loading, or an 8-bit "
+        "(load_in_8bit) checkpoint read as saved",
+        "compressed-tensors": "a checkpoint quantized ahead by llm-compressor / compressed-tensors "
+        "(INT8 W8A8 runs on the CPU backend at float32)",
+        "awq": "a 4-bit AWQ checkpoint",
+        "gptq": "a 4-bit GPTQ checkpoint",
+    }
+)
+# The methods that only read a checkpoint quantized ahead: its config.json says which one.
+PREQUANTIZED_METHODS = frozenset({"compressed-tensors", "awq", "gptq"})
+# Decoder rerankers (Qwen2/Qwen3/Gemma causal LMs): vLLM quantizes every layer of the LM; the score head it
+# builds from lm_head stays unquantized (vLLM's as_seq_cls_model), so a checkpoint quantized ahead must leave
+# lm_head alone (llm-compressor's usual ignore). Their *ForCausalLM classes carry the packed-module map that
+# vLLM's bitsandbytes loader needs, and AWQ/GPTQ tools are made for them.
+_DECODER_QUANTIZATION = ("fp8", "bitsandbytes", "awq", "gptq", "compressed-tensors")
+# Encoders (BERT, XLM-R, ModernBERT, GTE): vLLM quantizes the encoder's linear layers; pooler and classifier
+# head stay in full precision (plain nn.Linear in vLLM). No bitsandbytes: vLLM's loader refuses classes
+# without a packed_modules_mapping (Roberta/ModernBert/GteNew *ForSequenceClassification, vLLM 0.27.1). No
+# AWQ/GPTQ: their tools quantize decoder LLMs.
+_ENCODER_QUANTIZATION = ("fp8", "compressed-tensors")
+
 
 def _frozen(mapping: Mapping[str, object] | None = None) -> Mapping[str, object]:
     return MappingProxyType(dict(mapping or {}))
@@ -69,6 +97,8 @@ class Recipe:
     # An installed Python package whose directory holds the weights ("package:subdir"): served
     # from there with no model-hub access, under the hub id as --served-model-name.
     local_package: str | None = None
+    # The --quantization methods (keys of QUANTIZATION_METHODS) this family tolerates; () = none.
+    quantization: tuple[str, ...] = ()
     notes: str = ""
 
     @property
@@ -125,6 +155,7 @@ _MXBAI_V2 = Recipe(
     max_model_len=8192,
     supports_instruction=True,
     enable_prefix_caching=True,
+    quantization=_DECODER_QUANTIZATION,
     notes="vLLM scores sigmoid(logit1 - logit0); the mxbai package returns the raw difference (same order).",
 )
 
@@ -148,6 +179,7 @@ _QWEN3 = Recipe(
     max_model_len=8192,
     supports_instruction=True,
     enable_prefix_caching=True,
+    quantization=_DECODER_QUANTIZATION,
     notes="Without the template Qwen3-Reranker ranks close to random; the template ends in '</think>\\n\\n'.",
 )
 
@@ -179,6 +211,7 @@ _BGE_GEMMA = Recipe(
     max_model_len=8192,
     supports_instruction=True,
     enable_prefix_caching=True,
+    quantization=_DECODER_QUANTIZATION,
     notes="vLLM returns sigmoid(logit('Yes')) = FlagLLMReranker(normalize=True). instruction replaces the prompt.",
 )
 
@@ -189,6 +222,7 @@ _XLMR_CROSS_ENCODER = Recipe(
     architecture="XLMRobertaForSequenceClassification",
     score_kind="cross-encoder",
     max_model_len=512,
+    quantization=_ENCODER_QUANTIZATION,
     notes="Scored like FlagReranker(normalize=True) / sentence-transformers CrossEncoder (sigmoid).",
 )
 
@@ -198,6 +232,9 @@ _JINA_V2 = dataclasses.replace(
     description="jina-reranker-v2: XLM-RoBERTa with flash-attention weight names (remote config class)",
     max_model_len=1024,
     trust_remote_code=True,
+    # Its remote-code weights are renamed while vLLM loads them (Wqkv, mixer.*), so the layer names a
+    # compressed-tensors checkpoint lists would not be vLLM's: FP8 made while loading only.
+    quantization=("fp8",),
     notes="The config class lives in the hub repo (XLMRobertaFlashConfig), hence --trust-remote-code.",
 )
 
@@ -210,6 +247,7 @@ _GTE_NEW = Recipe(
     hf_overrides=_frozen({"architectures": ["GteNewForSequenceClassification"]}),
     max_model_len=8192,
     trust_remote_code=True,
+    quantization=_ENCODER_QUANTIZATION,
     notes="The hub config is remote code (NewConfig); vLLM has its own implementation of the model.",
 )
 
@@ -220,6 +258,7 @@ _MODERNBERT = Recipe(
     architecture="ModernBertForSequenceClassification",
     score_kind="cross-encoder",
     max_model_len=8192,
+    quantization=_ENCODER_QUANTIZATION,
 )
 
 _BERT_CROSS_ENCODER = Recipe(
@@ -229,6 +268,7 @@ _BERT_CROSS_ENCODER = Recipe(
     architecture="BertForSequenceClassification",
     score_kind="cross-encoder",
     max_model_len=512,
+    quantization=_ENCODER_QUANTIZATION,
     notes="CrossEncoder.predict applies no activation for 1-label models: compare with use_activation=false.",
 )
 
@@ -239,6 +279,7 @@ _EMBEDDING = Recipe(
     architecture="(any embedding model)",
     score_kind="cosine",
     convert="embed",
+    quantization=_ENCODER_QUANTIZATION,
     notes="Not a cross-encoder: fast and weaker. Pooling comes from the model's sentence-transformers config.",
 )
 

@@ -32,6 +32,7 @@ class Sample:
     pairs: int = 0
     tokens: int = 0
     scores: list[float] | None = None  # per document of the case, in order (kept for quality metrics)
+    model: str | None = None  # the model that answered (its "model"): shows a switch in the report
 
     @property
     def latency(self) -> float:
@@ -87,6 +88,7 @@ async def _one(client: AsyncRerankClient, workload: Workload, index: int, intend
         pairs=len(case.documents),
         tokens=response.usage.prompt_tokens,
         scores=scores,
+        model=response.model or None,
     )
 
 

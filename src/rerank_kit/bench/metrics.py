@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from rerank_kit.bench.loadgen import LoadResult
+from rerank_kit.bench.loadgen import LoadResult, Sample
 from rerank_kit.bench.workloads import Workload
 
 PERCENTILES = (50, 90, 95, 99)
@@ -47,8 +47,26 @@ def summarize(result: LoadResult) -> dict[str, Any]:
             "max": max(latencies, default=math.nan),
         },
         "interrupted": result.interrupted,
+        "models": models_seen(result.samples),
     }
     return summary
+
+
+def models_seen(samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    """Each model that answered, in order of its first answer: how many requests, and the first and last
+    answer in seconds from the first request sent. Two or more entries: the model changed during the
+    run (a `rerank-kit switch`); the second's ``first_s`` is when.
+    """
+    ok = [s for s in samples if s.ok and s.model]
+    if not ok:
+        return []
+    t0 = min(s.intended for s in samples)
+    seen: dict[str, dict[str, Any]] = {}
+    for s in sorted(ok, key=lambda s: s.finished):
+        entry = seen.setdefault(s.model, {"model": s.model, "requests": 0, "first_s": round(s.finished - t0, 3)})
+        entry["requests"] += 1
+        entry["last_s"] = round(s.finished - t0, 3)
+    return list(seen.values())
 
 
 def run_quality(workload: Workload, result: LoadResult) -> dict[str, dict[str, float]] | None:

@@ -40,6 +40,11 @@ def summary_table(report: dict[str, Any]) -> Table:
     ):
         table.add_column(col, justify="right")
     table.add_row(*_row(report, s, lat))
+    models = s.get("models") or []
+    if len(models) > 1:  # the model changed during the run (rerank-kit switch)
+        table.caption = "answered by " + " -> ".join(
+            f"{m['model']} ({m['requests']} requests, {m['first_s']:.1f}-{m['last_s']:.1f} s)" for m in models
+        )
     return table
 
 

@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from rerank_kit.errors import ConfigError, RerankKitError, ServerStartError
 
-from . import bench, calls, server
+from . import bench, calls, gateway, server
 
 
 class _ErrorsToMessages(TyperGroup):
@@ -46,6 +46,8 @@ app.command("logs")(server.logs)
 app.command("rank-local")(server.rank_local)
 app.command("rank", hidden=True, help="Old name of rank-local.")(server.rank_local)
 app.command("k8s")(server.k8s)
+app.command("gateway")(gateway.gateway)
+app.command("switch", context_settings=server.EXTRA_ARGS)(gateway.switch)
 # calls to a running server
 app.command("rerank")(calls.rerank)
 app.command("score")(calls.score)

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from rerank_kit.recipes import DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL, FAMILIES
+from rerank_kit.recipes import DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL, FAMILIES, QUANTIZATION_METHODS
 
 
 def _console(stderr: bool = False) -> Console:
@@ -48,6 +48,15 @@ ModelArg = Annotated[
 FamilyOpt = Annotated[str | None, typer.Option("--family", help=f"Apply this family's recipe: {', '.join(FAMILIES)}.")]
 MaxLenOpt = Annotated[int | None, typer.Option("--max-model-len", help="Longest query+document prompt, in tokens.")]
 DtypeOpt = Annotated[str | None, typer.Option(help="Override the dtype (default: chosen for this machine).")]
+QuantizationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quantization",
+        metavar="METHOD",
+        help=f"Serve quantized: {', '.join(QUANTIZATION_METHODS)}; each model family allows some "
+        "(`rerank-kit models --json`). The CPU backend runs compressed-tensors INT8 W8A8 checkpoints at float32.",
+    ),
+]
 DocsFileOpt = Annotated[Path, typer.Option("--docs-file", help="JSON/JSONL/text file of documents.")]
 QueryOpt = Annotated[str, typer.Option(help="The query.")]
 InstructionOpt = Annotated[str | None, typer.Option(help="Task instruction (Qwen3/mxbai/gemma).")]

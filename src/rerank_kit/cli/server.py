@@ -15,7 +15,15 @@ from rich.table import Table
 from rerank_kit import launcher, machine
 from rerank_kit.errors import ConfigError
 from rerank_kit.guard import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DOCUMENT_CHARS, DEFAULT_MAX_DOCUMENTS
-from rerank_kit.recipes import DEFAULT_GPU_MODEL, FAMILIES, RECIPES, default_model, get_recipe, models_markdown
+from rerank_kit.recipes import (
+    DEFAULT_CPU_MODEL,
+    DEFAULT_GPU_MODEL,
+    FAMILIES,
+    RECIPES,
+    default_model,
+    get_recipe,
+    models_markdown,
+)
 
 from ._options import (
     DocsFileOpt,
@@ -25,6 +33,7 @@ from ._options import (
     JsonOpt,
     MaxLenOpt,
     ModelArg,
+    QuantizationOpt,
     QueryOpt,
     out,
     say,
@@ -59,21 +68,44 @@ def models(
 
 
 SERVER_HELP = {
-    "cmd": "Print the exact vLLM command (with its environment) that `serve` would run.\n\n"
+    "cmd": "Print the exact vLLM command (with its environment) that `serve` would run: one line per server "
+    "(several MODELs, or --replicas N, print every server's, on consecutive ports).\n\n"
     "Extra vLLM flags go after `--`, e.g. `rerank-kit cmd BAAI/bge-reranker-base -- --max-num-seqs 64`.",
-    "serve": "Run a vLLM server in the foreground (Ctrl-C stops it). Extra vLLM flags go after `--`.",
-    "up": "Start a server in the background, wait until /health answers, print a request to try.",
+    "serve": "Run one MODEL's vLLM server in the foreground (Ctrl-C stops it); for several models or replicas "
+    "use `up`. Extra vLLM flags go after `--`.",
+    "up": "Start servers in the background: one per MODEL (N with --replicas N) on consecutive ports from --port, "
+    "each model's replicas together. Waits until each answers /health and passes the self-check, then prints "
+    "RERANK_KIT_URL with every server (the client routes each call to the servers of its model=) and a "
+    "request to try. `status` lists them by model; `down [MODEL]` stops them.",
 }
 
 
 def server(
     ctx: typer.Context,
-    model: ModelArg = None,
-    family: FamilyOpt = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="MODEL",
+            help="Hub ids from `rerank-kit models`, or local directories with --family; several are served "
+            f"side by side by `up`. Default: {DEFAULT_GPU_MODEL} with a GPU, {DEFAULT_CPU_MODEL} "
+            "(packaged weights) without.",
+        ),
+    ] = None,
+    family: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--family",
+            metavar="FAMILY",
+            help=f"Apply this family's recipe: {', '.join(FAMILIES)}. Once for every MODEL, or once per MODEL "
+            "in order.",
+        ),
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the server to the network.")
     ] = launcher.DEFAULT_HOST,
-    port: Annotated[int, typer.Option(help="Port to listen on (replicas take the next ones).")] = launcher.DEFAULT_PORT,
+    port: Annotated[
+        int, typer.Option(help="Port to listen on (further servers take the next ones).")
+    ] = launcher.DEFAULT_PORT,
     max_model_len: MaxLenOpt = None,
     tensor_parallel_size: Annotated[
         int, typer.Option("--tensor-parallel-size", "-tp", help="GPUs per replica (tensor parallel).")
@@ -82,6 +114,7 @@ def server(
         int, typer.Option("--data-parallel-size", "-dp", help="Replicas inside one server (data parallel).")
     ] = 1,
     dtype: DtypeOpt = None,
+    quantization: QuantizationOpt = None,
     device: Annotated[str, typer.Option(help="auto (GPU if nvidia-smi sees one), cpu or cuda.")] = "auto",
     eager: Annotated[bool, typer.Option("--eager", help="Skip torch.compile: faster start, slower serving.")] = False,
     kv_cache_gib: Annotated[
@@ -161,7 +194,12 @@ def server(
         ),
     ] = False,
 ) -> None:
-    # One function behind `cmd`, `serve` and `up` (SERVER_HELP): they share every option.
+    # One function behind `cmd`, `serve` and `up` (SERVER_HELP): they share every option. MODEL... also
+    # gets every argument after `--` (click ends options there); a model never starts with "-", so the
+    # first argument that does begins the vLLM flags.
+    given = model or []
+    split = next((i for i, arg in enumerate(given) if arg.startswith("-")), len(given))
+    models, flags = given[:split], given[split:]
     options = launcher.ServeOptions(
         host=host,
         port=port,
@@ -169,6 +207,7 @@ def server(
         tensor_parallel_size=tensor_parallel_size,
         data_parallel_size=data_parallel_size,
         dtype=dtype,
+        quantization=quantization,
         device=device,  # type: ignore[arg-type]  # checked by ServeOptions
         eager=eager,
         kv_cache_gib=kv_cache_gib,
@@ -183,18 +222,26 @@ def server(
         strict_length=strict_length,
         api_key=api_key,
         api_key_file=str(api_key_file) if api_key_file else None,
-        extra_args=tuple(a for a in ctx.args if a != "--"),
+        extra_args=tuple(a for a in [*flags, *ctx.args] if a != "--"),
     )
     mode = ctx.info_name
-    if mode == "serve" and replicas != 1:
-        raise ConfigError("serve runs one server in the foreground: use `rerank-kit up --replicas N` for several")
-    commands = launcher.commands_for(model, family, options, replicas=replicas)
-    for note in commands[0].notes:
+    if mode == "serve" and (replicas != 1 or len(models) > 1):
+        raise ConfigError(
+            "serve runs one server in the foreground: use `rerank-kit up MODEL... [--replicas N]` for several"
+        )
+    commands = launcher.commands_for(models, family, options, replicas=replicas)
+    firsts = commands[::replicas]  # each model's first server
+    for note in dict.fromkeys(note for command in firsts for note in command.notes):
         say(f"warning: {note}")
     if mode == "cmd":
-        if commands[0].choices:
-            say("Chosen for this machine:")
-            _print_choices(commands[0])
+        for command in firsts:
+            if command.choices:
+                say(
+                    f"Chosen for this machine ({command.recipe.model_id}):"
+                    if len(firsts) > 1
+                    else "Chosen for this machine:"
+                )
+                _print_choices(command)
         for command in commands:
             print(command.shell())
     elif mode == "serve":
@@ -233,14 +280,20 @@ def _up(commands: list[launcher.Command], timeout: float, check: Callable[[launc
     started = time.monotonic()
     records = launcher.start_replicas(commands, timeout=timeout, on_wait=progress, check=check)
     say(f"Healthy after {time.monotonic() - started:.0f} s (pid {', '.join(str(r.pid) for r in records)}). Try:")
+    groups = launcher.by_model(records)
+    if len(groups) > 1:
+        why = "the client sends each call to the servers of its model= and balances across them"
+    else:
+        why = "the client balances across them"
     if len(records) > 1:
-        say(f"  export RERANK_KIT_URL={','.join(r.url for r in records)}   # the client balances across them")
-    print(_example_request(records[0], keyed="VLLM_API_KEY" in commands[0].env))
+        say(f"  export RERANK_KIT_URL={','.join(r.url for r in records)}   # {why}")
+    for group in groups.values():  # one request per model, each a line of its own
+        print(_example_request(group[0], keyed="VLLM_API_KEY" in commands[0].env))
 
 
 def _example_request(record: launcher.ServerRecord, keyed: bool) -> str:
     body = {
-        "model": record.model,
+        "model": record.served_model,
         "query": "What is vLLM?",
         "documents": [
             "vLLM is a fast and easy-to-use library for LLM inference and serving.",
@@ -255,11 +308,18 @@ def _example_request(record: launcher.ServerRecord, keyed: bool) -> str:
     )
 
 
+RecordedModelArg = Annotated[
+    str | None,
+    typer.Argument(metavar="MODEL", help="Only this model's servers (as given to `up`, or its served name)."),
+]
+
+
 def down(
+    model: RecordedModelArg = None,
     port: Annotated[int | None, typer.Option(help="Port of the server to stop (default: all).")] = None,
 ) -> None:
     """Stop servers started with `up` (the whole process tree) and remove their pid files."""
-    records = launcher.stop_servers(port)
+    records = launcher.stop_servers(port, model)
     if not records:
         say("No rerank-kit servers are running.")
     for record in records:
@@ -267,22 +327,29 @@ def down(
 
 
 def status(
+    model: RecordedModelArg = None,
     port: Annotated[int | None, typer.Option(help="Only this port.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show servers started with `up`: pid, model, URL, and whether /health answers."""
-    rows = launcher.server_statuses(port)
+    """Show servers started with `up`, grouped by model: port, pid, URL, and whether /health answers."""
+    rows = launcher.server_statuses(port, model)
     if as_json:
         print(json.dumps(rows, indent=2))
     elif not rows:
         say("No rerank-kit servers are running.")
     else:
-        table = Table("port", "pid", "model", "url", "state", "uptime")
+        table = Table("model", "port", "pid", "url", "state", "uptime")
+        previous = None
         for row in rows:
             state = "healthy" if row["healthy"] else ("starting/unhealthy" if row["running"] else "dead")
-            table.add_row(
-                str(row["port"]), str(row["pid"]), str(row["model"]), str(row["url"]), state, f"{row['uptime_s']} s"
-            )
+            name = str(row["model"])
+            if row["served_as"] != name:
+                name += f" (as {row['served_as']})"
+            if previous is not None and name != previous:
+                table.add_section()
+            label = name if name != previous else ""  # each model named once, above its servers
+            previous = name
+            table.add_row(label, str(row["port"]), str(row["pid"]), str(row["url"]), state, f"{row['uptime_s']} s")
         out.print(table)
     if port is not None and not any(r["healthy"] for r in rows):
         raise typer.Exit(1)

@@ -16,7 +16,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -24,7 +24,9 @@ from typing import Literal, get_args
 from rerank_kit import machine as machine_mod
 from rerank_kit.errors import ConfigError
 from rerank_kit.guard import API_KEY_ENV, Limits, RerankKitGuard
-from rerank_kit.launcher.vllm import VllmFeatures, support_note, vllm_version
+from rerank_kit.launcher.apple import check_serve, mac_choices
+from rerank_kit.launcher.quantization import quantization_args
+from rerank_kit.launcher.vllm import MULTI_API_SERVER_ENTRYPOINT, VllmFeatures, support_note, vllm_version
 from rerank_kit.machine import Choice, Machine
 from rerank_kit.recipes import Recipe, cap_to_model, default_model, get_recipe, resolve_model_path
 
@@ -73,6 +75,9 @@ class ServeOptions:
     max_in_flight: int | None = None
     # Allow binding beyond localhost without an API key.
     insecure: bool = False
+    # A method of recipes.QUANTIZATION_METHODS; build_command checks it against the recipe, the device and
+    # the installed vLLM (launcher.quantization) and passes vLLM's spelling of it.
+    quantization: str | None = None
     # vLLM flags passed on unchanged, except vLLM's own --api-key, which becomes ``api_key`` (see _take_api_key).
     extra_args: tuple[str, ...] = ()
 
@@ -85,6 +90,10 @@ class ServeOptions:
                 raise ConfigError(f"{flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}")
         if self.max_in_flight is not None and self.max_in_flight < 0:
             raise ConfigError(f"--max-in-flight must be >= 0 (0: unbounded), not {self.max_in_flight}")
+        if self.quantization is not None and any(
+            a in ("-q", "--quantization") or a.startswith(("--quantization=", "-q=")) for a in self.extra_args
+        ):
+            raise ConfigError("--quantization and --quantization after -- both give a method: give it once")
         rest, key = _take_api_key(self.extra_args)
         if key is not None:
             if self.api_key_file or self.api_key_env:
@@ -262,6 +271,17 @@ def build_command(
     machine-specific CPU defaults (for printing and tests); pass ``machine_mod.detect()`` to tune for the host.
     """
     features = VllmFeatures.for_version(vllm_version)
+    mac = machine.mac if machine is not None else None
+    if mac is not None:
+        # An Apple Silicon Mac: refuse what vLLM cannot do there (CUDA, tensor/data parallel) before choosing.
+        check_serve(
+            mac,
+            device=options.device,
+            tensor_parallel_size=options.tensor_parallel_size,
+            data_parallel_size=options.data_parallel_size,
+            dtype=options.dtype or recipe.dtype,
+            reserved_cpus=options.reserved_cpus,
+        )
     gpu = use_gpu(options, machine)
     model_path = resolve_model_path(recipe)
 
@@ -311,8 +331,23 @@ def build_command(
         dtype = options.dtype or recipe.dtype
         if dtype:
             args += ["--dtype", dtype]
+        workers = options.tensor_parallel_size * options.data_parallel_size
+        servers = machine_mod.api_server_choice(machine, gpus=workers)
+        if servers is not None and not _has_flag(options.extra_args, servers.name):
+            choices.append(servers)
+            args += [servers.name, servers.value]
     else:
-        if machine is not None:
+        if machine is not None and mac is not None:
+            choices = mac_choices(
+                machine,
+                mac,
+                family=recipe.family,
+                dtype=options.dtype or recipe.dtype,
+                kv_cache_gib=options.kv_cache_gib,
+                executor=options.cpu_executor,
+                eager=options.eager,
+            )
+        elif machine is not None:
             choices = machine_mod.cpu_choices(
                 machine,
                 dtype=options.dtype or recipe.dtype,
@@ -332,6 +367,16 @@ def build_command(
             else:
                 args += [choice.name, choice.value]
 
+    # After the dtype is known: FP8/AWQ/GPTQ refuse float32 activations.
+    args += quantization_args(
+        recipe,
+        options.quantization,
+        features=features,
+        gpu=gpu,
+        model_path=model_path,
+        dtype=args[args.index("--dtype") + 1] if "--dtype" in args else None,
+        cpu_flags=machine.cpu_flags if machine is not None else None,
+    )
     key = _api_key_ref(options)
     if key is not None:
         env[API_KEY_ENV] = key
@@ -350,8 +395,13 @@ def build_command(
 
     args += list(options.extra_args)
     url_host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host  # noqa: S104 - a comparison
+    entry = (
+        MULTI_API_SERVER_ENTRYPOINT
+        if _flag_value(args, "--api-server-count") not in (None, "1")
+        else (features.entrypoint,)
+    )
     return Command(
-        argv=[python or sys.executable, "-m", features.entrypoint, *args],
+        argv=[python or sys.executable, "-m", *entry, *args],
         env=env,
         choices=choices,
         recipe=recipe,
@@ -363,6 +413,21 @@ def build_command(
     )
 
 
+def _flag_value(args: list[str] | tuple[str, ...], flag: str) -> str | None:
+    """The value of ``flag`` in vLLM arguments (``--flag V`` or ``--flag=V``; the last one wins), else None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _has_flag(args: tuple[str, ...], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
 def replica_commands(
     recipe: Recipe,
     options: ServeOptions,
@@ -370,31 +435,40 @@ def replica_commands(
     *,
     vllm_version: str | None = None,
     machine: Machine | None = None,
+    first: int = 0,
+    servers: int | None = None,
 ) -> list[Command]:
     """``replicas`` independent servers on consecutive ports, each with its own share of the machine.
 
     With GPUs, replica i sees its own GPUs (CUDA_VISIBLE_DEVICES); on a CPU, the cores and memory are
     split evenly and each replica is pinned to its cores with ``taskset``, so replicas do not fight
     over the same cores. Clients balance across them: ``RerankClient([url1, url2, ...])``.
+
+    ``servers`` is how many servers share the machine in all (default: ``replicas``) and ``first`` the
+    share these replicas start at; their ports start at ``options.port + first`` (see model_commands).
     """
     if replicas < 1:
         raise ConfigError("--replicas must be >= 1")
-    if replicas == 1:
+    servers = replicas if servers is None else servers
+    if not 0 <= first <= servers - replicas:
+        raise ValueError(f"replicas {first}..{first + replicas - 1} do not fit in {servers} servers")
+    if servers == 1:
         return [build_command(recipe, options, vllm_version=vllm_version, machine=machine)]
     if machine is None:
-        raise ConfigError("replicas need the machine's facts (rerank_kit.machine.detect())")
+        raise ConfigError("several servers need the machine's facts (rerank_kit.machine.detect())")
+    what = f"{servers} replicas" if servers == replicas else f"{servers} servers ({servers // replicas} models)"
     commands = []
     gpu = use_gpu(options, machine)
     per_gpu = options.tensor_parallel_size * options.data_parallel_size
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(machine.cpu_count))
-    per_cpu = len(cores) // replicas
-    if gpu and machine.gpus < per_gpu * replicas:
+    per_cpu = len(cores) // servers
+    if gpu and machine.gpus < per_gpu * servers:
         raise ConfigError(
-            f"{replicas} replicas x {per_gpu} GPUs each need {per_gpu * replicas} GPUs; this machine has {machine.gpus}"
+            f"{what} x {per_gpu} GPUs each need {per_gpu * servers} GPUs; this machine has {machine.gpus}"
         )
     if not gpu and per_cpu < 1:
-        raise ConfigError(f"{replicas} CPU replicas need at least {replicas} cores; this machine has {len(cores)}")
-    for i in range(replicas):
+        raise ConfigError(f"{what} on the CPU need at least {servers} cores; this machine has {len(cores)}")
+    for i in range(first, first + replicas):
         replica_options = dataclasses.replace(options, port=options.port + i)
         if gpu:
             command = build_command(recipe, replica_options, vllm_version=vllm_version, machine=machine)
@@ -404,8 +478,8 @@ def replica_commands(
         share = dataclasses.replace(
             machine,
             cpu_count=per_cpu,
-            total_memory=machine.total_memory // replicas,
-            available_memory=machine.available_memory // replicas,
+            total_memory=machine.total_memory // servers,
+            available_memory=machine.available_memory // servers,
         )
         command = build_command(recipe, replica_options, vllm_version=vllm_version, machine=share)
         mine = ",".join(str(c) for c in cores[i * per_cpu : (i + 1) * per_cpu])
@@ -416,20 +490,89 @@ def replica_commands(
     return commands
 
 
-def commands_for(model: str | None, family: str | None, options: ServeOptions, *, replicas: int = 1) -> list[Command]:
-    """What `rerank-kit cmd/serve/up` run: ``replicas`` commands tuned for this machine and the installed vLLM.
+def model_commands(
+    recipes: Sequence[Recipe],
+    options: ServeOptions,
+    replicas: int = 1,
+    *,
+    vllm_version: str | None = None,
+    machine: Machine | None = None,
+) -> list[Command]:
+    """``replicas`` servers per recipe, side by side, on consecutive ports from ``options.port``: the first
+    model's replicas, then the second's, and so on. The machine is split evenly among all of them.
 
-    ``model=None`` serves the default model for this machine (``recipes.default_model``).
+    Each model is served under its own name (``Command.model_name``), which clients route by:
+    ``RerankClient([url1, url2, ...]).rerank(..., model=name)``.
+    """
+    if not recipes:
+        raise ConfigError("no model to serve: give at least one MODEL")
+    if len(recipes) > 1 and options.served_model_name:
+        raise ConfigError("--served-model-name names one model: leave it out to serve several, each under its own id")
+    servers = len(recipes) * max(replicas, 1)
+    commands = [
+        command
+        for m, recipe in enumerate(recipes)
+        for command in replica_commands(
+            recipe, options, replicas, vllm_version=vllm_version, machine=machine, first=m * replicas, servers=servers
+        )
+    ]
+    names = [command.model_name for command in commands[::replicas]]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(
+            f"{', '.join(twice)} given twice: give each MODEL once (--replicas N starts N servers of one)"
+        )
+    return commands
+
+
+def families_for(family: str | Sequence[str] | None, count: int) -> list[str | None]:
+    """One family (or None) per model: ``family`` once applies to every model, or one per model, in order.
+
+    >>> families_for(["bge-reranker"], 2), families_for(None, 1)
+    (['bge-reranker', 'bge-reranker'], [None])
+    """
+    if family is None or isinstance(family, str):
+        return [family] * count
+    given = list(family)
+    if len(given) <= 1:
+        return (given or [None]) * count
+    if len(given) != count:
+        raise ConfigError(
+            f"--family given {len(given)} times for {count} models: give it once (it applies to every MODEL) "
+            "or once per MODEL, in order"
+        )
+    return given
+
+
+def commands_for(
+    model: str | Sequence[str] | None,
+    family: str | Sequence[str] | None,
+    options: ServeOptions,
+    *,
+    replicas: int = 1,
+) -> list[Command]:
+    """What `rerank-kit cmd/serve/up` run: ``replicas`` commands per model, tuned for this machine and the
+    installed vLLM; several models are served side by side (see model_commands).
+
+    ``model=None`` (or no models) serves the default model for this machine (``recipes.default_model``);
+    ``family`` applies to every model, or is given once per model (see families_for).
     """
     host = machine_mod.detect()
-    recipe = get_recipe(model or default_model(host.has_gpu), family)
+    models = [model] if model is None or isinstance(model, str) else list(model) or [None]
+    recipes = [
+        get_recipe(name or default_model(host.has_gpu), each)
+        for name, each in zip(models, families_for(family, len(models)), strict=True)
+    ]
     version = vllm_version()
-    # No vLLM here: the command is only printed, for the default release. Otherwise refuse (or warn)
+    # No vLLM here: the commands are only printed, for the default release. Otherwise refuse (or warn)
     # by the supported range before anything starts.
-    note = None
-    if version is not None:
-        note = support_note(
-            version, needs_template=recipe.template is not None, what=recipe.model_id, gpu=use_gpu(options, host)
-        )
-    commands = replica_commands(recipe, options, replicas, vllm_version=version, machine=host)
-    return [dataclasses.replace(c, notes=(note,)) for c in commands] if note else commands
+    notes = [
+        support_note(version, needs_template=r.template is not None, what=r.model_id, gpu=use_gpu(options, host))
+        if version is not None
+        else None
+        for r in recipes
+    ]
+    commands = model_commands(recipes, options, replicas, vllm_version=version, machine=host)
+    return [
+        dataclasses.replace(c, notes=(note,)) if (note := notes[i // replicas]) else c for i, c in enumerate(commands)
+    ]

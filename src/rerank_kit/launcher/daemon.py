@@ -1,5 +1,8 @@
 """Daemon servers (`rerank-kit up/down/status`): one record, pid and log file per port in the state directory.
 
+Several models run side by side as servers on consecutive ports; each record names its model, and
+``by_model`` groups them (`rerank-kit status` lists them by model, `rerank-kit down MODEL` stops one).
+
 ``ServerRecord`` owns the file names: ``ServerRecord.log_path_for(port)`` is where a server's log is,
 whether or not it still runs.
 """
@@ -55,6 +58,17 @@ class ServerRecord:
     log: str
     command: str
     started: float
+    # The name clients send as "model" (--served-model-name, else --model); "" in records of older releases.
+    served_as: str = ""
+
+    @property
+    def served_model(self) -> str:
+        """The name clients send as "model" to this server."""
+        return self.served_as or self.model
+
+    def serves(self, model: str) -> bool:
+        """``model`` names this server's model: as given to `up`, or as clients send it."""
+        return model in (self.model, self.served_as)
 
     @property
     def alive(self) -> bool:
@@ -105,21 +119,43 @@ def list_servers() -> list[ServerRecord]:
     return records
 
 
-def server_statuses(port: int | None = None) -> list[dict[str, object]]:
-    """One row per recorded server (only ``port``'s when given): what `rerank-kit status` shows.
+def by_model(records: Sequence[ServerRecord]) -> dict[str, list[ServerRecord]]:
+    """``records`` grouped by model, models in the order of their first port, each model's by port."""
+    groups: dict[str, list[ServerRecord]] = {}
+    for record in sorted(records, key=lambda r: r.port):
+        groups.setdefault(record.model, []).append(record)
+    return groups
 
-    Keys: port, pid, model, url, running (the process lives), healthy (/health answers 200), log, uptime_s.
+
+def _select(port: int | None, model: str | None) -> list[ServerRecord]:
+    """The recorded servers on ``port`` and of ``model`` (None: any), grouped by model; a ``model``
+    nothing is recorded for is a ServeError that lists the recorded models."""
+    records = [r for r in list_servers() if port is None or r.port == port]
+    if model is None:
+        return [r for group in by_model(records).values() for r in group]
+    chosen = [r for r in records if r.serves(model)]
+    if not chosen:
+        known = ", ".join(by_model(list_servers())) or "none"
+        raise ServeError(f"no rerank-kit server recorded for model {model!r}; recorded models: {known}")
+    return [r for group in by_model(chosen).values() for r in group]
+
+
+def server_statuses(port: int | None = None, model: str | None = None) -> list[dict[str, object]]:
+    """One row per recorded server (only ``port``'s, ``model``'s when given), grouped by model: what
+    `rerank-kit status` shows.
+
+    Keys: port, pid, model, served_as (the name clients send), url, running (the process lives),
+    healthy (/health answers 200), log, uptime_s.
     """
     rows: list[dict[str, object]] = []
-    for r in list_servers():
-        if port is not None and r.port != port:
-            continue
+    for r in _select(port, model):
         running = r.alive
         rows.append(
             {
                 "port": r.port,
                 "pid": r.pid,
                 "model": r.model,
+                "served_as": r.served_model,
                 "url": r.url,
                 "running": running,
                 "healthy": running and probe_health(r.url, timeout=2.0),
@@ -155,6 +191,7 @@ def start_daemon(
         log=str(log_path),
         command=command.shell(),
         started=time.time(),
+        served_as=command.model_name,
     )
     record.save()
     try:
@@ -181,13 +218,16 @@ def stop_daemon(port: int) -> ServerRecord | None:
     return record
 
 
-def stop_servers(port: int | None = None) -> list[ServerRecord]:
-    """Stop the server recorded on ``port`` (None: every recorded server); returns the stopped records.
+def stop_servers(port: int | None = None, model: str | None = None) -> list[ServerRecord]:
+    """Stop the server recorded on ``port``, or every server of ``model`` (both None: every recorded
+    server); returns the stopped records.
 
-    A ``port`` with no record is a ServeError; no servers at all (``port=None``) is an empty list.
+    A ``port`` or ``model`` with no record is a ServeError; no servers at all (both None) is an empty list.
     """
-    if port is None:
+    if port is None and model is None:
         return [r for r in (stop_daemon(s.port) for s in list_servers()) if r is not None]
+    if model is not None:
+        return [r for r in (stop_daemon(s.port) for s in _select(port, model)) if r is not None]
     record = stop_daemon(port)
     if record is None:
         raise ServeError(f"no rerank-kit server recorded on port {port}")

