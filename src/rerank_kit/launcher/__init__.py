@@ -1,9 +1,10 @@
 """Recipe + options -> the vLLM command; start it, wait until healthy, stop it.
 
-Four modules, one job each: ``vllm`` (the installed vLLM and what it supports), ``command`` (options ->
-``Command``: argv, environment, host, port), ``process`` (start, wait for /health, stop, explain a failed
-start) and ``daemon`` (servers in the background and their pid/log/state files). Every name is
-re-exported here, so ``from rerank_kit import launcher; launcher.build_command(...)`` is the usual way in.
+One job per module: ``vllm`` (the installed vLLM and what it supports), ``command`` (options ->
+``Command``: argv, environment, host, port), ``fleet`` (several servers on one machine: replicas, several
+models), ``process`` (start, wait for /health, stop, explain a failed start) and ``daemon`` (servers in
+the background and their pid/log/state files). Every name is re-exported here, so
+``from rerank_kit import launcher; launcher.build_command(...)`` is the usual way in.
 
 The command adapts to the installed vLLM version and, on a machine without a GPU, to the CPU it runs on.
 
@@ -24,10 +25,6 @@ from rerank_kit.launcher.command import (
     EnvRef,
     ServeOptions,
     build_command,
-    commands_for,
-    families_for,
-    model_commands,
-    replica_commands,
     use_gpu,
 )
 from rerank_kit.launcher.daemon import (
@@ -41,6 +38,7 @@ from rerank_kit.launcher.daemon import (
     stop_daemon,
     stop_servers,
 )
+from rerank_kit.launcher.fleet import commands_for, families_for, model_commands, replica_commands
 from rerank_kit.launcher.process import (
     DEFAULT_START_TIMEOUT,
     HEALTH_POLL_INTERVAL,
