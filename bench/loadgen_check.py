@@ -102,36 +102,36 @@ def main() -> None:
         theirs_stats = httpx.get(f"{url}/stats").json()
         theirs["mean_body_kb"] = theirs_stats["rerank_body_bytes"] / theirs_stats["rerank_requests"] / 1024
         doc_words = matching_doc_words(theirs["mean_body_kb"] * 1024, args.docs)
-        ours = asyncio.run(
-            run_bench(
-                BenchConfig(
-                    urls=[url],
-                    concurrency=args.concurrency,
-                    requests=args.requests,
-                    docs_per_request=args.docs,
-                    doc_tokens=doc_words,
-                    warmup=50,
-                    max_retries=0,
+        result: dict = {"vllm bench serve": theirs}
+        for http in ("httpx", "aiohttp"):  # the client's own stack (before), then the bench's default
+            before = httpx.get(f"{url}/stats").json()
+            ours = asyncio.run(
+                run_bench(
+                    BenchConfig(
+                        urls=[url],
+                        concurrency=args.concurrency,
+                        requests=args.requests,
+                        docs_per_request=args.docs,
+                        doc_tokens=doc_words,
+                        warmup=50,
+                        max_retries=0,
+                        http=http,
+                    )
                 )
             )
-        )
-        all_stats = httpx.get(f"{url}/stats").json()
-        ours_requests = all_stats["rerank_requests"] - theirs_stats["rerank_requests"]
-        ours_kb = (all_stats["rerank_body_bytes"] - theirs_stats["rerank_body_bytes"]) / ours_requests / 1024
+            after = httpx.get(f"{url}/stats").json()
+            requests = after["rerank_requests"] - before["rerank_requests"]
+            result[f"rerank-kit bench --http {http}"] = {
+                "requests_per_s": ours["summary"]["requests_per_s"],
+                "ok": ours["summary"]["ok"],
+                "errors": ours["summary"]["errors"],
+                "mean_body_kb": (after["rerank_body_bytes"] - before["rerank_body_bytes"]) / requests / 1024,
+                "doc_words": doc_words,
+            }
+            result[f"ratio (--http {http} / vllm)"] = ours["summary"]["requests_per_s"] / theirs["requests_per_s"]
     finally:
         server.terminate()
         server.wait(timeout=10)
-    result = {
-        "rerank-kit bench": {
-            "requests_per_s": ours["summary"]["requests_per_s"],
-            "ok": ours["summary"]["ok"],
-            "errors": ours["summary"]["errors"],
-            "mean_body_kb": ours_kb,
-            "doc_words": doc_words,
-        },
-        "vllm bench serve": theirs,
-    }
-    result["ratio (rerank-kit / vllm)"] = result["rerank-kit bench"]["requests_per_s"] / theirs["requests_per_s"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -171,14 +171,26 @@ def test_build_beir_workload_round_trips(tmp_path):
     assert back.qrels == wl.qrels
 
 
-def test_bench_against_a_closed_port_fails_at_once():
+@pytest.mark.parametrize("http", ["httpx", "aiohttp"])
+def test_bench_against_a_closed_port_fails_at_once(http):
     from rerank_kit.bench.runner import BenchConfig, run_bench
     from rerank_kit.errors import APIConnectionError
     from rerank_kit.launcher import free_port
 
-    config = BenchConfig(urls=[f"http://127.0.0.1:{free_port()}"], requests=2, cases=2, docs_per_request=2)
+    url = f"http://127.0.0.1:{free_port()}"
+    config = BenchConfig(urls=[url], requests=2, cases=2, docs_per_request=2, http=http)
     with pytest.raises(APIConnectionError, match="is the server running"):
         asyncio.run(asyncio.wait_for(run_bench(config), timeout=20))
+
+
+def test_http_stack_choice():
+    from rerank_kit.bench.runner import http_stack
+    from rerank_kit.errors import ConfigError
+
+    assert http_stack("httpx") == "httpx"
+    assert http_stack("auto") == "aiohttp"  # httpx-aiohttp is in the bench extra, installed for the tests
+    with pytest.raises(ConfigError, match="auto, aiohttp or httpx"):
+        http_stack("curl")
 
 
 def test_workload_file_keeps_documents_with_unicode_line_separators(tmp_path):

@@ -180,6 +180,18 @@ def kv_cache_bytes(machine: Machine, gib: float | None = None) -> int:
     return int(gib * GiB)
 
 
+def kv_cache_choice(machine: Machine, gib: float | None, *, memory: str = "available", why: str) -> Choice:
+    """``--kv-cache-memory-bytes`` for the CPU backend (``gib`` if asked for), with its reason; ``why`` says
+    what vLLM would do without it."""
+    size = kv_cache_bytes(machine, gib)
+    reason = (
+        "asked for"
+        if gib is not None
+        else f"{size / GiB:.1f} GiB of {machine.available_memory / GiB:.0f} GiB {memory}; {why}"
+    )
+    return Choice("arg", "--kv-cache-memory-bytes", str(size), reason)
+
+
 def cpu_choices(
     machine: Machine,
     *,
@@ -240,16 +252,9 @@ def cpu_choices(
             )
         )
 
-    size = kv_cache_bytes(machine, kv_cache_gib)
     choices.append(
-        Choice(
-            "arg",
-            "--kv-cache-memory-bytes",
-            str(size),
-            "asked for"
-            if kv_cache_gib is not None
-            else f"{size / GiB:.1f} GiB of {machine.available_memory / GiB:.0f} GiB available; "
-            "vLLM's default reserves 92% of all memory and fails on a shared machine",
+        kv_cache_choice(
+            machine, kv_cache_gib, why="vLLM's default reserves 92% of all memory and fails on a shared machine"
         )
     )
 

@@ -93,15 +93,10 @@ def switch(
     for c in commands:
         others = [a for a in aliases if a != c.model_name]
         step(f"starting {c.model_name} on {c.url}" + (f" (also answering to {', '.join(others)})" if others else ""))
-    shown = [0.0]
-
-    def starting(elapsed: float) -> None:
-        if elapsed - shown[0] >= 10:
-            shown[0] = elapsed
-            step(f"  waiting for /health ... {elapsed:.0f} s")
-
     t = time.monotonic()
-    records = launcher.start_replicas(list(commands), timeout=start_timeout, on_wait=starting, check=check)
+    records = launcher.start_replicas(
+        list(commands), timeout=start_timeout, on_wait=launcher.health_progress(step), check=check
+    )
     checked = " and self-checked" if check is not None else ""
     step(f"healthy{checked} after {time.monotonic() - t:.1f} s (pid {', '.join(str(r.pid) for r in records)})")
 
@@ -116,7 +111,7 @@ def switch(
     step(f"gateway {gateway.url} sends new requests to {', '.join(r.url for r in records)} "
          f"(reconfigured in {(time.monotonic() - t) * 1000:.0f} ms)")  # fmt: skip
 
-    shown[0] = -5.0
+    shown = [-5.0]
 
     def draining(pending: int, waited: float) -> None:
         if waited - shown[0] >= 5:

@@ -22,7 +22,7 @@ from rerank_kit.bench.loadgen import LoadConfig, Sample, run_load
 from rerank_kit.bench.metrics import run_quality, summarize
 from rerank_kit.bench.workloads import Workload, load_workload
 from rerank_kit.client import AsyncRerankClient
-from rerank_kit.errors import APIConnectionError
+from rerank_kit.errors import APIConnectionError, ConfigError
 
 
 @dataclass
@@ -42,7 +42,37 @@ class BenchConfig:
     warmup: int = 8
     max_retries: int | None = None
     timeout: float = 300.0
+    # The load generator's HTTP stack: "aiohttp" (httpx-aiohttp's transport under the same client: less
+    # CPU per request, so the generator is not what limits a fast server), "httpx" (the client's own), or
+    # "auto": aiohttp when httpx-aiohttp is installed (the bench extra), else httpx. The report says which.
+    http: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def http_stack(http: str) -> str:
+    """``http`` resolved: "auto" becomes "aiohttp" when httpx-aiohttp is importable, else "httpx"."""
+    if http not in ("auto", "aiohttp", "httpx"):
+        raise ConfigError(f"--http must be auto, aiohttp or httpx, not {http!r}")
+    if http == "httpx":
+        return http
+    try:
+        import httpx_aiohttp  # noqa: F401
+    except ImportError:
+        if http == "aiohttp":
+            raise ConfigError("--http aiohttp needs httpx-aiohttp: pip install 'rerank-kit[bench]'") from None
+        return "httpx"
+    return "aiohttp"
+
+
+def load_transport(http: str, concurrency: int) -> httpx.AsyncBaseTransport | None:
+    """The transport for a resolved ``http`` stack (None: the client's default)."""
+    if http == "httpx":
+        return None
+    from httpx_aiohttp import AiohttpTransport
+
+    # a connection per request in flight, kept open between requests
+    connections = max(100, 2 * concurrency)
+    return AiohttpTransport(limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
 
 
 def machine_facts() -> dict[str, Any]:
@@ -132,6 +162,7 @@ async def run_bench(
         seed=config.seed,
         keep_scores=workload.judged,
     )
+    http = http_stack(config.http)
     # One request per case, exactly as the workload defines it: no client-side splitting.
     async with AsyncRerankClient(
         config.urls,
@@ -140,6 +171,7 @@ async def run_bench(
         timeout=config.timeout,
         max_retries=config.max_retries,
         max_docs_per_request=largest,
+        transport=load_transport(http, config.concurrency),
     ) as client:
         result = await run_load(client, workload, load, on_progress=on_progress, stop=stop)
         replicas = client.replica_counts()
@@ -155,7 +187,7 @@ async def run_bench(
             "cases": len(workload.cases),
             **workload.params,
         },
-        "load": {k: v for k, v in asdict(load).items() if k != "keep_scores"},
+        "load": {**{k: v for k, v in asdict(load).items() if k != "keep_scores"}, "http": http},
         "summary": summarize(result),
         "quality": run_quality(workload, result),
         "replicas": replicas,

@@ -51,6 +51,13 @@ def bench(
     max_retries: Annotated[
         int | None, typer.Option("--max-retries", help="Client retries per request (default: the client's).")
     ] = None,
+    http: Annotated[
+        str,
+        typer.Option(
+            help="The load generator's HTTP stack: aiohttp (least CPU per request, bench/RESULTS.md section 3; "
+            "needs the bench extra), httpx (the client's own), or auto: aiohttp when installed."
+        ),
+    ] = "auto",
     out_path: Annotated[Path | None, typer.Option("--out", help="Write the full report as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Sweep plot (PNG) path; default next to --out.")] = None,
     compare: Annotated[
@@ -86,6 +93,7 @@ def bench(
         duration=duration,
         warmup=warmup,
         max_retries=max_retries,
+        http=http,
     )
     sweep.check_sweep(config, levels)
     say(f"Loading workload {workload} ...")

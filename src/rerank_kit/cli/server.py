@@ -272,15 +272,8 @@ def _up(commands: list[launcher.Command], timeout: float, check: Callable[[launc
         say(f"Starting {command.recipe.model_id} ({command.recipe.family}) on {command.url}")
         say(f"  log: {launcher.ServerRecord.log_path_for(command.port)}")
     _print_choices(commands[0])
-    last = [0.0]
-
-    def progress(elapsed: float) -> None:
-        if elapsed - last[0] >= 10:
-            last[0] = elapsed
-            say(f"  waiting for /health ... {elapsed:.0f} s")
-
     started = time.monotonic()
-    records = launcher.start_replicas(commands, timeout=timeout, on_wait=progress, check=check)
+    records = launcher.start_replicas(commands, timeout=timeout, on_wait=launcher.health_progress(say), check=check)
     say(f"Healthy after {time.monotonic() - started:.0f} s (pid {', '.join(str(r.pid) for r in records)}). Try:")
     groups = launcher.by_model(records)
     if len(groups) > 1:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from rerank_kit.errors import ConfigError
 from rerank_kit.launcher.vllm import DEFAULT_VLLM_VERSION, version_tuple, vllm_version
-from rerank_kit.machine import Choice, GiB, Machine, kv_cache_bytes
+from rerank_kit.machine import Choice, Machine, kv_cache_choice
 
 # vLLM 0.32.0 requires Python >= 3.11; PyPI has its torch pin (2.13.0) for macOS arm64 on CPython 3.11-3.13.
 MAC_PYTHONS = ((3, 11), (3, 13))
@@ -303,16 +303,12 @@ def mac_choices(
         )
     choices.append(Choice("env", "OMP_NUM_THREADS", str(threads), cores))
 
-    size = kv_cache_bytes(machine, kv_cache_gib)
     choices.append(
-        Choice(
-            "arg",
-            "--kv-cache-memory-bytes",
-            str(size),
-            "asked for"
-            if kv_cache_gib is not None
-            else f"{size / GiB:.1f} GiB of {machine.available_memory / GiB:.0f} GiB available unified memory; "
-            "vLLM's CPU worker otherwise asks for 92% of all memory and refuses to start when less is free",
+        kv_cache_choice(
+            machine,
+            kv_cache_gib,
+            memory="available unified memory",
+            why="vLLM's CPU worker otherwise asks for 92% of all memory and refuses to start when less is free",
         )
     )
     if not eager:

@@ -295,3 +295,15 @@ def group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+def health_progress(say: Callable[[str], None], every: float = 10.0) -> Callable[[float], None]:
+    """An ``on_wait`` callback for the start functions: says how long the start has waited, every ``every`` s."""
+    last = [0.0]
+
+    def progress(elapsed: float) -> None:
+        if elapsed - last[0] >= every:
+            last[0] = elapsed
+            say(f"  waiting for /health ... {elapsed:.0f} s")
+
+    return progress
