@@ -22,6 +22,7 @@ from rerank_kit.errors import SelfCheckError
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
 from rerank_kit.reference import load_reference
 from rerank_kit.selfcheck import self_check
+from rerank_kit.vllm_plugin import BATCHED_MESSAGE
 
 pytestmark = pytest.mark.vllm
 
@@ -236,7 +237,7 @@ EXPLAINED_WARNINGS = {
     r"The global random seed is set to 0. Since VLLM_ENABLE_V1_MULTIPROCESSING": "rerank-kit's uni executor on "
     "small machines (machine.cpu_choices), measured faster",
     r"OMP_NUM_THREADS=\d+ is set; leaving Torch threads": "rerank-kit sets OMP_NUM_THREADS to the cores it gives",
-    r"(libtcmalloc|libiomp) is not found in LD_PRELOAD": "preloading them is issue 14's (performance) work",
+    r"libtcmalloc is not found in LD_PRELOAD": "preloaded only where the system has it (machine.detect); none here",
     r"To indicate that the rerank API is not part of the standard OpenAI API": "vLLM's notice about /rerank",
     r"Gemma's activation function was incorrectly set": "Gemma's own config.json says hidden_act (vLLM fixes it)",
 }
@@ -253,6 +254,15 @@ def test_start_up_log_has_no_unexplained_warning(family_server):
     ]
     assert not flagged, "\n".join(flagged)
     assert "Chat template warmup failed" not in start_up
+
+
+def test_prompts_are_built_per_request(family_server):
+    """The plugin's batched path (one render, one tokenizer call per distinct text) served the requests above."""
+    if family_server.recipe.family == "embedding":
+        pytest.skip("a bi-encoder: no score prompts")
+    with RerankClient(family_server.url, model=family_server.model) as client:
+        client.rerank("What is vLLM?", ["vLLM is an inference engine.", "Paris is in France."])
+    assert BATCHED_MESSAGE in family_server.log.read_text(errors="replace")
 
 
 # --- negative controls: each comparison above can fail ----------------------------------------------

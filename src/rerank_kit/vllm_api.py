@@ -79,7 +79,8 @@ LAUNCHER_FLAGS = (  # (flag, since, until); every flag launcher.command can emit
     ("--pooler-config", "0.11.0", None), ("--max-model-len", None, None), ("--enable-prefix-caching", None, None),
     ("--tensor-parallel-size", None, None), ("--data-parallel-size", None, None), ("--enforce-eager", None, None),
     ("--middleware", None, None), ("--dtype", None, None), ("--kv-cache-memory-bytes", "0.10.2", None),
-    ("--distributed-executor-backend", None, None),
+    ("--distributed-executor-backend", None, None), ("--api-server-count", None, None),
+    ("--quantization", None, None),
 )  # fmt: skip
 # fmt: off
 REQUIREMENTS: tuple[Requirement, ...] = (
@@ -99,6 +100,9 @@ REQUIREMENTS: tuple[Requirement, ...] = (
        "plugin", "0.27.0", note="0.20-0.26 have pre_process_online(ctx): an override of this is never called"),
     _r("plugin.render", "signature", SCORING, f"{CROSS}.render", "render_params", "plugin", "0.27.0",
        note="the plugin builds a request's prompts at once and hands each pair to render()"),
+    _r("plugin.scoring_preprocessing", "signature", "vllm.entrypoints.pooling.scoring.serving",
+       "ServingScores._preprocessing", "io_processor ctx", "plugin", "0.27.0",
+       note="the plugin renders a scoring request's pairs at once instead of one task per pair"),
     _r("plugin.bi_encoder_factory", "signature", SCORING, f"{BI}.get_request_factory_online", "ctx *",
        "plugin", "0.27.0"),
     _r("plugin.serve_context", "signature", "vllm.entrypoints.pooling.typing", "PoolingServeContext",

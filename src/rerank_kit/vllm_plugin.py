@@ -19,7 +19,8 @@ restores vLLM's reject-with-400.
 
 On vLLM >= 0.27 the plugin also builds a request's prompts in one go instead of pair by pair
 (``rerank_kit.score_prompts``): one template render and one batched tokenizer call per request, run on
-vLLM's preprocessing thread pool, then each pair's cheap remainder inline. Same token ids, a fraction of
+vLLM's preprocessing thread pool, then each pair's cheap remainder inline, without a task per pair
+(``_batch_scoring``). Same token ids, a fraction of
 the API server's time per pair (bench/frontend_cost.py).
 
 vLLM loads it through the ``vllm.general_plugins`` entry point of the installed rerank-kit
@@ -32,8 +33,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from typing import Any
 
 from rerank_kit import score_prompts
@@ -48,6 +47,7 @@ logger = logging.getLogger("vllm.rerank_kit")
 # merges across it because it never reaches a tokenizer, and text that contains it falls back to vLLM's
 # whole-string path.
 ACTIVE_MESSAGE = "rerank-kit: piecewise score-prompt tokenization active for this model"
+BATCHED_MESSAGE = "rerank-kit: score prompts built per request (one render, one tokenizer call per distinct text)"
 
 
 class InstructionNotSupported(ValueError):
@@ -185,7 +185,7 @@ def _piecewise_cross_encoder(base: type) -> type:
     ):
         _OFF.append("piecewise score prompts (get_score_prompt(..., chat_template_kwargs) arrived in vLLM 0.22)")
         return checked
-    batched = checked is not base and accepts("plugin.render", getattr(base, "render", None))
+    batched = checked is not base and accepts("plugin.render", getattr(base, "render", None)) and _batch_scoring()
     if not batched:
         _OFF.append("prompts built per request instead of per pair (vLLM >= 0.27)")
 
@@ -206,25 +206,27 @@ def _piecewise_cross_encoder(base: type) -> type:
                     logger.info(ACTIVE_MESSAGE)
             # rendered skeleton per (template, template kwargs); None: not verbatim, build prompts per pair
             self._shapes: dict[tuple[str, str], str | None] = {}
-            self._render_per_pair = getattr(self, "render_async", None)
-            if batched and callable(self._render_per_pair) and getattr(self, "_executor", None) is not None:
-                self.render_async = self._render_async
+            self._batched_said = False
+            if batched and getattr(self, "_executor", None) is not None:
+                self.rerank_kit_render_all = self._render_all
 
-        def get_request_factory_online(self, ctx: Any) -> Any:
-            requests = super().get_request_factory_online(ctx)
-            if self.render_async == self._render_async and requests:
-                batch = _PromptBatch(functools.partial(self._request_prompts, requests))
-                for i, params in enumerate(requests):
-                    params[BATCH_KEY] = (batch, i)
-            return requests
-
-        async def _render_async(self, params: Any) -> Any:
-            batch, i = params.get(BATCH_KEY) or (None, 0)
-            prompts = None if batch is None else await batch.result(self._executor)
+        async def _render_all(self, requests: list[Any]) -> list[Any]:
+            """Every pair's engine input: the prompts built at once on vLLM's preprocessing thread pool, then
+            each pair's cheap remainder (token checks, engine input) inline, with no task per pair."""
+            loop = asyncio.get_running_loop()
+            prompts = await loop.run_in_executor(self._executor, self._request_prompts_or_none, requests)
             if prompts is None:
-                return await self._render_per_pair(params)
-            # what is left per pair (token checks, engine input) is cheaper than a thread-pool hop
-            return self.render({**params, "data_2": prompts[i]})
+                return list(await asyncio.gather(*(self.render_async(r) for r in requests)))
+            if not self._batched_said:
+                self._batched_said = True
+                logger.info(BATCHED_MESSAGE)
+            return [self.render({**r, "data_2": p}) for r, p in zip(requests, prompts, strict=True)]
+
+        def _request_prompts_or_none(self, requests: list[Any]) -> list[score_prompts.Prompt] | None:
+            try:
+                return self._request_prompts(requests)
+            except Exception:  # the per-pair path raises the same error, with vLLM's own message and status
+                return None
 
         def _request_prompts(self, requests: list[Any]) -> list[score_prompts.Prompt] | None:
             """Every pair's prompt in one go, or None where only the per-pair path is exact."""
@@ -324,29 +326,38 @@ def _piecewise_cross_encoder(base: type) -> type:
     return RerankKitCrossEncoderIOProcessor
 
 
-# Where a pair's render params carry their request's _PromptBatch and their index in it.
-BATCH_KEY = "rerank_kit_batch"
+def _batch_scoring() -> bool:
+    """Let vLLM's scoring endpoints hand a request's pairs to the IO processor at once (``_render_all``).
 
+    vLLM renders a scoring request as one task per pair (``asyncio.gather`` of ``render_async``); with
+    100 documents that is 100 tasks, futures and thread-pool hops for work the plugin does in one call.
+    ServingScores._preprocessing is replaced by one that asks an IO processor with ``rerank_kit_render_all``
+    for every pair at once and keeps vLLM's own code for any other.
+    """
+    from rerank_kit.vllm_api import accepts
 
-class _PromptBatch:
-    """A request's prompts, computed once on vLLM's preprocessing thread pool for all of its pairs."""
+    try:
+        from vllm.entrypoints.pooling.scoring.serving import ServingScores
+    except ImportError:
+        return False
+    base = getattr(ServingScores, "_preprocessing", None)
+    if getattr(base, "rerank_kit", False):
+        return True
+    if not accepts("plugin.scoring_preprocessing", base):
+        return False
 
-    def __init__(self, compute: Callable[[], list[score_prompts.Prompt] | None]) -> None:
-        self._compute = compute
-        self._future: asyncio.Future[list[score_prompts.Prompt] | None] | None = None
+    async def _preprocessing(self: Any, io_processor: Any, ctx: Any) -> None:
+        render_all = getattr(io_processor, "rerank_kit_render_all", None)
+        if render_all is None:
+            return await base(self, io_processor, ctx)
+        requests = io_processor.get_request_factory_online(ctx)
+        if len(requests) == 0:
+            raise ValueError("You must pass at least one prompt")  # vLLM's own message
+        ctx.engine_inputs = await render_all(requests)
 
-    def _run(self) -> list[score_prompts.Prompt] | None:
-        try:
-            return self._compute()
-        except Exception:  # the per-pair path raises the same error, with vLLM's own message and status
-            return None
-
-    def result(self, executor: Executor) -> Awaitable[list[score_prompts.Prompt] | None]:
-        if self._future is None:
-            self._future = asyncio.get_running_loop().run_in_executor(executor, self._run)
-        # Every pair of the request awaits this one future. Not shielded (a shield per pair cost ~10 % of
-        # the API server's time): a pair is cancelled only with its whole request, siblings included.
-        return self._future
+    _preprocessing.rerank_kit = True  # type: ignore[attr-defined]
+    ServingScores._preprocessing = _preprocessing
+    return True
 
 
 # What this vLLM has no place for: said once, in one warning, by register().
