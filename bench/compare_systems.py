@@ -239,7 +239,10 @@ def main() -> None:
             {
                 "vllm": launcher.vllm_version(),
                 "dtype": best_dtype(),
-                "machine": dataclasses.asdict(machine.detect()),
+                "machine": {
+                    k: sorted(v) if isinstance(v, frozenset) else v
+                    for k, v in dataclasses.asdict(machine.detect()).items()
+                },
                 "concurrency": args.concurrency,
                 "duration_s": args.duration,
                 "summary": summary,

@@ -56,7 +56,7 @@ def start(command: launcher.Command, log: Path) -> tuple[float, dict]:
         healthy = time.perf_counter() - t0
         return healthy, proc
     except BaseException:
-        launcher.stop_process_group(proc)
+        launcher.stop_process_group(proc.pid)
         raise
 
 
@@ -85,7 +85,7 @@ def measure(name: str, duration: float) -> dict:
             if attempt == "repeat" and duration > 0:
                 result["pairs_per_s"] = round(throughput(command, duration), 1)
         finally:
-            launcher.stop_process_group(proc)
+            launcher.stop_process_group(proc.pid)
     return result
 
 
@@ -117,7 +117,10 @@ def main() -> None:
         json.dumps(
             {
                 "vllm": launcher.vllm_version(),
-                "machine": dataclasses.asdict(machine.detect()),
+                "machine": {
+                    k: sorted(v) if isinstance(v, frozenset) else v
+                    for k, v in dataclasses.asdict(machine.detect()).items()
+                },
                 "when": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "summary": summary,
                 "runs": runs,

@@ -353,3 +353,16 @@ def test_vllm_cli_shim_answers_only_vllms_version(monkeypatch):
     assert version("vllm") == "0.32.0+cpu"  # the "+cpu" is how vLLM detects its CPU build
     with pytest.raises(importlib.metadata.PackageNotFoundError):
         version("not-a-package")
+
+
+def test_cpu_compiled_server_skips_the_aot_artefact_that_fails_to_load():
+    bge = get_recipe("BAAI/bge-reranker-base")
+    compiled = build_command(bge, ServeOptions(), vllm_version="0.32.0", machine=OLD_CPU)
+    assert compiled.env["VLLM_USE_AOT_COMPILE"] == "0"
+    assert "finalize_loading" in {c.name: c for c in compiled.choices}["VLLM_USE_AOT_COMPILE"].reason
+    eager = build_command(
+        get_recipe("BAAI/bge-reranker-base"), ServeOptions(eager=True), vllm_version="0.32.0", machine=OLD_CPU
+    )
+    assert "VLLM_USE_AOT_COMPILE" not in eager.env
+    gpu = build_command(get_recipe("BAAI/bge-reranker-base"), ServeOptions(), vllm_version="0.32.0", machine=GPU_BOX)
+    assert "VLLM_USE_AOT_COMPILE" not in gpu.env  # measured on the CPU build only

@@ -201,6 +201,7 @@ def cpu_choices(
     executor: str = "auto",
     workers: int = 1,
     preload: bool = True,
+    compiled: bool = True,
 ) -> list[Choice]:
     """The CPU-backend defaults for ``machine``, each with its reason; explicit arguments win.
 
@@ -258,6 +259,17 @@ def cpu_choices(
         )
     )
 
+    if compiled:
+        choices.append(
+            Choice(
+                "env",
+                "VLLM_USE_AOT_COMPILE",
+                "0",
+                "vLLM's saved AOT-compiled model fails to load on its CPU build (0.32, torch 2.13: \"'function' "
+                "object has no attribute 'finalize_loading'\") and every start compiled again; the older path "
+                "reuses Inductor's cache: repeat start 34.1 -> 27.6 s, same throughput (bench/RESULTS.md 8.4)",
+            )
+        )
     if preload:
         found = {"tcmalloc": machine.tcmalloc, "Intel OpenMP": machine.iomp}
         libs = {name: path for name, path in found.items() if path}

@@ -153,6 +153,8 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     *(_r(f"launcher.env.{name}", "env", "vllm.envs", name, users="launcher guard" if "KEY" in name else "launcher")
       for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_ENABLE_V1_MULTIPROCESSING",
                    "VLLM_API_KEY")),
+    _r("launcher.env.VLLM_USE_AOT_COMPILE", "env", "vllm.envs", "VLLM_USE_AOT_COMPILE", users="launcher",
+       since="0.21.0", note="seen in 0.21 (absent in 0.11); older releases ignore the variable"),
 )
 # fmt: on
 

@@ -355,6 +355,7 @@ def build_command(
                 kv_cache_gib=options.kv_cache_gib,
                 executor=options.cpu_executor,
                 workers=options.tensor_parallel_size * options.data_parallel_size,
+                compiled=not options.eager,
             )
         elif options.dtype or recipe.dtype:
             choices = [Choice("arg", "--dtype", str(options.dtype or recipe.dtype), "asked for")]
