@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from conftest import SERVER_START_TIMEOUT, server_options
 from rerank_kit import AsyncRerankClient, RerankClient, launcher, machine
 from rerank_kit import gateway as gw
+from rerank_kit import switch as sw
 from rerank_kit.bench.report import summary_table
 from rerank_kit.bench.runner import BenchConfig, run_bench
 from rerank_kit.cli import _ErrorsToMessages
@@ -125,11 +126,11 @@ def test_new_server_also_answers_to_the_old_names_its_own_first():
     command = launcher.build_command(
         get_recipe("BAAI/bge-reranker-v2-m3"), launcher.ServeOptions(port=9000), vllm_version="0.32.0", machine=None
     )
-    aliased = gw.with_aliases(command, ["BAAI/bge-reranker-base", "BAAI/bge-reranker-v2-m3"])
+    aliased = sw.with_aliases(command, ["BAAI/bge-reranker-base", "BAAI/bge-reranker-v2-m3"])
     # vLLM's parser keeps the last --served-model-name; answers carry its first name.
     assert aliased.server_args[-3:] == ("--served-model-name", "BAAI/bge-reranker-v2-m3", "BAAI/bge-reranker-base")
     assert aliased.argv[-3:] == list(aliased.server_args[-3:])
-    assert gw.with_aliases(command, [command.model_name]) is command
+    assert sw.with_aliases(command, [command.model_name]) is command
 
 
 def test_the_installed_caddy_is_the_verified_release(caddy):
@@ -375,7 +376,7 @@ def test_switch_moves_traffic_drains_and_stops_the_old_server_losing_nothing(cad
     thread, out, stop = _bench_in_thread(config)
     time.sleep(1.5)  # requests are in flight on the old server (0.3 s each)
     steps: list[str] = []
-    new = gw.switch([_canned(B)], [old], gateway=record, api_key=KEY, say=steps.append, start_timeout=30)
+    new = sw.switch([_canned(B)], [old], gateway=record, api_key=KEY, say=steps.append, start_timeout=30)
     time.sleep(1.0)  # and some on the new one
     stop()
     thread.join(60)
@@ -408,7 +409,7 @@ def test_switch_that_fails_to_start_leaves_the_old_server_serving(caddy, cleanup
         raise ServeError("self-check failed")
 
     with pytest.raises(ServeError, match="self-check failed"):
-        gw.switch([_canned(B)], [old], gateway=record, api_key=KEY, check=failing_check, start_timeout=30)
+        sw.switch([_canned(B)], [old], gateway=record, api_key=KEY, check=failing_check, start_timeout=30)
     assert [r.port for r in launcher.list_servers() if r.alive] == [old.port]
     answer = httpx.post(f"{record.url}/v1/rerank", json={"model": A, "query": "q", "documents": ["x"]},
                         headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
@@ -467,7 +468,7 @@ def test_vllm_bench_across_a_switch_loses_nothing_and_shows_the_change(tiny_mode
                               caddy=caddy)  # fmt: skip
     config = BenchConfig(
         urls=[record.url], api_key=KEY, docs_per_request=8, doc_tokens=16, cases=16, concurrency=2, duration=1200,
-        warmup=2,
+        warmup=2, max_retries=0,  # a request lost in the switch must show as an error, not be retried away
     )  # fmt: skip
     thread, out, stop = _bench_in_thread(config)
     time.sleep(5)
@@ -476,7 +477,7 @@ def test_vllm_bench_across_a_switch_loses_nothing_and_shows_the_change(tiny_mode
         new_recipe, server_options(api_key=KEY), vllm_version=launcher.vllm_version(), machine=machine.detect()
     )
     steps: list[str] = []
-    new = gw.switch([command], [old], gateway=record, api_key=KEY, check=check_command, say=steps.append,
+    new = sw.switch([command], [old], gateway=record, api_key=KEY, check=check_command, say=steps.append,
                     start_timeout=SERVER_START_TIMEOUT)  # fmt: skip
     time.sleep(5)
     stop()

