@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models
+from rerank_kit import client as client_mod
 from rerank_kit import launcher, machine
 from rerank_kit.recipes import Recipe, get_recipe
 
@@ -121,3 +122,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """The client's backoff sleeps (sync and async), recorded instead of slept."""
+    recorded: list[float] = []
+    monkeypatch.setattr(client_mod.time, "sleep", recorded.append)
+
+    async def fake_async_sleep(delay):
+        recorded.append(delay)
+
+    monkeypatch.setattr(client_mod.asyncio, "sleep", fake_async_sleep)
+    return recorded

@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from rerank_kit import _base_client, _config, _retry
-from rerank_kit import client as client_mod
 from rerank_kit.client import AsyncRerankClient, RerankClient
 from rerank_kit.errors import (
     APIConnectionError,
@@ -88,18 +87,6 @@ class FakeVLLM:
 
     def posted(self, path: str = "/v1/rerank") -> list[dict]:
         return [json.loads(r.content) for r in self.requests if r.url.path == path]
-
-
-@pytest.fixture
-def sleeps(monkeypatch):
-    recorded: list[float] = []
-    monkeypatch.setattr(client_mod.time, "sleep", recorded.append)
-
-    async def fake_async_sleep(delay):
-        recorded.append(delay)
-
-    monkeypatch.setattr(client_mod.asyncio, "sleep", fake_async_sleep)
-    return recorded
 
 
 def make(fake, **kwargs) -> RerankClient:

@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from conftest import SERVER_START_TIMEOUT
 from rerank_kit import AsyncRerankClient, RerankClient, launcher
-from rerank_kit import client as client_mod
 from rerank_kit.cli import app
 from rerank_kit.errors import APIError, ConfigError, ModelNotServedError, NotFoundError, ServeError
 from rerank_kit.machine import GiB, Machine
@@ -205,18 +204,6 @@ URLS = ["http://a1:8000", "http://a2:8000", "http://b1:8000"]
 
 def routed(fleet: Fleet, **kwargs) -> RerankClient:
     return RerankClient(URLS, transport=httpx.MockTransport(fleet), **kwargs)
-
-
-@pytest.fixture
-def sleeps(monkeypatch):
-    recorded: list[float] = []
-    monkeypatch.setattr(client_mod.time, "sleep", recorded.append)
-
-    async def fake_async_sleep(delay):
-        recorded.append(delay)
-
-    monkeypatch.setattr(client_mod.asyncio, "sleep", fake_async_sleep)
-    return recorded
 
 
 def test_calls_go_to_their_models_servers_balanced_and_models_are_asked_once():
