@@ -217,6 +217,7 @@ def check_serve(
 def omp_threads(machine: Machine, mac: MacFacts) -> int:
     """OpenMP threads for one server: its share of the performance cores (all its cores if macOS does not say).
 
+    >>> from rerank_kit.machine import GiB
     >>> m = Machine(12, frozenset(), 32 * GiB, 20 * GiB, 0)
     >>> omp_threads(m, MacFacts("arm64", performance_cores=8, efficiency_cores=4))
     8
@@ -245,6 +246,7 @@ def mac_choices(
     over), float32 by default, OpenMP threads on the performance cores only, no thread binding or LD_PRELOAD
     (macOS has neither), compilation off. Call ``check_serve`` first.
 
+        >>> from rerank_kit.machine import GiB
         >>> m = Machine(10, frozenset(), 16 * GiB, 10 * GiB, 0)
         >>> choices = mac_choices(m, MacFacts("arm64", performance_cores=8, efficiency_cores=2))
         >>> {c.name: c.value for c in choices}["OMP_NUM_THREADS"], choices[0].name
