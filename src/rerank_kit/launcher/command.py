@@ -90,9 +90,7 @@ class ServeOptions:
                 raise ConfigError(f"{flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}")
         if self.max_in_flight is not None and self.max_in_flight < 0:
             raise ConfigError(f"--max-in-flight must be >= 0 (0: unbounded), not {self.max_in_flight}")
-        if self.quantization is not None and any(
-            a in ("-q", "--quantization") or a.startswith(("--quantization=", "-q=")) for a in self.extra_args
-        ):
+        if self.quantization is not None and any(_has_flag(self.extra_args, f) for f in ("--quantization", "-q")):
             raise ConfigError("--quantization and --quantization after -- both give a method: give it once")
         rest, key = _take_api_key(self.extra_args)
         if key is not None:
