@@ -35,10 +35,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from rerank_kit import launcher, machine  # noqa: E402
+from rerank_kit import launcher  # noqa: E402
 from rerank_kit.bench.metrics import percentile  # noqa: E402
 from rerank_kit.bench.runner import BenchConfig, run_bench  # noqa: E402
 from rerank_kit.bench.workloads import random_workload  # noqa: E402
+from rerank_kit.launcher import machine  # noqa: E402
 from rerank_kit.recipes import get_recipe  # noqa: E402
 
 OUT = ROOT / "bench" / "out"

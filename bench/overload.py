@@ -28,10 +28,11 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from rerank_kit import launcher, machine  # noqa: E402
+from rerank_kit import launcher  # noqa: E402
 from rerank_kit.bench.metrics import percentile  # noqa: E402
 from rerank_kit.bench.runner import BenchConfig  # noqa: E402
 from rerank_kit.bench.sweep import run_level, workload_for  # noqa: E402
+from rerank_kit.launcher import machine  # noqa: E402
 from rerank_kit.recipes import get_recipe  # noqa: E402
 
 

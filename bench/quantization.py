@@ -199,7 +199,7 @@ def load_cases(dataset: Path, workload_file: Path | None, top_k: int, say: Calla
 
 def score_all(url: str, cases: Sequence[Any], *, api_key: str | None, say: Callable[[str], None]) -> list[list[float]]:
     """Every case's document scores from the server at ``url``, in the documents' original order."""
-    from rerank_kit.client import RerankClient
+    from rerank_kit.client.client import RerankClient
 
     out = []
     with RerankClient(url, api_key=api_key, timeout=600) as client:
@@ -228,7 +228,8 @@ def launch_and_score(
     say: Callable[[str], None],
 ) -> tuple[list[list[float]], list[list[float]], dict[str, Any]]:
     """Serve ``model`` unquantized, then quantized (``quantized_model`` when given), scoring ``cases`` on each."""
-    from rerank_kit import launcher, machine
+    from rerank_kit import launcher
+    from rerank_kit.launcher import machine
     from rerank_kit.recipes import get_recipe
 
     base_recipe = get_recipe(model, family)

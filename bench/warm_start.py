@@ -26,9 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from rerank_kit import launcher, machine
+from rerank_kit import launcher
 from rerank_kit.bench.runner import BenchConfig, run_bench
 from rerank_kit.bench.workloads import random_workload
+from rerank_kit.launcher import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"

@@ -15,8 +15,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models
-from rerank_kit import client as client_mod
-from rerank_kit import launcher, machine
+from rerank_kit import launcher
+from rerank_kit.client import client as client_mod
+from rerank_kit.launcher import machine
 from rerank_kit.recipes import Recipe, get_recipe
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None

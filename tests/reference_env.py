@@ -30,7 +30,7 @@ def _stamp() -> str:
 
 
 def ensure() -> Path:
-    from rerank_kit.machine import torch_index_args  # not imported by `score`, which runs in .venv-reference
+    from rerank_kit.launcher.machine import torch_index_args  # not imported by `score`, which runs in .venv-reference
 
     python = VENV / "bin" / "python"
     stamp = VENV / ".stamp"

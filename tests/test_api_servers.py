@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 from conftest import start_server
-from rerank_kit import selfcheck
+from rerank_kit.launcher import selfcheck
 from rerank_kit.recipes import get_recipe
-from rerank_kit.vllm_plugin import ACTIVE_MESSAGE
+from rerank_kit.server.plugin import ACTIVE_MESSAGE
 
 pytestmark = pytest.mark.vllm
 

@@ -28,7 +28,7 @@ from rerank_kit.launcher.apple import (
     plan_install,
     read_mac,
 )
-from rerank_kit.machine import GiB, Machine, kv_cache_bytes
+from rerank_kit.launcher.machine import GiB, Machine, kv_cache_bytes
 from rerank_kit.recipes import FAMILIES, RECIPES
 
 # What `sysctl -n KEY` prints on the chips simulated here (keys absent from a dict: sysctl has no such key).
@@ -307,12 +307,13 @@ def test_detect_mac_reads_memory_and_cores_without_proc():
 
 
 def test_machine_detect_uses_sysctl_on_macos(monkeypatch):
-    from rerank_kit import machine as machine_mod
+    from rerank_kit.launcher import host
+    from rerank_kit.launcher import machine as machine_mod
 
-    monkeypatch.setattr(machine_mod.sys, "platform", "darwin")
+    monkeypatch.setattr(host.sys, "platform", "darwin")
     monkeypatch.setattr(apple.platform, "machine", lambda: "arm64")
-    monkeypatch.setattr(apple, "sysctl_value", M1_SYSCTL.get)
-    monkeypatch.setattr(apple, "vm_stat_text", lambda: VM_STAT)
+    monkeypatch.setattr(host, "sysctl_value", M1_SYSCTL.get)
+    monkeypatch.setattr(host, "vm_stat_text", lambda: VM_STAT)
     detected = machine_mod.detect()
     assert detected.mac == M1
     assert detected.total_memory == 16 * GiB

@@ -161,7 +161,7 @@ def test_a_server_that_dies_during_start_up_shows_its_log_tail(tmp_path):
 
 @pytest.mark.vllm
 def test_rank_scores_in_process_like_the_reference(tiny_model):
-    from rerank_kit.reference import load_reference
+    from rerank_kit.launcher.reference import load_reference
 
     path = tiny_model("ms-marco-cross-encoder")
     result = _rk(
@@ -191,7 +191,7 @@ def test_rank_scores_in_process_like_the_reference(tiny_model):
 
 
 def test_readme_model_table_is_generated_from_the_recipes():
-    from rerank_kit.recipes import models_markdown
+    from rerank_kit.cli.readme import models_markdown
 
     assert models_markdown() in (ROOT / "README.md").read_text()
 

@@ -17,8 +17,9 @@ import time
 import httpx
 import pytest
 
-from rerank_kit import _base_client, _config, _retry
-from rerank_kit.client import AsyncRerankClient, RerankClient
+from rerank_kit.client import _base_client, _config, _retry
+from rerank_kit.client import replicas as replicas_mod
+from rerank_kit.client.client import AsyncRerankClient, RerankClient
 from rerank_kit.errors import (
     APIConnectionError,
     APIError,
@@ -573,7 +574,7 @@ def test_a_refusing_replica_is_skipped_and_requests_fail_over(sleeps):
 
 
 def test_a_replica_answering_5xx_is_cooled_down_then_tried_again():
-    replicas = _retry.Replicas(["http://a", "http://b"], cooldown=5, rng=random.Random(0))
+    replicas = replicas_mod.Replicas(["http://a", "http://b"], cooldown=5, rng=random.Random(0))
     a = replicas.acquire(now=0, avoid=replicas.replicas[1])
     assert a.url == "http://a"
     replicas.release(a, ok=False, now=0)  # e.g. it answered 503
@@ -587,7 +588,7 @@ def test_a_replica_answering_5xx_is_cooled_down_then_tried_again():
 
 
 def test_least_outstanding_requests_balancing():
-    replicas = _retry.Replicas(["http://a", "http://b", "http://c"], cooldown=5, rng=random.Random(1))
+    replicas = replicas_mod.Replicas(["http://a", "http://b", "http://c"], cooldown=5, rng=random.Random(1))
     held = [replicas.acquire(now=0) for _ in range(6)]
     assert sorted(r.outstanding for r in replicas.replicas) == [2, 2, 2]
     for r in held[:2]:
@@ -680,7 +681,7 @@ def test_connection_error_after_retries_is_typed(sleeps):
 
 
 def test_async_lanes_fill_one_pool_before_opening_the_next():
-    from rerank_kit._lanes import LaneTransport
+    from rerank_kit.client._lanes import LaneTransport
 
     lanes = LaneTransport(width=2, max_lanes=3)
     picks = []

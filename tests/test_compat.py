@@ -22,11 +22,12 @@ import httpx
 import pytest
 
 from conftest import server_options
-from rerank_kit import RerankClient, launcher, machine
+from rerank_kit import RerankClient, launcher
 from rerank_kit.errors import ConfigError
+from rerank_kit.launcher import machine
+from rerank_kit.launcher.reference import load_reference
+from rerank_kit.launcher.selfcheck import self_check
 from rerank_kit.recipes import get_recipe
-from rerank_kit.reference import load_reference
-from rerank_kit.selfcheck import self_check
 
 PYTHON = os.environ.get("RERANK_KIT_COMPAT_PYTHON", "")
 OUT = os.environ.get("RERANK_KIT_COMPAT_OUT", "")
@@ -52,7 +53,7 @@ import json, sys
 from rerank_kit import launcher
 from rerank_kit.errors import ConfigError
 from rerank_kit.recipes import RECIPES
-from rerank_kit.vllm_api import server_parser
+from rerank_kit.launcher.vllm import server_parser
 version = launcher.vllm_version()
 parser = server_parser()
 rows = {}

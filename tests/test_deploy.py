@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rerank_kit import k8s, launcher
+from rerank_kit import launcher
 from rerank_kit.errors import ConfigError
-from rerank_kit.k8s import K8sOptions, manifests, to_yaml
+from rerank_kit.launcher import k8s
+from rerank_kit.launcher.k8s import K8sOptions, manifests, to_yaml
 from rerank_kit.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,7 +279,7 @@ def test_k8s_cli_emits_the_in_flight_metric_with_its_providers():
 
 
 def test_replica_commands_split_the_machine():
-    from rerank_kit.machine import GiB, Machine
+    from rerank_kit.launcher.machine import GiB, Machine
 
     recipe = get_recipe("BAAI/bge-reranker-base")
     gpu_box = Machine(cpu_count=32, cpu_flags=frozenset(), total_memory=512 * GiB, available_memory=500 * GiB, gpus=4)

@@ -19,10 +19,10 @@ import pytest
 from conftest import TINY_FAMILIES, start_server
 from rerank_kit import RerankClient
 from rerank_kit.errors import SelfCheckError
+from rerank_kit.launcher.reference import load_reference
+from rerank_kit.launcher.selfcheck import self_check
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
-from rerank_kit.reference import load_reference
-from rerank_kit.selfcheck import self_check
-from rerank_kit.vllm_plugin import BATCHED_MESSAGE
+from rerank_kit.server.plugin import BATCHED_MESSAGE
 
 pytestmark = pytest.mark.vllm
 

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import SERVER_START_TIMEOUT, server_options
-from rerank_kit import RerankClient, launcher, machine
+from rerank_kit import RerankClient, launcher
+from rerank_kit.launcher import machine
 from rerank_kit.recipes import get_recipe
 
 pytestmark = pytest.mark.vllm

@@ -23,14 +23,15 @@ import typer
 from typer.testing import CliRunner
 
 from conftest import SERVER_START_TIMEOUT, server_options
-from rerank_kit import AsyncRerankClient, RerankClient, launcher, machine
-from rerank_kit import gateway as gw
-from rerank_kit import switch as sw
+from rerank_kit import AsyncRerankClient, RerankClient, launcher
 from rerank_kit.bench.report import summary_table
 from rerank_kit.bench.runner import BenchConfig, run_bench
 from rerank_kit.cli import _ErrorsToMessages
 from rerank_kit.cli import gateway as cli_gateway
 from rerank_kit.errors import AuthenticationError, ConfigError, NotFoundError, ServeError
+from rerank_kit.launcher import gateway as gw
+from rerank_kit.launcher import machine
+from rerank_kit.launcher import switch as sw
 from rerank_kit.recipes import get_recipe
 
 KEY = "sk-gateway-test"
@@ -461,7 +462,7 @@ def test_vllm_servers_behind_the_gateway_rerank_score_models_and_key(tiny_model,
 
 @pytest.mark.vllm
 def test_vllm_bench_across_a_switch_loses_nothing_and_shows_the_change(tiny_model, caddy, cleanup):
-    from rerank_kit.selfcheck import check_command
+    from rerank_kit.launcher.selfcheck import check_command
 
     old = _start_tiny(tiny_model, "ms-marco-cross-encoder")
     record = gw.start_gateway(gw.discover_backends([old], api_key=KEY), port=launcher.free_port(), api_key=KEY,

@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from rerank_kit.errors import ConfigError
-from rerank_kit.guard import Limits, RejectedRequest, RerankKitGuard, check_body
 from rerank_kit.launcher import ServeOptions, build_command
-from rerank_kit.machine import GiB, Machine
+from rerank_kit.launcher.machine import GiB, Machine
 from rerank_kit.recipes import get_recipe
+from rerank_kit.server.guard import Limits, RejectedRequest, RerankKitGuard, check_body
 
 
 async def echo_app(scope, receive, send):
@@ -254,7 +254,7 @@ def test_deep_nesting_is_a_400_not_a_recursion_error(monkeypatch, raw):
 
 
 def test_a_checker_that_throws_answers_400_not_500(monkeypatch):
-    from rerank_kit import bodycheck
+    from rerank_kit.server import bodycheck
 
     def broken(self, body):
         raise RecursionError("the checker itself failed")
@@ -391,7 +391,7 @@ def test_without_a_bound_nothing_is_counted(monkeypatch):
 
 
 def test_retry_after_spreads_a_burst_and_decays():
-    from rerank_kit.guard import _Admission, retry_after
+    from rerank_kit.server.guard import _Admission, retry_after
 
     assert retry_after(2.0, 10, 4) == 5  # ceil(2 s x 10 shed / 4 slots)
     assert retry_after(0.001, 1, 8) == 1  # at least 1 s

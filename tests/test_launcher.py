@@ -8,7 +8,7 @@ import pytest
 from rerank_kit import launcher
 from rerank_kit.errors import ConfigError, PortInUseError, ServerStartError
 from rerank_kit.launcher import ServeOptions, VllmFeatures, build_command
-from rerank_kit.machine import GiB, Machine, cpu_choices
+from rerank_kit.launcher.machine import GiB, Machine, cpu_choices
 from rerank_kit.recipes import RECIPES, get_recipe
 
 SMALL_CPU = Machine(

@@ -24,7 +24,7 @@ from conftest import SERVER_START_TIMEOUT
 from rerank_kit import AsyncRerankClient, RerankClient, launcher
 from rerank_kit.cli import app
 from rerank_kit.errors import APIError, ConfigError, ModelNotServedError, NotFoundError, ServeError
-from rerank_kit.machine import GiB, Machine
+from rerank_kit.launcher.machine import GiB, Machine
 from rerank_kit.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parent.parent

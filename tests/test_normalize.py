@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rerank_kit.normalize import RERANK_PATHS, normalize_rerank_body
+from rerank_kit.server.normalize import RERANK_PATHS, normalize_rerank_body
 
 DOCS = ["vLLM is an inference engine.", "Paris is in France."]
 BASE = {"model": "m", "query": "What is vLLM?", "documents": DOCS}

@@ -17,9 +17,9 @@ from rerank_kit import launcher
 from rerank_kit.cli import app
 from rerank_kit.errors import ConfigError
 from rerank_kit.launcher import ServeOptions, build_command
-from rerank_kit.launcher.quantization import checkpoint_method, quantization_args
-from rerank_kit.machine import Machine
-from rerank_kit.recipes import FAMILIES, QUANTIZATION_METHODS, RECIPES, get_recipe
+from rerank_kit.launcher.machine import Machine
+from rerank_kit.launcher.quantization import QUANTIZATION_METHODS, checkpoint_method, quantization_args
+from rerank_kit.recipes import FAMILIES, RECIPES, get_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rerank_kit.reference import load_reference
+from rerank_kit.launcher.reference import load_reference
 
 PAIRS = [
     ("What is vLLM?", "vLLM is a fast and easy-to-use library for LLM inference and serving."),

@@ -12,8 +12,8 @@ from importlib import resources
 import pytest
 
 import tiny_models
-from rerank_kit import score_prompts
-from rerank_kit.vllm_plugin import PIECE_SEP, _special_token_frame, piecewise_token_ids
+from rerank_kit.server import prompts as score_prompts
+from rerank_kit.server.plugin import PIECE_SEP, _special_token_frame, piecewise_token_ids
 
 QUERIES = ["What is vLLM?", "  spaced query  ", "", "Wer ist da?\n", "{{ not a template }}"]
 DOCUMENTS = [

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from rerank_kit import launcher
-from rerank_kit._vllm_source import SourceTree
 from rerank_kit.errors import ConfigError
-from rerank_kit.machine import Machine
+from rerank_kit.launcher.machine import Machine
+from rerank_kit.launcher.vllm_source import SourceTree
+from rerank_kit.launcher.wheelcheck import check_source, main
 from rerank_kit.recipes import RECIPES
-from rerank_kit.vllm_api import REQUIREMENTS, check_installed, check_source, main
+from rerank_kit.server.compat import REQUIREMENTS
+from vllm_installed import check_installed
 
 GiB = 1 << 30
 SPEC = importlib.util.find_spec("vllm")
@@ -280,7 +282,7 @@ def test_check_installed_agrees_with_check_source():
     installed = check_installed()
     static = check_source(INSTALLED)
     assert [(f.requirement.key, f.status) for f in installed] == [(f.requirement.key, f.status) for f in static]
-    from rerank_kit.vllm_api import _installed_flags
+    from vllm_installed import _installed_flags
 
     real = {f for f in _installed_flags() if f.startswith("--") and not f.startswith("--no-")} - {"--help"}
     assert real == SourceTree(INSTALLED).flags()

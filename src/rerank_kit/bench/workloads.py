@@ -3,7 +3,7 @@
 - ``random``: deterministic synthetic text (seeded) with controlled lengths, in words drawn from a
   list of common English words that are one token each in BERT, XLM-R and Qwen vocabularies, so a
   document of L words is about L tokens. The report states the measured tokens per pair.
-- a JSON/JSONL file of ``{query, documents}`` cases (see rerank_kit.files).
+- a JSON/JSONL file of ``{query, documents}`` cases (see rerank_kit.client.files).
 - BEIR datasets: queries with first-stage (BM25) candidates and, when qrels exist, judgments, so
   the benchmark can also report retrieval quality. ``build_beir_workload`` writes them as JSONL.
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rerank_kit.client.files import load_cases
 from rerank_kit.errors import ConfigError
-from rerank_kit.files import load_cases
 
 WORDS = (
     "the of and to in is was for on that with as by at from his it an were are which this be or has had "

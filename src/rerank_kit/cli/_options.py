@@ -1,16 +1,20 @@
-"""What the CLI commands share: the two consoles and the option types, each declared once."""
+"""What the CLI commands share: the two consoles, the option types (each declared once) and the self-check."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from rerank_kit.recipes import DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL, FAMILIES, QUANTIZATION_METHODS
+from rerank_kit.launcher.quantization import QUANTIZATION_METHODS
+from rerank_kit.recipes import DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL, FAMILIES
+
+if TYPE_CHECKING:
+    from rerank_kit.launcher.command import Command
 
 
 def _console(stderr: bool = False) -> Console:
@@ -23,6 +27,13 @@ def _console(stderr: bool = False) -> Console:
 
 out = _console()  # what a program may read: tables and JSON
 err = _console(stderr=True)  # what a person reads: progress, choices, notes
+
+
+def self_check(command: Command) -> None:
+    """The start-up self-check of a server ``command`` started, its report said on stderr; raises on failure."""
+    from rerank_kit.launcher.selfcheck import check_command
+
+    check_command(command, on_report=lambda report: say(f"{command.url}: {report.summary()}"))
 
 
 def say(message: str) -> None:

@@ -68,10 +68,10 @@ def bench(
     """Benchmark a rerank endpoint (see `rerank-kit bench --help`)."""
     if ctx.invoked_subcommand is not None:
         return
-    from rerank_kit._config import urls_or_env
     from rerank_kit.bench import report as rep
     from rerank_kit.bench import sweep
     from rerank_kit.bench.runner import BenchConfig
+    from rerank_kit.client._config import urls_or_env
 
     if compare is not None:
         a, b = (rep.load_report(p) for p in compare)

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from rerank_kit.client import RerankClient
-from rerank_kit.files import load_cases, load_documents
+from rerank_kit.client.client import RerankClient
+from rerank_kit.client.files import load_cases, load_documents
 from rerank_kit.recipes import get_recipe
 from rerank_kit.types import document_text
 
@@ -115,7 +115,7 @@ def batch(
     as_json: JsonOpt = False,
 ) -> None:
     """Rerank many cases from one file; print the top results of each."""
-    from rerank_kit.batch import rerank_cases
+    from rerank_kit.client.batch import rerank_cases
 
     cases = load_cases(cases_file)
     with _client(url, api_key, model=model) as client:
@@ -173,11 +173,11 @@ def verify(
     different document first. With --prompt-only, runs the start-up self-check instead and exits 1
     with "self-check failed: ..." when the server's prompt differs from the reference.
     """
-    from rerank_kit.verify import tokenizer_source, verify_server
+    from rerank_kit.launcher.verify import tokenizer_source, verify_server
 
     recipe = get_recipe(model, family)
     if prompt_only:
-        from rerank_kit.selfcheck import self_check
+        from rerank_kit.launcher.selfcheck import self_check
 
         with _client(url, api_key) as client:
             check = self_check(client, recipe, tokenizer=tokenizer_source(recipe, weights), model=served_model)

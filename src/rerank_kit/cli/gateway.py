@@ -1,5 +1,6 @@
 """`rerank-kit gateway` (one URL in front of the running servers) and `rerank-kit switch` (another model
-behind it, without losing a request): options in, rerank_kit.gateway and rerank_kit.switch do the work."""
+behind it, without losing a request): options in, rerank_kit.launcher.gateway and rerank_kit.launcher.switch do
+the work."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ from typing import Annotated
 
 import typer
 
-from rerank_kit import gateway as gw
 from rerank_kit import launcher
-from rerank_kit import switch as sw
 from rerank_kit.errors import ConfigError, ServeError
+from rerank_kit.launcher import gateway as gw
+from rerank_kit.launcher import switch as sw
 
-from ._options import DtypeOpt, FamilyOpt, JsonOpt, MaxLenOpt, say
-from .server import _self_check
+from ._options import DtypeOpt, FamilyOpt, JsonOpt, MaxLenOpt, say, self_check
 
 ApiKeyFileOpt = Annotated[
     Path | None,
@@ -152,7 +152,7 @@ def switch(
         old,
         gateway=record,
         api_key=key,
-        check=None if no_self_check else _self_check,
+        check=None if no_self_check else self_check,
         start_timeout=timeout,
         drain_timeout=drain_timeout,
         say=say,

@@ -14,9 +14,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from rerank_kit import launcher, machine
+from rerank_kit import launcher
+from rerank_kit._contract import (
+    API_KEY_ENV,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_DOCUMENT_CHARS,
+    DEFAULT_MAX_DOCUMENTS,
+    RERANK_PATH,
+    URL_ENV,
+    VLLM_API_KEY_ENV,
+)
 from rerank_kit.errors import ConfigError
-from rerank_kit.guard import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DOCUMENT_CHARS, DEFAULT_MAX_DOCUMENTS
+from rerank_kit.launcher import machine
 from rerank_kit.recipes import (
     DEFAULT_CPU_MODEL,
     DEFAULT_GPU_MODEL,
@@ -24,7 +33,6 @@ from rerank_kit.recipes import (
     RECIPES,
     default_model,
     get_recipe,
-    models_markdown,
 )
 
 from ._options import (
@@ -39,7 +47,9 @@ from ._options import (
     QueryOpt,
     out,
     say,
+    self_check,
 )
+from .readme import models_markdown
 
 # `cmd`, `serve` and `up` take vLLM flags after `--`, passed on unchanged.
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -251,15 +261,9 @@ def server(
         say(f"Serving {command.recipe.model_id} ({command.recipe.family}) at {command.url}")
         _print_choices(command)
         say(command.shell())
-        raise typer.Exit(launcher.run_foreground(command, check=None if no_self_check else _self_check))
+        raise typer.Exit(launcher.run_foreground(command, check=None if no_self_check else self_check))
     else:
-        _up(commands, timeout, check=None if no_self_check else _self_check)
-
-
-def _self_check(command: launcher.Command) -> None:
-    from rerank_kit.selfcheck import check_command
-
-    check_command(command, on_report=lambda report: say(f"{command.url}: {report.summary()}"))
+        _up(commands, timeout, check=None if no_self_check else self_check)
 
 
 def _print_choices(command: launcher.Command) -> None:
@@ -281,9 +285,9 @@ def _up(commands: list[launcher.Command], timeout: float, check: Callable[[launc
     else:
         why = "the client balances across them"
     if len(records) > 1:
-        say(f"  export RERANK_KIT_URL={','.join(r.url for r in records)}   # {why}")
+        say(f"  export {URL_ENV}={','.join(r.url for r in records)}   # {why}")
     for group in groups.values():  # one request per model, each a line of its own
-        print(_example_request(group[0], keyed="VLLM_API_KEY" in commands[0].env))
+        print(_example_request(group[0], keyed=VLLM_API_KEY_ENV in commands[0].env))
 
 
 def _example_request(record: launcher.ServerRecord, keyed: bool) -> str:
@@ -297,10 +301,9 @@ def _example_request(record: launcher.ServerRecord, keyed: bool) -> str:
         ],
         "top_n": 2,
     }
-    auth = ' -H "Authorization: Bearer $RERANK_KIT_API_KEY"' if keyed else ""
-    return (
-        f"curl -s {record.url}/v1/rerank -H 'Content-Type: application/json'{auth} -d {shlex.quote(json.dumps(body))}"
-    )
+    auth = f' -H "Authorization: Bearer ${API_KEY_ENV}"' if keyed else ""
+    data = shlex.quote(json.dumps(body))
+    return f"curl -s {record.url}{RERANK_PATH} -H 'Content-Type: application/json'{auth} -d {data}"
 
 
 def rank_local(
@@ -316,8 +319,8 @@ def rank_local(
     as_json: JsonOpt = False,
 ) -> None:
     """Score documents in THIS process (no server) through vLLM's offline API, with the same recipe as `serve`."""
-    from rerank_kit.files import load_documents
-    from rerank_kit.offline import rank_offline
+    from rerank_kit.client.files import load_documents
+    from rerank_kit.launcher.offline import rank_offline
 
     docs = load_documents(docs_file)
     recipe = get_recipe(model or default_model(machine.detect().has_gpu), family)
@@ -374,7 +377,7 @@ def k8s(
 
     The container's root filesystem is read-only; it writes to volumes only.
     """
-    from rerank_kit.k8s import DEFAULT_TARGET_CPU, K8sOptions, manifests, to_yaml
+    from rerank_kit.launcher.k8s import DEFAULT_TARGET_CPU, K8sOptions, manifests, to_yaml
 
     recipe = get_recipe(model or DEFAULT_GPU_MODEL, family)
     options = K8sOptions(
@@ -414,8 +417,8 @@ def verify_models(
     Needs each model's weights (downloaded by vLLM on first start where the hub is reachable). Exits 1
     when any model fails; the report says which and why. `make verify-gpu` runs it on a CUDA box.
     """
-    from rerank_kit.acceptance import GPU_MODELS
-    from rerank_kit.acceptance import verify_models as run
+    from rerank_kit.bench.acceptance import GPU_MODELS
+    from rerank_kit.bench.acceptance import verify_models as run
     from rerank_kit.bench.report import write_json
 
     options = launcher.ServeOptions(port=port, dtype=dtype, max_model_len=max_model_len, eager=eager)

@@ -7,8 +7,8 @@ name a direct URL), so ``python -m rerank_kit.launcher.apple install`` builds fr
 vllm-metal (MLX on the GPU) is not used: its PyPI release 0.1.0 serves generation only, and its newer GitHub
 releases score no cross-encoder, only original Qwen3-Reranker checkpoints.
 
-Decisions take the facts as arguments (``MacFacts``, ``Machine``), so tests simulate a Mac on Linux; only
-``read_mac``, ``detect_mac`` and ``main`` read the host.
+Decisions take the facts as arguments (``MacFacts``, ``Machine``: ``rerank_kit.launcher.host`` reads them), so
+tests simulate a Mac on Linux; only ``main`` reads the host here.
 
     >>> is_apple_silicon("Darwin", "arm64"), is_apple_silicon("Darwin", "x86_64"), is_apple_silicon("Linux", "arm64")
     (True, False, False)
@@ -25,12 +25,22 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from rerank_kit._contract import version_tuple
 from rerank_kit.errors import ConfigError
-from rerank_kit.launcher.vllm import DEFAULT_VLLM_VERSION, version_tuple, vllm_version
-from rerank_kit.machine import Choice, Machine, kv_cache_choice
+from rerank_kit.launcher.host import (  # noqa: F401 - the Mac's facts, re-exported for callers of this module
+    MacFacts,
+    Machine,
+    detect_mac,
+    is_apple_silicon,
+    parse_vm_stat,
+    read_mac,
+    sysctl_value,
+    vm_stat_text,
+)
+from rerank_kit.launcher.machine import Choice, kv_cache_choice
+from rerank_kit.launcher.vllm import DEFAULT_VLLM_VERSION, vllm_version
 
 # vLLM 0.32.0 requires Python >= 3.11; PyPI has its torch pin (2.13.0) for macOS arm64 on CPython 3.11-3.13.
 MAC_PYTHONS = ((3, 11), (3, 13))
@@ -46,121 +56,6 @@ METAL_FAMILIES: Mapping[str, str] = {
 # Compilation off: vLLM's macOS CI serves with --enforce-eager, and torch.compile's C++ kernels need an OpenMP
 # header Apple's clang does not ship. A value (not the bare --enforce-eager) so `-- -cc.mode=3` can undo it.
 NO_COMPILE = json.dumps({"mode": 0}, separators=(",", ":"))
-
-
-def is_apple_silicon(system: str, machine: str) -> bool:
-    """True for macOS on arm64: ``platform.system()`` and ``platform.machine()`` of the running Python."""
-    return system == "Darwin" and machine == "arm64"
-
-
-@dataclass(frozen=True)
-class MacFacts:
-    """What macOS says about its CPU (``read_mac``); build one to simulate a Mac.
-
-    >>> MacFacts("arm64", chip="Apple M1", performance_cores=4, efficiency_cores=4).apple_silicon
-    True
-    >>> MacFacts("x86_64", translated=True).apple_silicon
-    False
-    """
-
-    # platform.machine() of this Python: "arm64", or "x86_64" on an Intel Mac or under Rosetta 2.
-    arch: str
-    chip: str = ""  # machdep.cpu.brand_string, e.g. "Apple M2 Pro"
-    performance_cores: int = 0  # hw.perflevel0.physicalcpu (0: not reported)
-    efficiency_cores: int = 0  # hw.perflevel1.physicalcpu
-    bf16: bool = False  # hw.optional.arm.FEAT_BF16: M2 and later
-    translated: bool = False  # sysctl.proc_translated: x86_64 code run by Rosetta 2 on Apple Silicon
-
-    @property
-    def apple_silicon(self) -> bool:
-        return self.arch == "arm64" and not self.translated
-
-    @property
-    def name(self) -> str:
-        return self.chip or "this Mac"
-
-
-def sysctl_value(key: str) -> str | None:
-    """``sysctl -n KEY``, or None when macOS does not have the key (or this is not macOS)."""
-    try:
-        out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
-
-
-def read_mac(arch: str | None = None, sysctl: Callable[[str], str | None] = sysctl_value) -> MacFacts:
-    """This Mac's CPU facts. ``sysctl`` maps a key to its value (tests pass ``dict.get``).
-
-    >>> read_mac("arm64", {"hw.perflevel0.physicalcpu": "8", "hw.optional.arm.FEAT_BF16": "1"}.get).bf16
-    True
-    """
-    return MacFacts(
-        arch=arch or platform.machine(),
-        chip=sysctl("machdep.cpu.brand_string") or "",
-        performance_cores=_int(sysctl("hw.perflevel0.physicalcpu")),
-        efficiency_cores=_int(sysctl("hw.perflevel1.physicalcpu")),
-        bf16=sysctl("hw.optional.arm.FEAT_BF16") == "1",
-        translated=sysctl("sysctl.proc_translated") == "1",
-    )
-
-
-def parse_vm_stat(text: str) -> int:
-    """Available memory in bytes from ``vm_stat`` output: free + speculative + inactive pages.
-
-    That is psutil's macOS "available", which vLLM's CPU worker compares its memory request against.
-
-        >>> parse_vm_stat("Mach Virtual Memory Statistics: (page size of 16384 bytes)\\n"
-        ...               "Pages free:  100.\\nPages inactive:  50.\\nPages speculative:  10.\\n")
-        2621440
-    """
-    page = 4096
-    pages = {}
-    for line in text.splitlines():
-        if "page size of" in line:
-            page = _int(line.split("page size of", 1)[1].split()[0])
-        key, _, value = line.partition(":")
-        pages[key.strip()] = _int(value.strip().rstrip("."))
-    return page * sum(pages.get(k, 0) for k in ("Pages free", "Pages speculative", "Pages inactive"))
-
-
-def vm_stat_text() -> str:
-    try:
-        return subprocess.run(["vm_stat"], capture_output=True, text=True, timeout=5, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
-def detect_mac(
-    *,
-    arch: str | None = None,
-    sysctl: Callable[[str], str | None] | None = None,
-    vm_stat: Callable[[], str] | None = None,
-    cpu_count: int | None = None,
-) -> Machine:
-    """The ``Machine`` for this Mac, which has no /proc: cores from ``os.cpu_count``, memory from ``sysctl``
-    and ``vm_stat``, the CPU's facts in ``Machine.mac``. ``rerank_kit.machine.detect()`` calls it on macOS.
-
-    Needs the ``Machine.mac`` field of the machine.py hook (see docs/apple-silicon.md).
-    """
-    sysctl = sysctl or sysctl_value
-    total = _int(sysctl("hw.memsize"))
-    available = parse_vm_stat((vm_stat or vm_stat_text)()) or total
-    return Machine(  # Machine.mac: added by the machine.py hook
-        cpu_count=cpu_count or os.cpu_count() or 1,
-        cpu_flags=frozenset(),
-        total_memory=total,
-        available_memory=min(available, total) if total else available,
-        gpus=0,  # no CUDA on a Mac; the GPU is reached only through vllm-metal, which rerank-kit does not use
-        mac=read_mac(arch, sysctl),
-    )
 
 
 def check_serve(
@@ -217,7 +112,7 @@ def check_serve(
 def omp_threads(machine: Machine, mac: MacFacts) -> int:
     """OpenMP threads for one server: its share of the performance cores (all its cores if macOS does not say).
 
-    >>> from rerank_kit.machine import GiB
+    >>> from rerank_kit.launcher.machine import GiB
     >>> m = Machine(12, frozenset(), 32 * GiB, 20 * GiB, 0)
     >>> omp_threads(m, MacFacts("arm64", performance_cores=8, efficiency_cores=4))
     8
@@ -246,7 +141,7 @@ def mac_choices(
     over), float32 by default, OpenMP threads on the performance cores only, no thread binding or LD_PRELOAD
     (macOS has neither), compilation off. Call ``check_serve`` first.
 
-        >>> from rerank_kit.machine import GiB
+        >>> from rerank_kit.launcher.machine import GiB
         >>> m = Machine(10, frozenset(), 16 * GiB, 10 * GiB, 0)
         >>> choices = mac_choices(m, MacFacts("arm64", performance_cores=8, efficiency_cores=2))
         >>> {c.name: c.value for c in choices}["OMP_NUM_THREADS"], choices[0].name

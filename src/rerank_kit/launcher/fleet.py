@@ -16,11 +16,11 @@ import os
 import shutil
 from collections.abc import Sequence
 
-from rerank_kit import machine as machine_mod
 from rerank_kit.errors import ConfigError
+from rerank_kit.launcher import machine as machine_mod
 from rerank_kit.launcher.command import Command, ServeOptions, build_command, use_gpu
+from rerank_kit.launcher.machine import Machine
 from rerank_kit.launcher.vllm import support_note, vllm_version
-from rerank_kit.machine import Machine
 from rerank_kit.recipes import Recipe, default_model, get_recipe
 
 
@@ -51,7 +51,7 @@ def replica_commands(
     if servers == 1:
         return [build_command(recipe, options, vllm_version=vllm_version, machine=machine)]
     if machine is None:
-        raise ConfigError("several servers need the machine's facts (rerank_kit.machine.detect())")
+        raise ConfigError("several servers need the machine's facts (rerank_kit.launcher.machine.detect())")
     what = f"{servers} replicas" if servers == replicas else f"{servers} servers ({servers // replicas} models)"
     commands = []
     gpu = use_gpu(options, machine)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from rerank_kit.client.probe import healthy
 from rerank_kit.errors import PortInUseError, ServeError, ServerStartError
 from rerank_kit.launcher.command import Command
 
@@ -131,11 +132,7 @@ def probe_health(url: str, *, timeout: float = 2.0, http: httpx.Client | None = 
 
     Pass ``http`` to reuse one client across polls.
     """
-    get = httpx.get if http is None else http.get
-    try:
-        return get(f"{url}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return healthy(url, timeout=timeout, http=http)
 
 
 def wait_healthy(

@@ -1,6 +1,6 @@
 """``--quantization``: what the recipe tolerates, what the device and the installed vLLM can run, and the flag.
 
-A method is rerank-kit's name (``recipes.QUANTIZATION_METHODS``); the recipe lists the ones its family
+A method is rerank-kit's name (``QUANTIZATION_METHODS``, below); the recipe lists the ones its family
 tolerates. This module refuses, with a ConfigError that says what to change, a method the device or the
 installed vLLM cannot run or the checkpoint contradicts, and spells the rest as that vLLM wants it.
 
@@ -16,12 +16,13 @@ installed vLLM cannot run or the checkpoint contradicts, and spells the rest as 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from rerank_kit.errors import ConfigError
 from rerank_kit.launcher.vllm import VllmFeatures
-from rerank_kit.recipes import PREQUANTIZED_METHODS, QUANTIZATION_METHODS, Recipe
+from rerank_kit.recipes import Recipe
 
 # What vLLM's CPU backend runs (vLLM 0.32 source; docs/quantization in the research notes):
 # - compressed-tensors: INT8 W8A8 through oneDNN at any dtype (in the AVX2 and the AVX-512 kernel
@@ -35,6 +36,23 @@ AVX512_ONLY_ON_CPU = frozenset({"awq", "gptq"})
 # vLLM refuses float32 activations for these (get_supported_act_dtypes: float16/bfloat16 only).
 SIXTEEN_BIT_ONLY = frozenset({"fp8", "awq", "gptq"})
 FLOAT32_NAMES = frozenset({"float32", "float", "fp32"})
+
+# What `--quantization` may ask for, in rerank-kit's words: a recipe lists the ones its family tolerates;
+# this module refuses what the device or the installed vLLM cannot run, and spells the rest for that vLLM.
+QUANTIZATION_METHODS: Mapping[str, str] = MappingProxyType(
+    {
+        "fp8": "FP8 weights and activations, made by vLLM while it loads an unquantized checkpoint "
+        "(or an FP8 checkpoint read as saved); 16-bit activations only",
+        "bitsandbytes": "bitsandbytes (vLLM < 0.28, CUDA): 4-bit NF4 made while loading, or an 8-bit "
+        "(load_in_8bit) checkpoint read as saved",
+        "compressed-tensors": "a checkpoint quantized ahead by llm-compressor / compressed-tensors "
+        "(INT8 W8A8 runs on the CPU backend at float32)",
+        "awq": "a 4-bit AWQ checkpoint",
+        "gptq": "a 4-bit GPTQ checkpoint",
+    }
+)
+# The methods that only read a checkpoint quantized ahead: its config.json says which one.
+PREQUANTIZED_METHODS = frozenset({"compressed-tensors", "awq", "gptq"})
 
 
 def checkpoint_method(model_path: str) -> str | None:

@@ -12,11 +12,16 @@ decision names the release that changed it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+from rerank_kit._contract import version_tuple
+from rerank_kit.server.compat import PARSER_MODULES
 
 # The vLLM release commands are built for when the installed one is unknown (printing a command on a
 # machine without vLLM) and the one modal_app.py's image pins.
@@ -58,20 +63,6 @@ def vllm_version() -> str | None:
         if match:
             return match.group(1)
     return None
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """The leading numeric parts of a version, to compare releases.
-
-    >>> version_tuple("0.32.0+cpu")
-    (0, 32, 0)
-    """
-    parts = []
-    for piece in re.split(r"[.+-]", version):
-        if not piece.isdigit():
-            break
-        parts.append(int(piece))
-    return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -145,3 +136,22 @@ def support_note(version: str, *, needs_template: bool, what: str, gpu: bool) ->
             "on: the start-up self-check will tell whether its prompts are still right"
         )
     return None
+
+
+def server_parser() -> Any:
+    """The importable vLLM's own API-server argument parser, wherever this release keeps it.
+
+    ``make_arg_parser`` lives in PARSER_MODULES (0.33 moved it again); FlexibleArgumentParser moved to
+    vllm.utils.argparse_utils in 0.11.1.
+    """
+    try:
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError:
+        from vllm.utils import FlexibleArgumentParser  # type: ignore[attr-defined, no-redef]
+    for name in PARSER_MODULES:
+        try:
+            make_arg_parser = importlib.import_module(name).make_arg_parser
+        except (ImportError, AttributeError):
+            continue
+        return make_arg_parser(FlexibleArgumentParser())
+    raise ImportError(f"this vLLM has make_arg_parser in none of {', '.join(PARSER_MODULES)}")

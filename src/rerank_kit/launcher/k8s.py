@@ -39,6 +39,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from rerank_kit._contract import HEALTH_PATH
 from rerank_kit.errors import ConfigError
 from rerank_kit.recipes import Recipe
 
@@ -117,7 +118,7 @@ def _pod_spec(recipe: Recipe, options: K8sOptions) -> dict[str, Any]:
     ]
     if options.gpus > 1:
         args += ["--tensor-parallel-size", str(options.gpus)]
-    probe = {"httpGet": {"path": "/health", "port": PORT}}
+    probe = {"httpGet": {"path": HEALTH_PATH, "port": PORT}}
     hf_cache: dict[str, Any] = (
         {"persistentVolumeClaim": {"claimName": options.hf_cache_claim}} if options.hf_cache_claim else {"emptyDir": {}}
     )

@@ -1,7 +1,7 @@
 """`rerank-kit verify`: does a running server score like the model's reference implementation?
 
 Sends a fixed set of query-document pairs to the server and compares its scores with the reference
-computed here from the same weights (rerank_kit.reference): max |Δ|, mean |Δ| and rank agreement
+computed here from the same weights (rerank_kit.launcher.reference): max |Δ|, mean |Δ| and rank agreement
 (Kendall's tau and top-1 match per query). A server without the right template or overrides
 misses by tenths; a correct bf16 server by about 1e-2; a correct float32 server by 1e-5.
 Example (needs a running server and the weights)::
@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rerank_kit.client import RerankClient
+from rerank_kit.client.client import RerankClient
 from rerank_kit.errors import ConfigError
-from rerank_kit.recipes import Recipe, resolve_model_path
-from rerank_kit.reference import Reference
+from rerank_kit.launcher.models import resolve_model_path
+from rerank_kit.launcher.reference import Reference
+from rerank_kit.recipes import Recipe
 
 # Queries ending in punctuation, documents with newlines, code and other languages: the cases where
 # a prompt built the wrong way tokenizes differently.
@@ -145,7 +146,7 @@ def verify_server(
     model: str | None = None,
 ) -> VerifyReport:
     """`rerank-kit verify`: the reference for ``recipe`` from local weights, compared with the server."""
-    from rerank_kit.reference import load_reference
+    from rerank_kit.launcher.reference import load_reference
 
     reference = load_reference(recipe.family, str(local_weights(recipe, weights)))
     return verify(client, reference, instruction=instruction, tolerance=tolerance, model=model)

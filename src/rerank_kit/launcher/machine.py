@@ -1,10 +1,11 @@
-"""Facts about the machine a server starts on, and the CPU-backend defaults chosen from them.
+"""The defaults chosen from the host's facts (``rerank_kit.launcher.host``): the CPU backend's, the number
+of API servers and the bound on requests in flight.
 
 vLLM's CPU defaults are slow for rerankers on small machines (measured on a 2-core Xeon with a
 MiniLM-L6 cross-encoder, 100 docs of ~120 tokens per request, bench/cpu_defaults.py): it runs a
 float32 checkpoint in fp16, which has no AMX path, and reserves one of the two cores for its
-scheduler. This module reads the CPU flags, core count and memory, and returns each choice with
-the reason for it, so the launcher can print them and the user can override any of them.
+scheduler. This module takes the CPU flags, core count and memory (``Machine``) and returns each choice
+with the reason for it, so the launcher can print them and the user can override any of them.
 
     >>> m = Machine(cpu_count=2, cpu_flags=frozenset({"amx_bf16"}), total_memory=24 << 30,
     ...             available_memory=23 << 30, gpus=0)
@@ -14,19 +15,11 @@ the reason for it, so the launcher can print them and the user can override any 
 
 from __future__ import annotations
 
-import ctypes.util
-import os
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from rerank_kit.guard import Limits
-
-if TYPE_CHECKING:
-    from rerank_kit.launcher.apple import MacFacts
+from rerank_kit._contract import Limits
+from rerank_kit.launcher.host import Machine, detect  # noqa: F401 - the facts the choices are made from
 
 GiB = 1 << 30
 
@@ -37,7 +30,7 @@ SMALL_MACHINE_CORES = 4
 KV_CACHE_SHARE = 0.2
 KV_CACHE_MIN_GIB = 0.5
 KV_CACHE_MAX_GIB = 4.0
-# Admission control (rerank_kit.guard): requests in flight per API server process before 429.
+# Admission control (rerank_kit.server.guard): requests in flight per API server process before 429.
 IN_FLIGHT_PER_CORE = 4
 MIN_IN_FLIGHT_CPU = 8
 GPU_IN_FLIGHT = 256
@@ -51,29 +44,6 @@ API_SERVER_PAIRS_PER_CORE = 1300
 
 
 @dataclass(frozen=True)
-class Machine:
-    """What the launcher needs to know about the host."""
-
-    cpu_count: int
-    cpu_flags: frozenset[str]
-    total_memory: int
-    available_memory: int
-    gpus: int
-    tcmalloc: str | None = None
-    iomp: str | None = None
-    # An Apple Silicon Mac's CPU facts (rerank_kit.launcher.apple); None on any other host.
-    mac: MacFacts | None = None
-
-    @property
-    def has_gpu(self) -> bool:
-        return self.gpus > 0
-
-    @property
-    def bf16_fast(self) -> bool:
-        return bool({"amx_bf16", "avx512_bf16"} & self.cpu_flags)
-
-
-@dataclass(frozen=True)
 class Choice:
     """One default picked for this machine: an environment variable or a vLLM flag, and why."""
 
@@ -81,97 +51,6 @@ class Choice:
     name: str
     value: str
     reason: str
-
-
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def _meminfo() -> tuple[int, int]:
-    total = available = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            value = int(rest.split()[0]) * 1024 if rest.split() else 0
-            if key == "MemTotal":
-                total = value
-            elif key == "MemAvailable":
-                available = value
-    except (OSError, ValueError):
-        pass
-    return total, available or total
-
-
-def _gpu_count() -> int:
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return 0
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-
-
-def _find_library(names: tuple[str, ...], extra_dirs: tuple[Path, ...]) -> str | None:
-    for directory in extra_dirs:
-        for name in names:
-            candidate = directory / name
-            if candidate.exists():
-                return str(candidate)
-    for name in names:
-        stem = name.removeprefix("lib").split(".so")[0]
-        found = ctypes.util.find_library(stem)
-        if found:
-            for directory in (Path("/usr/lib/x86_64-linux-gnu"), Path("/usr/lib64"), Path("/usr/lib")):
-                if (directory / found).exists():
-                    return str(directory / found)
-    return None
-
-
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-
-
-def torch_index_args(url: str = TORCH_CPU_INDEX) -> list[str]:
-    """``["--extra-index-url", url]`` when the index answers, else ``[]``.
-
-    pip retries an unreachable index for every package it resolves (one CI run spent ~40 min so).
-    """
-    import socket
-    from urllib.parse import urlsplit
-
-    try:
-        socket.create_connection((urlsplit(url).hostname, 443), timeout=5).close()
-    except OSError:
-        return []
-    return ["--extra-index-url", url]
-
-
-def detect() -> Machine:
-    """Read the host: usable cores, CPU flags, memory, NVIDIA GPUs, preloadable libraries."""
-    if sys.platform == "darwin":
-        # macOS has no /proc: cores, memory and the CPU's facts come from sysctl and vm_stat.
-        from rerank_kit.launcher.apple import detect_mac
-
-        return detect_mac()
-    total, available = _meminfo()
-    lib_dirs = (Path(sys.prefix) / "lib", Path("/usr/lib/x86_64-linux-gnu"), Path("/usr/lib64"))
-    return Machine(
-        cpu_count=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-        cpu_flags=_cpu_flags(),
-        total_memory=total,
-        available_memory=available,
-        gpus=_gpu_count(),
-        tcmalloc=_find_library(("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"), lib_dirs),
-        iomp=_find_library(("libiomp5.so",), lib_dirs),
-    )
 
 
 def kv_cache_bytes(machine: Machine, gib: float | None = None) -> int:

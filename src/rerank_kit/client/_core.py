@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pydantic
 
-from rerank_kit._config import DEFAULT_MAX_DOCS_PER_REQUEST, MODELS_PATH, VERSION_PATH
+from rerank_kit.client._config import DEFAULT_MAX_DOCS_PER_REQUEST, MODELS_PATH, VERSION_PATH
 from rerank_kit.errors import APIError, InvalidInputError
 from rerank_kit.types import (
     HealthStatus,

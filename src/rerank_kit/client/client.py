@@ -1,9 +1,9 @@
 """RerankClient and AsyncRerankClient: typed, retried, load-balanced calls to vLLM's /v1/rerank and /v1/score.
 
-The two classes are thin twins: they build requests and parse answers with `rerank_kit._core`,
-decide retries and replicas with `rerank_kit._retry`, route calls by model with `rerank_kit._routing`,
-share their configuration and each try's bookkeeping through `rerank_kit._base_client` (where httpx
-errors become rerank-kit's), and differ only in how they send.
+The two classes are thin twins: they build requests and parse answers with `_core`, decide retries
+with `_retry`, balance, fail over and route calls by model with `replicas`, share their configuration
+and each try's bookkeeping through `_base_client` (where httpx errors become rerank-kit's), and differ
+only in how they send (the async one through `_lanes`).
 
     from rerank_kit import RerankClient
 
@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
-from rerank_kit import _core
-from rerank_kit._base_client import Attempt, BaseClient, httpx_timeout, model_names, translate_error
-from rerank_kit._config import (
+from rerank_kit.client import _core
+from rerank_kit.client._base_client import Attempt, BaseClient, httpx_timeout, model_names, translate_error
+from rerank_kit.client._config import (
     DEFAULT_HEALTH_TIMEOUT,
     HEALTH_PATH,
     MODELS_PATH,
@@ -33,9 +33,9 @@ from rerank_kit._config import (
     SCORE_PATH,
     VERSION_PATH,
 )
-from rerank_kit._lanes import LaneTransport
-from rerank_kit._retry import Call, Replica
-from rerank_kit._routing import Discovery, Route
+from rerank_kit.client._lanes import LaneTransport
+from rerank_kit.client._retry import Call
+from rerank_kit.client.replicas import Discovery, Replica, Route
 from rerank_kit.errors import APIError, ModelNotServedError, NotFoundError
 from rerank_kit.recipes import check_instruction
 from rerank_kit.types import HealthStatus, RerankResponse, ScoreResponse
@@ -47,7 +47,7 @@ class RerankClient(BaseClient[httpx.BaseTransport]):
     ``base_url`` may be a list: requests go to the replica with the fewest in flight, and a replica
     that refuses connections or answers 5xx is skipped for ``cooldown`` seconds. ``timeout`` bounds
     one request, ``deadline`` one call (retries and backoff included). Arguments left out
-    come from RERANK_KIT_* variables, then from the defaults in ``rerank_kit._config``.
+    come from RERANK_KIT_* variables, then from the defaults in ``rerank_kit.client._config``.
 
         client = RerankClient(["http://gpu-1:8000", "http://gpu-2:8000"], api_key="...")
         top = client.rerank(query, documents, top_n=5).results

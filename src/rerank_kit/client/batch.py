@@ -1,6 +1,6 @@
 """Rerank many cases (``{"query", "documents", "name"?, "instruction"?, "top_n"?}``) on one server.
 
-from rerank_kit.files import load_cases
+from rerank_kit.client.files import load_cases
 with RerankClient("http://127.0.0.1:8000") as client:
     for result in rerank_cases(client, load_cases("data/rerank_samples.json"), top_n=3):
         print(result.name, result.response.results[0].index)
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_kit.client import RerankClient
+from rerank_kit.client.client import RerankClient
 from rerank_kit.errors import InstructionNotSupportedError, InvalidInputError, RerankKitError
 from rerank_kit.types import RerankResponse
 

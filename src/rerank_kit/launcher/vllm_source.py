@@ -11,46 +11,9 @@ import ast
 import re
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-# Where `make_arg_parser` (the API server's argument parser) lives, newest first.
-PARSER_MODULES = (
-    "vllm.entrypoints.common.cli_args",  # 0.33
-    "vllm.entrypoints.launchers.cli_args",  # 0.29 - 0.32
-    "vllm.entrypoints.openai.cli_args",  # up to 0.28
-)
-Hit = tuple[str, ast.AST | None]  # (module, node); node None: a module, or a name from outside vllm
-
-
-@dataclass(frozen=True)
-class Sig:
-    """Parameter (or member) names: positional ones in order, keyword-capable ones, and ``**kwargs``."""
-
-    positional: tuple[str, ...]
-    keyword: frozenset[str]
-    var_keyword: bool = False
-
-    def __str__(self) -> str:
-        rest = sorted(self.keyword - set(self.positional))
-        return f"({', '.join([*self.positional, *(['*', *rest] if rest else []), *(['**'] * self.var_keyword)])})"
-
-
-def function_sig(node: ast.FunctionDef | ast.AsyncFunctionDef) -> Sig:
-    a = node.args
-    positional = [x.arg for x in (*a.posonlyargs, *a.args)]
-    skip = 1 if positional and positional[0] in ("self", "cls") else 0
-    keyword = {x.arg for x in (*a.args, *a.kwonlyargs)} - {"self", "cls"}
-    return Sig(tuple(positional[skip:]), frozenset(keyword), a.kwarg is not None)
-
-
-def self_attributes(tree: ast.AST) -> set[str]:
-    """The ``self.x`` a class (or any code) assigns."""
-    return {
-        n.attr
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and getattr(n.value, "id", "") == "self"
-    }
+from rerank_kit.server.compat import PARSER_MODULES, Sig, function_sig, self_attributes
 
 
 def names_in(tree: ast.AST) -> set[str]:
@@ -81,6 +44,9 @@ def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
 def _assigned(node: ast.AST) -> list[str]:
     targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
     return [t.id for t in targets if isinstance(t, ast.Name)]
+
+
+Hit = tuple[str, ast.AST | None]  # (module, node); node None: a module, or a name from outside vllm
 
 
 class SourceTree:

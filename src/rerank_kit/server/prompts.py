@@ -125,7 +125,7 @@ def template_prompts(
     """Every pair's prompt from the template's skeleton.
 
     Whole (vLLM's behaviour): each filled text tokenized with ``encode_kwargs``. Piecewise (the references'
-    behaviour, see rerank_kit.vllm_plugin): the skeleton split at ``PIECE_SEP``, each piece tokenized on its
+    behaviour, see rerank_kit.server.plugin): the skeleton split at ``PIECE_SEP``, each piece tokenized on its
     own inside ``frame``, and with truncation the document's piece cut from its end so the whole fits.
     """
     if not piecewise:

@@ -1,4 +1,4 @@
-"""Client defaults, and the client side's only reads of RERANK_KIT_* variables.
+"""Client defaults, and the client side's only reads of RERANK_KIT_* variables (named in ``rerank_kit._contract``).
 
 Every number a client uses without being told (timeouts, retries, backoff, chunk size, cool-down,
 connection pools) is a named constant here. Explicit arguments always win; a variable is read only
@@ -24,6 +24,21 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from rerank_kit._contract import (  # noqa: F401 - the paths are re-exported for the client's modules
+    API_KEY_ENV,
+    DEADLINE_ENV,
+    HEALTH_PATH,
+    MODAL_KEY_ENV,
+    MODAL_SECRET_ENV,
+    MODEL_ENV,
+    MODELS_PATH,
+    RERANK_PATH,
+    SCORE_PATH,
+    TIMEOUT_ENV,
+    URL_ENV,
+    VERSION_PATH,
+    bearer_headers,
+)
 from rerank_kit.errors import ConfigError
 
 # --- defaults (one place) ----------------------------------------------------------------------------
@@ -58,12 +73,6 @@ MAX_KEEPALIVE_CONNECTIONS = 64  # the sync client's one pool
 LANE_WIDTH = 8
 MAX_LANES = MAX_CONNECTIONS // LANE_WIDTH
 
-RERANK_PATH = "/v1/rerank"
-SCORE_PATH = "/v1/score"
-MODELS_PATH = "/v1/models"
-HEALTH_PATH = "/health"
-VERSION_PATH = "/version"
-
 
 # --- environment ---------------------------------------------------------------------------------------
 
@@ -97,7 +106,7 @@ def urls_or_env(urls: str | Sequence[str] | None = None) -> list[str]:
     """
     if urls:
         return split_urls(urls)
-    return split_urls(_env("RERANK_KIT_URL"))  # RERANK_KIT_URL: server URL(s), comma-separated
+    return split_urls(_env(URL_ENV))  # RERANK_KIT_URL: server URL(s), comma-separated
 
 
 def seconds(name: str, value: float | None, env: str | None = None, default: float | None = None) -> float:
@@ -144,8 +153,7 @@ class ClientConfig:
 
     def request_headers(self) -> dict[str, str]:
         headers = {"User-Agent": "rerank-kit", **self.headers}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        headers.update(bearer_headers(self.api_key))
         if self.modal_key and self.modal_secret:
             # Modal's proxy auth for endpoints deployed with requires_proxy_auth / app.server.
             headers["Modal-Key"] = self.modal_key
@@ -186,20 +194,20 @@ def resolve_config(
     if max_docs_per_request is not None and max_docs_per_request < 1:
         raise ConfigError("max_docs_per_request must be >= 1")
     # RERANK_KIT_TIMEOUT: seconds to wait for one response.
-    request_timeout = seconds("timeout", timeout, "RERANK_KIT_TIMEOUT", DEFAULT_TIMEOUT)
+    request_timeout = seconds("timeout", timeout, TIMEOUT_ENV, DEFAULT_TIMEOUT)
     return ClientConfig(
         base_urls=tuple(u.rstrip("/").removesuffix("/v1") for u in url_list),
         # RERANK_KIT_API_KEY: bearer key for servers started with an API key.
-        api_key=api_key if api_key is not None else _env("RERANK_KIT_API_KEY"),
+        api_key=api_key if api_key is not None else _env(API_KEY_ENV),
         # RERANK_KIT_MODAL_KEY / RERANK_KIT_MODAL_SECRET: Modal proxy-auth token (Modal-Key/Modal-Secret).
-        modal_key=modal_key if modal_key is not None else _env("RERANK_KIT_MODAL_KEY"),
-        modal_secret=modal_secret if modal_secret is not None else _env("RERANK_KIT_MODAL_SECRET"),
+        modal_key=modal_key if modal_key is not None else _env(MODAL_KEY_ENV),
+        modal_secret=modal_secret if modal_secret is not None else _env(MODAL_SECRET_ENV),
         # RERANK_KIT_MODEL: model name to send; without it the client asks /v1/models once.
-        model=model if model is not None else _env("RERANK_KIT_MODEL"),
+        model=model if model is not None else _env(MODEL_ENV),
         timeout=request_timeout,
         # RERANK_KIT_DEADLINE: seconds one call may take in all, retries and backoff included. A
         # timeout longer than the default deadline raises it: one full-length attempt always fits.
-        deadline=seconds("deadline", deadline, "RERANK_KIT_DEADLINE", max(DEFAULT_DEADLINE, request_timeout)),
+        deadline=seconds("deadline", deadline, DEADLINE_ENV, max(DEFAULT_DEADLINE, request_timeout)),
         max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
         max_docs_per_request=max_docs_per_request or DEFAULT_MAX_DOCS_PER_REQUEST,
         max_concurrency=max_concurrency or DEFAULT_MAX_CONCURRENCY,

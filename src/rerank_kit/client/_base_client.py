@@ -13,16 +13,16 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from rerank_kit import _core
-from rerank_kit._config import (
+from rerank_kit.client import _core
+from rerank_kit.client._config import (
     DEFAULT_CONNECT_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_KEEPALIVE_CONNECTIONS,
     resolve_config,
     seconds,
 )
-from rerank_kit._retry import Call, Replica, Replicas, RetryLoop, error_from_response, is_model_missing
-from rerank_kit._routing import Discovery, Route
+from rerank_kit.client._retry import Call, error_from_response, is_model_missing
+from rerank_kit.client.replicas import Discovery, Replica, Replicas, RetryLoop, Route
 from rerank_kit.errors import APIConnectionError, APIError, APITimeoutError, NotFoundError
 
 _Transport = TypeVar("_Transport", httpx.BaseTransport, httpx.AsyncBaseTransport)

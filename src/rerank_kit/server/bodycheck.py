@@ -1,24 +1,23 @@
 """Checking a request body before vLLM parses it: size, JSON shape, nesting depth, and the texts it carries.
 
-Used by ``rerank_kit.guard`` (the ASGI middleware) on every request with a body; see its docstring
+Used by ``rerank_kit.server.guard`` (the ASGI middleware) on every request with a body; see its docstring
 for what is checked and why. Everything here is pure: bytes and limits in, a ``RejectedRequest`` out.
 
-    >>> from rerank_kit.guard import Limits
+    >>> from rerank_kit._contract import Limits
     >>> check_body(b'{"query": "q", "documents": ["a", "b"]}', Limits(max_documents=1))
     Traceback (most recent call last):
     ...
-    rerank_kit.bodycheck.RejectedRequest: 2 documents in one request; ...
+    rerank_kit.server.bodycheck.RejectedRequest: 2 documents in one request; ...
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from rerank_kit.guard import Limits
+from rerank_kit._contract import Limits
 
 # No vLLM request nests this deep; the json module (which vLLM parses with) raises RecursionError near 1000.
 MAX_DEPTH = 64

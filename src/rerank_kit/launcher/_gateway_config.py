@@ -1,7 +1,7 @@
 """The gateway's Caddy configuration (JSON) for the backends behind it: a request goes to the servers of
 the model its JSON body names, callers are checked for the key, /v1/models lists every backend's models.
 
-Pure: no I/O. ``rerank_kit.gateway`` runs Caddy with it and loads it into the running one.
+Pure: no I/O. ``rerank_kit.launcher.gateway`` runs Caddy with it and loads it into the running one.
 
     >>> config = caddy_config([Backend(("m",), ("http://127.0.0.1:8000",))], host="127.0.0.1", port=8080,
     ...                       admin_socket=Path("/tmp/a.sock"), storage=Path("/tmp/caddy"), keyed=False)
@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from rerank_kit._contract import GATEWAY_KEY_ENV, HEALTH_PATH, MODELS_PATH
 from rerank_kit.errors import ConfigError, ServeError
 
 # The key reaches Caddy only through its environment: its configuration names the variable, never the
 # key, so neither the config file nor the admin API's GET /config shows it.
-KEY_ENV = "RERANK_KIT_GATEWAY_KEY"
+KEY_ENV = GATEWAY_KEY_ENV
 
 
 @dataclass(frozen=True)
@@ -164,12 +165,12 @@ def caddy_config(
         for entry in b.models or [{"id": n, "object": "model"} for n in b.names]:
             listed.setdefault(str(entry.get("id")), entry)
     not_served = f"no server behind this gateway serves that model; served: {', '.join(served)}"
-    routes = [_route({"path": ["/health"]}, _proxy(every_url))]
+    routes = [_route({"path": [HEALTH_PATH]}, _proxy(every_url))]
     if keyed:
         check = "{http.request.header.Authorization} == 'Bearer ' + {env.%s}" % KEY_ENV  # noqa: UP031 - CEL braces
         missing = "missing or wrong API key: send Authorization: Bearer KEY"
         routes.append(_route({"not": [{"expression": check}]}, _error(401, "AuthenticationError", missing)))
-    routes.append(_route({"path": ["/v1/models"]}, _json_response(200, {"object": "list", "data": [*listed.values()]})))
+    routes.append(_route({"path": [MODELS_PATH]}, _json_response(200, {"object": "list", "data": [*listed.values()]})))
     routes += [
         _route({"expression": _cel_matches(model_pattern(names))}, _proxy(backend.urls))
         for backend, names in zip(backends, names_by_backend, strict=True)

@@ -1,121 +1,36 @@
-"""Retry decisions, the replica table, one call's budget, and the retry loop both clients drive. No I/O.
+"""A client's replicas: least-outstanding balancing with a cool-down for failed ones (:class:`Replicas`), the
+retry loop over them both clients drive (:class:`RetryLoop`), and routing by model (:class:`Discovery`): which
+of the servers serve which model, found from their /v1/models, kept in the same table.
 
-What an answer means (:func:`error_from_response`), whether to try again and after how long
-(:func:`retry_delay`), which replica takes the next try (:class:`Replicas`, which also records the
-models each serves: see ``_routing``), what one call may spend and has tried (:class:`Call`: timeout,
-retries, deadline), and the state of one request across its tries (:class:`RetryLoop`).
+A client given several URLs asks each server once, on first use, which models it serves (vLLM lists
+its --served-model-name, else its --model), and sends each call to the servers of the call's model,
+balancing and failing over among them as among any replicas (``Replicas``, ``RetryLoop``).
+A server that went away, or that answers "model does not exist" for a model it listed (it was
+switched), is asked again. No I/O here: the clients send the requests (``client.py``).
 
-    >>> retry_after_seconds("2")
-    2.0
+    >>> from rerank_kit.client._retry import Call
+    >>> replicas = Replicas(["http://a:1", "http://b:1"], cooldown=5.0)
+    >>> discovery = Discovery(replicas, "m2", Call(60.0, 8, 120.0), random.Random(0))
+    >>> [r.url for r in discovery.to_ask()]
+    ['http://a:1', 'http://b:1']
+    >>> discovery.answered(replicas.replicas[0], ["m1"]); discovery.answered(replicas.replicas[1], ["m2"])
+    >>> route = discovery.known()
+    >>> route.model, [r.url for r in route.replicas]
+    ('m2', ['http://b:1'])
 """
 
 from __future__ import annotations
 
-import email.utils
-import json
-import logging
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from rerank_kit._config import INITIAL_BACKOFF, MAX_BACKOFF, MAX_RETRY_AFTER, MIN_ATTEMPT_TIME
-from rerank_kit.errors import (
-    APIConnectionError,
-    APIError,
-    APIStatusError,
-    APITimeoutError,
-    InternalServerError,
-    NotFoundError,
-    RateLimitError,
-    RequestTimeoutError,
-    status_error,
-)
-
-logger = logging.getLogger("rerank_kit")
-
-
-# --- errors and retries -----------------------------------------------------------------------------
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def error_from_response(status: int, body_text: str, headers: Mapping[str, str], url: str) -> APIStatusError:
-    """The typed error for a non-2xx answer, carrying vLLM's message, type and param, and Retry-After."""
-    try:
-        body: Any = json.loads(body_text) if body_text else None
-    except ValueError:
-        body = body_text
-    return status_error(status, body, url=url, retry_after=retry_after_seconds(headers.get("retry-after")))
-
-
-def is_replica_failure(error: APIError) -> bool:
-    """Errors that say "this server cannot serve right now": skip it for a while, try another."""
-    return isinstance(error, (APIConnectionError, InternalServerError, RateLimitError, RequestTimeoutError))
-
-
-def retry_delay(error: APIError, attempt: int, max_retries: int, *, failover: bool, rng: random.Random) -> float | None:
-    """Seconds to wait before retry number ``attempt + 1``, or None when the error is final.
-
-    Connection errors, 408, 429 and 5xx are retried; everything else (400, 401, 404, 413, 422) is
-    not. ``Retry-After`` is honoured (capped); otherwise exponential backoff with jitter. When another
-    replica can take the request (``failover``), it is sent there at once.
-
-    A 429 with ``Retry-After`` is a server shedding load and naming when to come back (rerank-kit's
-    guard does this past ``--max-in-flight``): it is retried past ``max_retries``, until the call's
-    deadline, unless ``max_retries`` is 0. Counting it would lose requests in every burst larger than
-    the server's bound (measured: bench/overload.py, 256 in flight against a bound of 32).
-    """
-    if not error.retryable or (attempt >= max_retries and not (is_shed(error) and max_retries > 0)):
-        return None
-    if failover:
-        return 0.0
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        return min(retry_after, MAX_RETRY_AFTER)
-    backoff = min(MAX_BACKOFF, INITIAL_BACKOFF * (2**attempt))
-    return backoff / 2 + rng.uniform(0, backoff / 2)  # "equal jitter": spread out, never near zero
-
-
-def is_model_missing(error: APIError) -> bool:
-    """vLLM's 404 for a model the server does not serve ("The model `x` does not exist.", param "model"),
-    as opposed to a 404 for a path."""
-    return isinstance(error, NotFoundError) and (error.param == "model" or "does not exist" in error.message)
-
-
-def went_away(error: APIError) -> bool:
-    """The server is gone (refused, reset): when it comes back it may serve another model. A timeout
-    is a busy server, not a gone one."""
-    return isinstance(error, APIConnectionError) and not isinstance(error, APITimeoutError)
-
-
-def is_shed(error: APIError) -> bool:
-    """A 429 that says when to come back: the server is shedding load, not refusing this request."""
-    return isinstance(error, RateLimitError) and error.retry_after is not None
-
-
-def log_retry(method: str, url: str, error: APIError, delay: float, attempt: int, max_retries: int) -> None:
-    count = f"{attempt + 1} of {max_retries}" if attempt < max_retries else f"{attempt + 1}, until the deadline"
-    logger.warning("rerank-kit: retrying %s %s in %.2f s (retry %s): %s", method, url, delay, count, error)
-
-
-# --- replicas -----------------------------------------------------------------------------------------
+from rerank_kit.client._config import MIN_ATTEMPT_TIME, MODELS_PATH, MODELS_TIMEOUT
+from rerank_kit.client._retry import Call, is_model_missing, is_replica_failure, log_retry, retry_delay, went_away
+from rerank_kit.errors import APIConnectionError, APIError, ConfigError, ModelNotServedError, NotFoundError
 
 
 @dataclass
@@ -141,7 +56,7 @@ class _Table(NamedTuple):
 
 class Replicas:
     """Least-outstanding-requests choice among replicas, skipping failed ones for a cool-down, and
-    which model each serves (see ``_routing.Discovery``); a call's choice can be limited to its model's.
+    which model each serves (see :class:`Discovery`); a call's choice can be limited to its model's.
 
     Thread-safe; the async client uses it from one event loop.
 
@@ -257,58 +172,6 @@ class Replicas:
 # --- one call ------------------------------------------------------------------------------------------
 
 
-class Call:
-    """One client call (a rerank, a score): the timeout of each request and the retries each may
-    make, the deadline shared by every request the call sends (each chunk of a long list, the model
-    lookup, every retry), started at creation, and what the call tried, for the error that ends it.
-
-        >>> call = Call(timeout=60.0, max_retries=8, deadline=120.0)
-        >>> call.record("http://a:1")
-        >>> 119 < call.remaining() <= 120, call.attempts
-        (True, {'http://a:1': 1})
-    """
-
-    def __init__(self, timeout: float, max_retries: int, deadline: float) -> None:
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.deadline = deadline  # seconds from creation
-        self._start = time.monotonic()
-        self.attempts: dict[str, int] = {}  # replica URL -> requests sent, in the order first tried
-        self.last_error: APIError | None = None
-        self._lock = threading.Lock()  # the sync client sends a call's chunks from several threads
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self._start
-
-    def remaining(self) -> float:
-        return self.deadline - self.elapsed()
-
-    def record(self, url: str) -> None:
-        """One more request sent to ``url``."""
-        with self._lock:
-            self.attempts[url] = self.attempts.get(url, 0) + 1
-
-    def failed(self, error: APIError) -> None:
-        self.last_error = error
-
-    def exceeded(self, request: str, why: str) -> APITimeoutError:
-        """The error that ends the call at ``request`` ("POST /v1/rerank"): how long it ran, what it
-        sent where, and the last failure."""
-        with self._lock:
-            attempts = dict(self.attempts)
-        count = sum(attempts.values())
-        where = ", ".join(f"{url} x{n}" for url, n in attempts.items()) or "no replica"
-        last = f"; last error: {self.last_error}" if self.last_error is not None else ""
-        elapsed = self.elapsed()
-        return APITimeoutError(
-            f"{request}: no answer within the {self.deadline:g} s deadline: {count} attempt{'s' if count != 1 else ''} "
-            f"({where}) in {elapsed:.2f} s; {why}{last}. "
-            "Pass a longer deadline= (or set RERANK_KIT_DEADLINE) if the server needs more time",
-            attempts=attempts,
-            elapsed=elapsed,
-        )
-
-
 class RetryLoop:
     """The state of one request across its attempts: which replica next, how long each may take,
     and what to do on failure. Every attempt and every wait ends before its :class:`Call`'s deadline.
@@ -389,3 +252,140 @@ class RetryLoop:
         self._avoid = replica if failover else None
         self.attempt += 1
         return delay
+
+
+# --- routing by model ---------------------------------------------------------------------------------
+
+
+class Route(NamedTuple):
+    """Where a call goes: the model name it sends and the replicas that serve it (None: any replica)."""
+
+    model: str
+    replicas: tuple[Replica, ...] | None
+
+
+class Discovery:
+    """Which replicas serve one call's model, from the replicas' /v1/models: asked once, on first use,
+    and again for a replica that went away (once its cool-down is over) or answered that it does not
+    serve a model it listed.
+
+    No model named: the model the replicas serve, when they all serve the same one by default;
+    several: a ConfigError that lists them. A model no replica serves: :class:`ModelNotServedError`.
+    Both clients drive it the same way, asking with a lock held so that concurrent calls ask once::
+
+        discovery = Discovery(replicas, model, call, rng)
+        route = discovery.cached()                    # the table's answer, no I/O: the usual case
+        while route is None:
+            for replica in discovery.to_ask():        # concurrently: GET /v1/models
+                discovery.answered(replica, names or error)
+            route = discovery.known()                 # raises when the answer is final
+            if route is None: sleep(discovery.wait())   # raises when the retries or time are spent
+    """
+
+    def __init__(self, replicas: Replicas, model: str | None, call: Call, rng: random.Random) -> None:
+        self.replicas = replicas
+        self.model = model
+        self.call = call
+        self.rng = rng
+        self.attempt = 0
+        self.last_error: APIError | None = None  # the last failure asking a replica, in this call
+
+    def cached(self) -> Route | None:
+        """The table's route, unless a replica not known yet is due to be asked (then None)."""
+        return None if self.replicas.recheck_due() else self.known()
+
+    def known(self) -> Route | None:
+        """The route from what is known, or None while it depends on replicas not asked yet.
+
+        Raises ConfigError when no model was named and the replicas serve several, and
+        ModelNotServedError when every replica is known and none serves the model.
+        """
+        table = self.replicas.table
+        model = self.model
+        if model is None:
+            if len(table.defaults) > 1:
+                served = "; ".join(f"{name} at {', '.join(urls)}" for name, urls in self.replicas.served().items())
+                raise ConfigError(
+                    f"the servers serve several models ({served}): pass model= to choose one (or set RERANK_KIT_MODEL)"
+                )
+            if not table.defaults:
+                if table.unknown:
+                    return None
+                raise APIError(f"the servers list no models at {MODELS_PATH}")
+            model = table.defaults[0]
+        found = table.serving.get(model)
+        if found:
+            return Route(model, found)
+        if table.unknown:
+            return None
+        raise ModelNotServedError(model, self.replicas.served(), self._unreachable())
+
+    def to_ask(self) -> list[Replica]:
+        """Replicas to ask now: those not known yet whose cool-down is over (a replica that failed is
+        asked again after it, like any replica; it may come back serving another model)."""
+        now = time.monotonic()
+        return [r for r in self.replicas.table.unknown if r.down_until <= now]
+
+    def ask_timeout(self) -> float:
+        """Seconds to wait for one /v1/models answer: a live server answers at once."""
+        return max(0.0, min(MODELS_TIMEOUT, self.call.timeout, self.call.remaining()))
+
+    def answered(self, replica: Replica, answer: Sequence[str] | APIError) -> None:
+        """Record ``replica``'s /v1/models: its model names, or the error asking it ended with.
+
+        An error that asking again cannot fix (a wrong key, no /v1/models) is raised; the others cool
+        the replica down, and :meth:`wait` says when to ask again.
+        """
+        self.call.record(replica.url)
+        if not isinstance(answer, APIError):
+            self.replicas.learn(replica, answer)
+            return
+        if isinstance(answer, NotFoundError):
+            raise APIError(
+                f"{replica.url}{MODELS_PATH} answered 404, so the client cannot tell which model {replica.url} "
+                "serves: give the client the URLs of vLLM servers (or the one URL of a gateway in front of them)"
+            ) from answer
+        if not answer.retryable:
+            raise answer
+        self.last_error = answer
+        self.call.failed(answer)
+        self.replicas.forget(replica, answer, cool_down=True)
+
+    def wait(self) -> float:
+        """Seconds to wait before asking again: the backoff after the last failure (or its
+        Retry-After), and at least until a replica not known yet is due.
+
+        Raises when the call's retries or time are spent (see :meth:`give_up`).
+        """
+        error = self.last_error
+        if error is not None:
+            delay = retry_delay(error, self.attempt, self.call.max_retries, failover=False, rng=self.rng)
+        else:  # only replicas that failed in other calls are left, cooling down
+            delay = 0.0 if self.attempt < self.call.max_retries else None
+        unknown = self.replicas.table.unknown
+        if delay is not None and unknown:
+            delay = max(delay, min(r.down_until for r in unknown) - time.monotonic())
+        if delay is None or self.call.remaining() - delay < MIN_ATTEMPT_TIME:
+            raise self.give_up(out_of_time=delay is not None)
+        if error is not None:
+            where = f"{MODELS_PATH} of {', '.join(r.url for r in unknown)}"
+            log_retry("GET", where, error, delay, self.attempt, self.call.max_retries)
+        self.replicas.count_retry()
+        self.attempt += 1
+        return delay
+
+    def give_up(self, *, out_of_time: bool) -> APIError:
+        """The error that ends the call: ModelNotServedError when some replicas answered and none of
+        them serves the model (naming those that could not be asked); otherwise the last failure, or
+        the deadline's error when the time ran out."""
+        if self.model is not None and self.replicas.served():
+            return ModelNotServedError(self.model, self.replicas.served(), self._unreachable())
+        if out_of_time:
+            return self.call.exceeded(f"GET {MODELS_PATH}", "no server said which models it serves")
+        if self.last_error is not None:
+            return self.last_error
+        reasons = "; ".join(f"{url} ({why})" for url, why in self._unreachable().items())
+        return APIConnectionError(f"no server could be asked which models it serves: {reasons}")
+
+    def _unreachable(self) -> dict[str, str]:
+        return {r.url: r.error or "not asked yet" for r in self.replicas.table.unknown}

@@ -1,7 +1,7 @@
 """Serve several models one after another and check each for real: what `make verify-gpu` runs.
 
 For each model: start it with rerank-kit's launcher (the start-up self-check included), compare its
-scores with the reference implementation on local weights (`rerank_kit.verify`), run a short
+scores with the reference implementation on local weights (`rerank_kit.launcher.verify`), run a short
 closed-loop benchmark, stop it, and put everything in one JSON-able report. A model that fails is
 recorded with its error and the run goes on to the next one.
 
@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rerank_kit import launcher
+from rerank_kit._contract import VLLM_API_KEY_ENV
 from rerank_kit.bench.runner import BenchConfig
 from rerank_kit.bench.sweep import run_level, workload_for
-from rerank_kit.client import RerankClient
-from rerank_kit.guard import API_KEY_ENV
-from rerank_kit.selfcheck import SelfCheckReport, check_command
-from rerank_kit.verify import verify_server
+from rerank_kit.client.client import RerankClient
+from rerank_kit.launcher.selfcheck import SelfCheckReport, check_command
+from rerank_kit.launcher.verify import verify_server
 
 # The models a GPU box should prove: one per family that needs rerank-kit's help to score right.
 GPU_MODELS = ("mixedbread-ai/mxbai-rerank-base-v2", "Qwen/Qwen3-Reranker-0.6B", "BAAI/bge-reranker-v2-m3")
@@ -54,7 +54,7 @@ def verify_model(
         row["start_seconds"] = round(time.monotonic() - started, 1)
         row["self_check"] = checks[0].summary()
         say(f"{model}: {row['self_check']}; verifying against the reference")
-        key = command.environ({}).get(API_KEY_ENV)
+        key = command.environ({}).get(VLLM_API_KEY_ENV)
         with RerankClient(command.url, api_key=key) as client:
             report = verify_server(client, command.recipe, tolerance=tolerance, model=command.model_name)
         row["verify"] = {k: v for k, v in dataclasses.asdict(report).items() if k != "rows"} | {"passed": report.passed}

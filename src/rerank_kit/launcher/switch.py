@@ -1,12 +1,13 @@
 """Moving the gateway to another model without dropping a request (`rerank-kit switch`): start the new
 model's servers, point the gateway at them, wait until the old servers have answered what they were
-sent, stop them. The gateway itself (Caddy) is ``rerank_kit.gateway``.
+sent, stop them. The gateway itself (Caddy) is ``rerank_kit.launcher.gateway``.
 
 ``switch`` starts the new model's servers answering to the old model's names too (vLLM takes several
 ``--served-model-name``; answers carry the first, the new one), so callers that keep sending the old
 name are served by the new model instead of getting a 404.
 
-    from rerank_kit import gateway, launcher, switch
+    from rerank_kit.launcher import gateway, switch
+    from rerank_kit import launcher
     new = launcher.commands_for("BAAI/bge-reranker-v2-m3", None, launcher.ServeOptions(port=8001))
     switch.switch(new, launcher.list_servers(), gateway=gateway.running_gateway(), say=print)
 """
@@ -17,9 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from rerank_kit import launcher
-from rerank_kit._gateway_config import dial
 from rerank_kit.errors import ConfigError, ServeError
-from rerank_kit.gateway import POLL_INTERVAL, GatewayRecord, apply, discover_backends, in_flight
+from rerank_kit.launcher._gateway_config import dial
+from rerank_kit.launcher.gateway import POLL_INTERVAL, GatewayRecord, apply, discover_backends, in_flight
 
 DRAIN_TIMEOUT = 600.0
 

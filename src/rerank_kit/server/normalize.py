@@ -37,8 +37,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# vLLM's rerank routes (vllm/entrypoints/pooling/scoring/api_router.py); they all take RerankRequest.
-RERANK_PATHS = frozenset({"/rerank", "/v1/rerank", "/v2/rerank"})
+from rerank_kit._contract import RERANK_PATHS
+
 # Cohere's v2 API, where max_tokens_per_doc defaults to 4096 (Haystack sends that default every time).
 COHERE_V2_PATH = "/v2/rerank"
 # Optional integer fields RerankRequest types without None, where a client's null means "the default".

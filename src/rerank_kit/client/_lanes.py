@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from rerank_kit._config import LANE_WIDTH, MAX_LANES
+from rerank_kit.client._config import LANE_WIDTH, MAX_LANES
 
 
 class LaneTransport(httpx.AsyncBaseTransport):

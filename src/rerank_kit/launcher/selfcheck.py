@@ -6,7 +6,7 @@ across prompt pieces. Each of those changes the number of prompt tokens, which t
 in ``usage.prompt_tokens``. The check sends one probe pair (a query ending in "?", a document with a
 newline; again with an instruction where the family takes one) through the real /v1/rerank path and
 compares the server's count with the reference prompt built here with the model's own tokenizer
-(`rerank_kit.reference`; no weights needed).
+(`rerank_kit.launcher.reference`; no weights needed).
 
     report = self_check(RerankClient(url), get_recipe("Qwen/Qwen3-Reranker-0.6B"), tokenizer="/models/q3")
     report.raise_for_failure()
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rerank_kit.client import RerankClient
+from rerank_kit.client.client import RerankClient
 from rerank_kit.errors import BadRequestError, SelfCheckError
 from rerank_kit.recipes import Recipe
 
@@ -112,7 +112,7 @@ def self_check(client: RerankClient, recipe: Recipe, *, tokenizer: str, model: s
 
     ``tokenizer`` is a local model directory (or a hub id where the hub is reachable).
     """
-    from rerank_kit.reference import Reference
+    from rerank_kit.launcher.reference import Reference
 
     reference = Reference(recipe.family, tokenizer, recipe.score_kind)
     name = model or recipe.model_id
@@ -147,10 +147,10 @@ def check_command(command: Command, *, on_report: Callable[[SelfCheckReport], No
 
     Pass it as ``check=`` to the launcher's start functions: a failed check stops the server.
     """
-    from rerank_kit.guard import API_KEY_ENV
-    from rerank_kit.verify import tokenizer_source
+    from rerank_kit._contract import VLLM_API_KEY_ENV
+    from rerank_kit.launcher.verify import tokenizer_source
 
-    key = command.environ({}).get(API_KEY_ENV)
+    key = command.environ({}).get(VLLM_API_KEY_ENV)
     served = command.model_name or command.recipe.model_id
     with RerankClient(command.url, api_key=key, max_retries=2, model=served) as client:
         report = self_check(client, command.recipe, tokenizer=tokenizer_source(command.recipe), model=served)

@@ -1,0 +1,271 @@
+"""What rerank-kit needs from vLLM, as one table, and ``accepts``: the plugin's check before it patches.
+
+Each ``Requirement`` names a module, a symbol in it, the parameters rerank-kit passes, a flag of the
+API server's parser, an environment variable or a name the CPU backend reads; who uses it (``plugin``,
+``offline`` for ``rerank-kit rank``, ``launcher``, ``guard``, ``tests``); and, where a release changed
+it, the first release that has it (``since``) and the first without it (``until``).
+
+``accepts(key, obj)`` tells the plugin whether the importable vLLM object takes what row ``key`` says;
+``rerank_kit.launcher.wheelcheck`` checks the whole table against a vLLM source tree or wheel without
+importing it (``python -m rerank_kit.vllm_api WHEEL``). Standard library only (the wheel checker runs
+under ``python -S -I``).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rerank_kit._contract import version_tuple
+
+# Where `make_arg_parser` (the API server's argument parser) lives, newest first.
+PARSER_MODULES = (
+    "vllm.entrypoints.common.cli_args",  # 0.33
+    "vllm.entrypoints.launchers.cli_args",  # 0.29 - 0.32
+    "vllm.entrypoints.openai.cli_args",  # up to 0.28
+)
+
+
+@dataclass(frozen=True)
+class Sig:
+    """Parameter (or member) names: positional ones in order, keyword-capable ones, and ``**kwargs``."""
+
+    positional: tuple[str, ...]
+    keyword: frozenset[str]
+    var_keyword: bool = False
+
+    def __str__(self) -> str:
+        rest = sorted(self.keyword - set(self.positional))
+        return f"({', '.join([*self.positional, *(['*', *rest] if rest else []), *(['**'] * self.var_keyword)])})"
+
+
+def function_sig(node: ast.FunctionDef | ast.AsyncFunctionDef) -> Sig:
+    a = node.args
+    positional = [x.arg for x in (*a.posonlyargs, *a.args)]
+    skip = 1 if positional and positional[0] in ("self", "cls") else 0
+    keyword = {x.arg for x in (*a.args, *a.kwonlyargs)} - {"self", "cls"}
+    return Sig(tuple(positional[skip:]), frozenset(keyword), a.kwarg is not None)
+
+
+def self_attributes(tree: ast.AST) -> set[str]:
+    """The ``self.x`` a class (or any code) assigns."""
+    return {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and getattr(n.value, "id", "") == "self"
+    }
+
+
+Kind = Literal["module", "symbol", "signature", "entrypoint", "flag", "env", "mention"]
+# ok: there as the table says. missing / differs: the table says this release has it, but it is not
+# there (or takes other parameters). absent: not there, as the table says. present: there although
+# the table says this release lacks it (the table's range is too narrow).
+Status = Literal["ok", "missing", "differs", "absent", "present"]
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One thing rerank-kit relies on. ``params``: names before a ``"*"`` entry are passed by
+    position, in that order; names after it by keyword; ``"**"``: extra keywords must be accepted.
+    For a class the names are its members (fields, ``__init__`` parameters, ``self.x`` attributes)."""
+
+    key: str
+    kind: Kind
+    module: str
+    target: str = ""
+    params: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    since: str | None = None
+    until: str | None = None
+    note: str = ""
+
+    def applies(self, version: str | None) -> bool:
+        """Whether release ``version`` should have this (None: the newest, unknown release)."""
+        if version is None:
+            return self.until is None
+        v = version_tuple(version)
+        return (self.since is None or v >= version_tuple(self.since)) and (
+            self.until is None or v < version_tuple(self.until)
+        )
+
+
+def _r(key: str, kind: Kind, module: str, target: str = "", params: str = "", users: str = "",
+       since: str | None = None, until: str | None = None, note: str = "") -> Requirement:  # fmt: skip
+    return Requirement(key, kind, module, target, tuple(params.split()), tuple(users.split()), since, until, note)
+
+
+SCORING = "vllm.entrypoints.pooling.scoring.io_processor"
+SCORING_UTILS = "vllm.entrypoints.pooling.scoring.utils"
+CROSS, BI = "ScoringIOProcessors[cross-encoder]", "ScoringIOProcessors[bi-encoder]"
+LAUNCHER_FLAGS = (  # (flag, since, until); every flag launcher.command can emit
+    ("--model", None, None), ("--served-model-name", None, None), ("--host", None, None), ("--port", None, None),
+    ("--runner", "0.10.1", None), ("--convert", "0.10.1", None), ("--task", None, "0.13.0"),
+    ("--hf-overrides", None, None), ("--chat-template", None, None), ("--trust-remote-code", None, None),
+    ("--pooler-config", "0.11.0", None), ("--max-model-len", None, None), ("--enable-prefix-caching", None, None),
+    ("--tensor-parallel-size", None, None), ("--data-parallel-size", None, None), ("--enforce-eager", None, None),
+    ("--middleware", None, None), ("--dtype", None, None), ("--kv-cache-memory-bytes", "0.10.2", None),
+    ("--distributed-executor-backend", None, None), ("--api-server-count", None, None),
+    ("--quantization", None, None),
+)  # fmt: skip
+# fmt: off
+REQUIREMENTS: tuple[Requirement, ...] = (
+    # the plugin (rerank_kit.server.plugin)
+    _r("plugin.entry_point_group", "mention", "vllm.plugins", "vllm.general_plugins", users="plugin"),
+    _r("plugin.io_processor", "module", SCORING, users="plugin", since="0.20.0",
+       note="0.12-0.19 render score prompts in pooling/score/utils.py, older ones in entrypoints/score_utils.py"),
+    _r("plugin.registry", "symbol", SCORING, "ScoringIOProcessors", users="plugin", since="0.20.0"),
+    _r("plugin.cross_encoder", "symbol", SCORING, CROSS, users="plugin", since="0.20.0"),
+    _r("plugin.bi_encoder", "symbol", SCORING, BI, users="plugin", since="0.20.0"),
+    _r("plugin.cross_encoder_members", "signature", SCORING, CROSS, "chat_template model_config tokenizer",
+       "plugin", "0.20.0"),
+    _r("plugin.get_score_prompt", "signature", SCORING, f"{CROSS}.get_score_prompt",
+       "data_1 data_2 encode_kwargs chat_template max_tokens_per_query max_tokens_per_doc chat_template_kwargs *",
+       "plugin", "0.22.0", note="0.20-0.21 take no chat_template_kwargs"),
+    _r("plugin.cross_encoder_factory", "signature", SCORING, f"{CROSS}.get_request_factory_online", "ctx *",
+       "plugin", "0.27.0", note="0.20-0.26 have pre_process_online(ctx): an override of this is never called"),
+    _r("plugin.render", "signature", SCORING, f"{CROSS}.render", "render_params", "plugin", "0.27.0",
+       note="the plugin builds a request's prompts at once and hands each pair to render()"),
+    _r("plugin.scoring_preprocessing", "signature", "vllm.entrypoints.pooling.scoring.serving",
+       "ServingScores._preprocessing", "io_processor ctx", "plugin", "0.27.0",
+       note="the plugin renders a scoring request's pairs at once instead of one task per pair"),
+    _r("plugin.bi_encoder_factory", "signature", SCORING, f"{BI}.get_request_factory_online", "ctx *",
+       "plugin", "0.27.0"),
+    _r("plugin.serve_context", "signature", "vllm.entrypoints.pooling.typing", "PoolingServeContext",
+       "request prompt_extras", "plugin", "0.27.0"),
+    _r("plugin.tokens_prompt", "symbol", "vllm", "TokensPrompt", users="plugin"),
+    _r("plugin.parse_score_data", "signature", SCORING_UTILS, "parse_score_data", "data_1 data_2 model_config *",
+       "plugin", "0.20.0"),
+    _r("plugin.truncate_text_to_tokens", "signature", SCORING_UTILS, "truncate_text_to_tokens",
+       "text tokenizer max_tokens *", "plugin", "0.20.0"),
+    _r("plugin.safe_apply_chat_template", "signature", "vllm.renderers.hf", "safe_apply_chat_template",
+       "model_config tokenizer conversation * chat_template tools tokenize **", "plugin", "0.15.0"),
+    _r("plugin.disable_env", "env", "vllm.envs", "VLLM_PLUGINS", users="plugin tests"),
+    # rerank-kit rank (rerank_kit.launcher.offline) and tests/vllm_prompts.py
+    _r("offline.make_arg_parser.openai", "signature", PARSER_MODULES[2], "make_arg_parser", "parser *",
+       "offline tests", until="0.29.0"),
+    _r("offline.make_arg_parser.launchers", "signature", PARSER_MODULES[1], "make_arg_parser", "parser *",
+       "offline tests", "0.29.0", "0.33.0"),
+    _r("offline.make_arg_parser.common", "signature", PARSER_MODULES[0], "make_arg_parser", "parser *",
+       "offline tests", "0.33.0"),
+    _r("offline.flexible_argument_parser", "symbol", "vllm.utils.argparse_utils", "FlexibleArgumentParser",
+       users="offline tests", since="0.11.1", note="before: vllm.utils.FlexibleArgumentParser"),
+    _r("offline.from_cli_args", "signature", "vllm.engine.arg_utils", "EngineArgs.from_cli_args", "args *",
+       "offline tests"),
+    _r("offline.llm", "symbol", "vllm", "LLM", users="offline"),
+    _r("offline.llm_score", "signature", "vllm.entrypoints.llm", "LLM.score",
+       "data_1 data_2 * use_tqdm chat_template pooling_params", "offline", "0.14.0"),
+    _r("offline.pooling_params", "signature", "vllm", "PoolingParams", "extra_kwargs", "offline"),
+    _r("offline.logging_stream", "env", "vllm.envs", "VLLM_LOGGING_STREAM", users="offline", since="0.10.2"),
+    _r("tests.init_pooling_io_processors", "signature", "vllm.entrypoints.pooling.factories",
+       "init_pooling_io_processors", "supported_tasks vllm_config renderer chat_template_config", "tests", "0.20.0"),
+    _r("tests.load_general_plugins", "symbol", "vllm.plugins", "load_general_plugins", users="tests"),
+    _r("tests.renderer_from_config", "symbol", "vllm.renderers", "renderer_from_config", users="tests",
+       since="0.15.0"),
+    _r("tests.chat_template_config", "signature", "vllm.renderers.chat_utils", "ChatTemplateConfig",
+       "chat_template", "tests", "0.32.0", note="0.17-0.31: vllm.entrypoints.chat_utils"),
+    _r("tests.create_engine_config", "symbol", "vllm.engine.arg_utils", "EngineArgs.create_engine_config",
+       users="tests"),
+    # the launcher's command (rerank_kit.launcher) and the guard it loads with --middleware
+    _r("launcher.entrypoint", "entrypoint", "vllm.entrypoints.openai.api_server", users="launcher",
+       note="warns 'deprecated' from 0.29 on"),
+    _r("launcher.entrypoint.launchers", "entrypoint", "vllm.entrypoints.launchers.api_server.entry",
+       users="launcher", since="0.29.0", note="the same main() without the deprecation warning"),
+    *(_r(f"launcher.flag{flag}", "flag", "", flag, users="launcher guard" if flag == "--middleware" else "launcher",
+         since=since, until=until) for flag, since, until in LAUNCHER_FLAGS),
+    _r("launcher.cpu_kv_cache_bytes", "mention", "vllm.v1.worker.cpu_worker", "kv_cache_memory_bytes",
+       users="launcher", since="0.20.0",
+       note="before 0.20 the CPU worker ignores --kv-cache-memory-bytes: only VLLM_CPU_KVCACHE_SPACE sizes it"),
+    *(_r(f"launcher.env.{name}", "env", "vllm.envs", name, users="launcher guard" if "KEY" in name else "launcher")
+      for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_ENABLE_V1_MULTIPROCESSING",
+                   "VLLM_API_KEY")),
+    _r("launcher.env.VLLM_USE_AOT_COMPILE", "env", "vllm.envs", "VLLM_USE_AOT_COMPILE", users="launcher",
+       since="0.21.0", note="seen in 0.21 (absent in 0.11); older releases ignore the variable"),
+)
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a checker found for one requirement; ``detail`` says where, or what was found instead."""
+
+    requirement: Requirement
+    status: Status
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("missing", "differs")
+
+    @property
+    def usable(self) -> bool:
+        """It is there, with the parameters rerank-kit passes, whatever the table expected."""
+        return self.status in ("ok", "present")
+
+
+def judge(req: Requirement, version: str | None, found: bool, sig: Sig | None = None, where: str = "") -> Finding:
+    cut = req.params.index("*") if "*" in req.params else 0
+    positional, keyword = req.params[:cut], [p for p in req.params[cut:] if p not in ("*", "**")]
+    good = found and (
+        sig is None
+        or (
+            sig.positional[:cut] == positional
+            and all(name in sig.keyword for name in keyword)
+            and ("**" not in req.params or sig.var_keyword)
+        )
+    )
+    detail = f"found {sig}" if found and not good else where
+    if req.applies(version):
+        return Finding(req, "ok" if good else "differs" if found else "missing", detail)
+    return Finding(req, "present" if good else "absent", detail)
+
+
+def select(users: Iterable[str] | None) -> list[Requirement]:
+    wanted = None if users is None else set(users)
+    return [r for r in REQUIREMENTS if wanted is None or wanted & set(r.users)]
+
+
+# --- the importable vllm: what the plugin asks before it patches ------------------------------------
+
+
+def object_sig(obj: Any) -> Sig:
+    if inspect.isclass(obj):
+        names = set(inspect.signature(obj).parameters)
+        for klass in obj.__mro__:
+            names |= set(getattr(klass, "__annotations__", {})) | {k for k in vars(klass) if not k.startswith("__")}
+            try:
+                names |= self_attributes(ast.parse(textwrap.dedent(inspect.getsource(klass))))
+            except (OSError, TypeError, SyntaxError):
+                continue
+        return Sig((), frozenset(names))
+    params = list(inspect.signature(obj).parameters.values())
+    params = params[1:] if params and params[0].name in ("self", "cls") else params
+    P = inspect.Parameter
+    return Sig(
+        tuple(p.name for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)),
+        frozenset(p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)),
+        any(p.kind is P.VAR_KEYWORD for p in params),
+    )
+
+
+def requirement(key: str) -> Requirement:
+    """The table's row ``key`` (e.g. ``"plugin.get_score_prompt"``)."""
+    for req in REQUIREMENTS:
+        if req.key == key:
+            return req
+    raise KeyError(key)
+
+
+def accepts(key: str, obj: Any) -> bool:
+    """Whether ``obj`` (a function, method or class) takes what requirement ``key`` says rerank-kit passes.
+
+    The plugin asks this before it overrides a vLLM method, so a changed signature leaves it alone.
+    """
+    try:
+        sig = object_sig(obj)
+    except (TypeError, ValueError):
+        return False
+    return judge(requirement(key), None, True, sig).usable
