@@ -199,7 +199,7 @@ def load_cases(dataset: Path, workload_file: Path | None, top_k: int, say: Calla
 
 def score_all(url: str, cases: Sequence[Any], *, api_key: str | None, say: Callable[[str], None]) -> list[list[float]]:
     """Every case's document scores from the server at ``url``, in the documents' original order."""
-    from rerank_kit.client.client import RerankClient
+    from rerank_kit.client import RerankClient
 
     out = []
     with RerankClient(url, api_key=api_key, timeout=600) as client:

@@ -24,7 +24,7 @@ from rerank_kit import launcher  # noqa: E402
 from rerank_kit.bench.loadgen import LoadConfig, run_load  # noqa: E402
 from rerank_kit.bench.metrics import percentile, summarize  # noqa: E402
 from rerank_kit.bench.workloads import random_workload  # noqa: E402
-from rerank_kit.client.client import AsyncRerankClient  # noqa: E402
+from rerank_kit.client import AsyncRerankClient  # noqa: E402
 from rerank_kit.launcher import machine  # noqa: E402
 from rerank_kit.recipes import get_recipe  # noqa: E402
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models
 from rerank_kit import launcher
-from rerank_kit.client import client as client_mod
+from rerank_kit.client import async_client as client_mod
 from rerank_kit.launcher import machine
 from rerank_kit.recipes import Recipe, get_recipe
 

@@ -26,7 +26,7 @@ from rerank_kit.bench.workloads import (
     random_workload,
     write_workload,
 )
-from rerank_kit.client.client import AsyncRerankClient
+from rerank_kit.client import AsyncRerankClient
 
 ROOT = Path(__file__).resolve().parent.parent
 DL19 = ROOT.parent / "shared" / "data" / "beir" / "msmarco-dl19-5k"

@@ -17,9 +17,8 @@ import time
 import httpx
 import pytest
 
-from rerank_kit.client import _base_client, _config, _retry
+from rerank_kit.client import AsyncRerankClient, RerankClient, _base_client, _config, _retry
 from rerank_kit.client import replicas as replicas_mod
-from rerank_kit.client.client import AsyncRerankClient, RerankClient
 from rerank_kit.errors import (
     APIConnectionError,
     APIError,

@@ -23,7 +23,7 @@ DOCUMENTS = [
     "yes",
     'Ünïcode ✓ 中文 text, <b>markup</b> & "quotes" ' * 20,
 ]
-TEMPLATES_DIR = resources.files("rerank_kit") / "templates"
+TEMPLATES_DIR = resources.files("rerank_kit.server") / "templates"
 PAIRS = [(q, d) for q in QUERIES for d in DOCUMENTS]
 
 

@@ -21,7 +21,7 @@ from rerank_kit import launcher
 from rerank_kit._contract import VLLM_API_KEY_ENV
 from rerank_kit.bench.runner import BenchConfig
 from rerank_kit.bench.sweep import run_level, workload_for
-from rerank_kit.client.client import RerankClient
+from rerank_kit.client import RerankClient
 from rerank_kit.launcher.selfcheck import SelfCheckReport, check_command
 from rerank_kit.launcher.verify import verify_server
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from rerank_kit.bench.workloads import Workload
-from rerank_kit.client.client import AsyncRerankClient
+from rerank_kit.client import AsyncRerankClient
 from rerank_kit.errors import APIStatusError, RerankKitError
 
 

@@ -22,7 +22,7 @@ from rerank_kit._contract import HEALTH_PATH, MODELS_PATH, VERSION_PATH
 from rerank_kit.bench.loadgen import LoadConfig, Sample, run_load
 from rerank_kit.bench.metrics import run_quality, summarize
 from rerank_kit.bench.workloads import Workload, load_workload
-from rerank_kit.client.client import AsyncRerankClient
+from rerank_kit.client import AsyncRerankClient
 from rerank_kit.client.probe import probe
 from rerank_kit.errors import APIConnectionError, ConfigError
 from rerank_kit.launcher import machine

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from rerank_kit.client.client import RerankClient
+from rerank_kit.client import RerankClient
 from rerank_kit.client.files import load_cases, load_documents
 from rerank_kit.recipes import get_recipe
 from rerank_kit.types import document_text

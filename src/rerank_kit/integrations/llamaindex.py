@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from pydantic import ConfigDict, Field
 
-from rerank_kit.client.client import AsyncRerankClient, RerankClient
+from rerank_kit.client import AsyncRerankClient, RerankClient
 from rerank_kit.types import RerankResponse
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rerank_kit.client.client import RerankClient
+from rerank_kit.client import RerankClient
 from rerank_kit.errors import BadRequestError, SelfCheckError
 from rerank_kit.recipes import Recipe
 

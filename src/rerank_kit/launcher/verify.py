@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rerank_kit.client.client import RerankClient
+from rerank_kit.client import RerankClient
 from rerank_kit.errors import ConfigError
 from rerank_kit.launcher.models import resolve_model_path
 from rerank_kit.launcher.reference import Reference
