@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from rerank_kit.errors import ConfigError, RerankKitError, ServerStartError
 
-from . import bench, calls, gateway, running, server
+from . import bench, calls, deploy, gateway, running, server
 
 
 class _ErrorsToMessages(TyperGroup):
@@ -45,7 +45,7 @@ app.command("status")(running.status)
 app.command("logs")(running.logs)
 app.command("rank-local")(server.rank_local)
 app.command("rank", hidden=True, help="Old name of rank-local.")(server.rank_local)
-app.command("k8s")(server.k8s)
+app.command("k8s")(deploy.k8s)
 app.command("gateway")(gateway.gateway)
 app.command("switch", context_settings=server.EXTRA_ARGS)(gateway.switch)
 # calls to a running server
@@ -54,7 +54,7 @@ app.command("score")(calls.score)
 app.command("health")(calls.health)
 app.command("batch")(calls.batch)
 app.command("verify")(calls.verify)
-app.command("verify-models")(server.verify_models)
+app.command("verify-models")(deploy.verify_models)
 app.add_typer(bench.bench_app, name="bench")
 
 
