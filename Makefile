@@ -176,6 +176,7 @@ test-fast: dev
 lint: dev
 	$(BIN)/ruff check src tests bench requirements modal_app.py
 	$(BIN)/ruff format --check src tests bench requirements modal_app.py
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .venv-reference .pytest_cache build src/*.egg-info
