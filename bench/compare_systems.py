@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from reference_env import torch_index_args  # noqa: E402 - tests/, on sys.path above
 from rerank_kit import launcher  # noqa: E402
 from rerank_kit.bench.metrics import percentile  # noqa: E402
 from rerank_kit.bench.runner import BenchConfig, run_bench  # noqa: E402
@@ -131,7 +132,7 @@ def infinity_python() -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", *machine.torch_index_args(), *INFINITY_REQUIREMENTS],
+            [str(python), "-m", "pip", "install", "--quiet", *torch_index_args(), *INFINITY_REQUIREMENTS],
             check=True,
         )
     return python

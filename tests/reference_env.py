@@ -25,13 +25,29 @@ VENV = ROOT / ".venv-reference"
 REQUIREMENTS = ["torch==2.13.0", "transformers>=4.49,<5", "mxbai-rerank==0.1.6", "FlagEmbedding==1.4.2", "numpy"]
 
 
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def torch_index_args(url: str = TORCH_CPU_INDEX) -> list[str]:
+    """``["--extra-index-url", url]`` when the index answers, else ``[]`` (bench/compare_systems.py uses it too).
+
+    pip retries an unreachable index for every package it resolves (one CI run spent ~40 min so).
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        socket.create_connection((urlsplit(url).hostname, 443), timeout=5).close()
+    except OSError:
+        return []
+    return ["--extra-index-url", url]
+
+
 def _stamp() -> str:
     return hashlib.sha256(json.dumps(REQUIREMENTS).encode()).hexdigest()[:16]
 
 
 def ensure() -> Path:
-    from rerank_kit.launcher.machine import torch_index_args  # not imported by `score`, which runs in .venv-reference
-
     python = VENV / "bin" / "python"
     stamp = VENV / ".stamp"
     if python.exists() and stamp.exists() and stamp.read_text() == _stamp():
