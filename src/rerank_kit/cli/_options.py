@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from rerank_kit._contract import API_KEY_ENV
 from rerank_kit.launcher.quantization import QUANTIZATION_METHODS
 from rerank_kit.recipes import DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL, FAMILIES
 
@@ -84,6 +85,6 @@ UrlOpt = Annotated[
 ]
 ClientKeyOpt = Annotated[
     str | None,
-    typer.Option("--api-key", help="Bearer key. Default: $RERANK_KIT_API_KEY (preferred: not visible in ps)."),
+    typer.Option("--api-key", help=f"Bearer key. Default: ${API_KEY_ENV} (preferred: not visible in ps)."),
 ]
 ModelNameOpt = Annotated[str | None, typer.Option("--model", help="Model name to send (default: ask the server).")]

@@ -188,7 +188,7 @@ def server(
         typer.Option(
             "--api-key",
             help="Require this bearer key. Visible in `ps` while rerank-kit runs: prefer --api-key-file "
-            "or the RERANK_KIT_API_KEY environment variable.",
+            f"or the {API_KEY_ENV} environment variable.",
         ),
     ] = None,
     api_key_file: Annotated[

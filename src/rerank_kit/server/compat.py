@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rerank_kit._contract import version_tuple
+from rerank_kit._contract import VLLM_API_KEY_ENV, version_tuple
 
 # Where `make_arg_parser` (the API server's argument parser) lives, newest first.
 PARSER_MODULES = (
@@ -181,7 +181,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
        note="before 0.20 the CPU worker ignores --kv-cache-memory-bytes: only VLLM_CPU_KVCACHE_SPACE sizes it"),
     *(_r(f"launcher.env.{name}", "env", "vllm.envs", name, users="launcher guard" if "KEY" in name else "launcher")
       for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_ENABLE_V1_MULTIPROCESSING",
-                   "VLLM_API_KEY")),
+                   VLLM_API_KEY_ENV)),
     _r("launcher.env.VLLM_USE_AOT_COMPILE", "env", "vllm.envs", "VLLM_USE_AOT_COMPILE", users="launcher",
        since="0.21.0", note="seen in 0.21 (absent in 0.11); older releases ignore the variable"),
 )
