@@ -66,8 +66,8 @@ API_CPU, ENGINE_CPU = 0, 1
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tokenization", ("tokenizers", "tokenization_utils", "_batch_encode_plus", "_encode_plus", "encode_batch")),
     ("template render", ("jinja2", "chat_utils", "apply_chat_template", "safe_apply_chat_template")),
-    ("guard", ("rerank_kit/guard", "rerank_kit/bodycheck", "rerank_kit/normalize")),
-    ("rerank-kit plugin", ("rerank_kit/vllm_plugin",)),
+    ("guard", ("rerank_kit/server/guard", "rerank_kit/server/bodycheck", "rerank_kit/server/normalize")),
+    ("rerank-kit plugin", ("rerank_kit/server/plugin",)),
     ("engine hand-off", ("engine/async_llm", "core_client", "output_processor", "input_processor", "zmq", "msgspec")),
     ("request parsing/validation", ("pydantic", "protocol.py", "fastapi/routing", "json/decoder", "orjson")),
     ("response", ("_build_response", "responses.py", "json/encoder", "_request_output_to")),

@@ -23,10 +23,7 @@ def _installed_flags() -> set[str]:
 
 
 def check_installed(*, users: Iterable[str] | None = None) -> list[Finding]:
-    """The table checked against the importable vllm; imports what it checks (seconds: torch).
-
-    For the plugin: ``usable = {f.requirement.key: f.usable for f in check_installed(users=["plugin"])}``.
-    """
+    """The table checked against the importable vllm; imports what it checks (seconds: torch)."""
     spec = importlib.util.find_spec("vllm")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("vllm is not installed")

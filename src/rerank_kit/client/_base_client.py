@@ -130,7 +130,7 @@ class BaseClient(Generic[_Transport]):
         self._replicas = Replicas(self._config.base_urls, self._config.cooldown)
         self._rng = random.Random()
         self._model: str | None = self._config.model
-        # Several URLs may serve several models: each call goes to the servers of its model (see _routing).
+        # Several URLs may serve several models: each call goes to the servers of its model (see replicas).
         # One URL is not routed: it gets every call, and its own 404 says when it does not serve a model.
         self._routed = len(self._config.base_urls) > 1
         # plan_rerank with this client's chunk size; a call passes rerank()'s options in order
