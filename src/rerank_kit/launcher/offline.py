@@ -30,7 +30,7 @@ def engine_kwargs_from_argv(argv: Sequence[str]) -> tuple[dict[str, object], str
     """Parse a server's ``Command.server_args`` with vLLM's parser into LLM(...) kwargs and a chat template."""
     from vllm.engine.arg_utils import EngineArgs
 
-    from rerank_kit.server.compat import server_parser
+    from rerank_kit.launcher.vllm import server_parser
 
     namespace = server_parser().parse_args(list(argv))
     engine_args = EngineArgs.from_cli_args(namespace)
