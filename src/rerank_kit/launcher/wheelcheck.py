@@ -22,6 +22,7 @@ from rerank_kit.server.compat import Finding, Requirement, judge, select
 
 
 def static_finding(tree: SourceTree, req: Requirement, version: str | None, flags: set[str]) -> Finding:
+    """Requirement ``req`` judged on ``tree`` read as text; ``flags``: the API server parser's option strings."""
     module = tree.tree(req.module)
     if req.kind == "flag":
         return judge(req, version, req.target in flags)
