@@ -1,4 +1,4 @@
-"""rerank_kit.reference follows the authors' packages exactly: same token ids, same scores.
+"""rerank_kit.launcher.reference follows the authors' packages exactly: same token ids, same scores.
 
 The packages run in their own environment (tests/reference_env.py); set RERANK_KIT_REFERENCE_PYTHON
 to its interpreter (`make test` and .ci/run do).

