@@ -13,7 +13,8 @@ import pytest
 
 import tiny_models
 from rerank_kit.server import prompts as score_prompts
-from rerank_kit.server.plugin import PIECE_SEP, _special_token_frame, piecewise_token_ids
+from rerank_kit.server.prompts import PIECE_SEP, piecewise_token_ids
+from rerank_kit.server.prompts import special_token_frame as _special_token_frame
 
 QUERIES = ["What is vLLM?", "  spaced query  ", "", "Wer ist da?\n", "{{ not a template }}"]
 DOCUMENTS = [

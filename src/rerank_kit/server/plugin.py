@@ -40,7 +40,7 @@ from rerank_kit._contract import PIECEWISE_KEY, Limits
 from rerank_kit.errors import InstructionNotSupportedError
 from rerank_kit.recipes import instruction_error
 from rerank_kit.server import prompts as score_prompts
-from rerank_kit.server.prompts import PIECE_SEP
+from rerank_kit.server.prompts import PIECE_SEP, piecewise_token_ids, special_token_frame
 
 # A child of vLLM's logger, so messages appear in the server log with its formatting.
 logger = logging.getLogger("vllm.rerank_kit")
@@ -65,44 +65,6 @@ def _template_uses(template: str | None, name: str) -> bool:
         return name in meta.find_undeclared_variables(jinja2.Environment().parse(template))  # noqa: S701
     except jinja2.TemplateSyntaxError:
         return name in template
-
-
-def _special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer adds before and after a text when add_special_tokens=True."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    framed = tokenizer("a", add_special_tokens=True)["input_ids"]
-    for start in range(len(framed) - len(plain) + 1):
-        if framed[start : start + len(plain)] == plain:
-            return list(framed[:start]), list(framed[start + len(plain) :])
-    return [], []
-
-
-def piecewise_token_ids(
-    tokenizer: Any,
-    rendered: str,
-    document: str,
-    *,
-    frame: tuple[list[int], list[int]] = ([], []),
-    max_length: int | None = None,
-) -> list[int]:
-    """Tokenize ``rendered`` one ``PIECE_SEP``-delimited piece at a time, inside ``frame``.
-
-    ``frame`` is the (prefix, suffix) of special tokens, e.g. ``([bos], [])`` for Gemma. With
-    ``max_length``, the piece holding the document is cut from its end so the whole prompt fits,
-    as the references do ("only_second" truncation): the task prompt and suffix survive.
-    """
-    pieces = [p for p in rendered.split(PIECE_SEP) if p]
-    encoded = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in pieces]
-    prefix, suffix = frame
-    if max_length is not None:
-        total = len(prefix) + len(suffix) + sum(len(e) for e in encoded)
-        excess = total - max_length
-        if excess > 0:
-            doc_pieces = [i for i, p in enumerate(pieces) if document and document in p]
-            if doc_pieces:
-                i = doc_pieces[-1]
-                encoded[i] = encoded[i][: max(0, len(encoded[i]) - excess)]
-    return prefix + [t for e in encoded for t in e] + suffix
 
 
 # The server knows its template, not the recipe, so the message names no model.
@@ -194,7 +156,7 @@ def _piecewise_cross_encoder(base: type) -> type:
             super().__init__(*args, **kwargs)
             hf_config = self.model_config.hf_config
             self._piecewise = bool(getattr(hf_config, PIECEWISE_KEY, False))
-            self._frame = _special_token_frame(self.tokenizer)
+            self._frame = special_token_frame(self.tokenizer)
             if self._piecewise:
                 if self.chat_template is None:
                     logger.warning(

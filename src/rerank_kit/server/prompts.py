@@ -15,7 +15,10 @@ request:
   not once per document;
 - one tokenizer call per distinct kind of text, which Hugging Face tokenizers encode in a batch.
 
-Pure functions over a Hugging Face tokenizer; no vLLM import (the plugin wires them in).
+The piecewise rule (the references' way: each piece of the prompt tokenized on its own, the document's
+piece cut to fit) is here once, for one pair (``piecewise_token_ids``, the plugin's per-pair path) and for a
+whole request (``template_prompts``). Pure functions over a Hugging Face tokenizer; no vLLM import (the
+plugin wires them in).
 """
 
 from __future__ import annotations
@@ -112,6 +115,49 @@ def joined_prompts(tokenizer: Any, queries: list[str], documents: list[str], enc
     return _from_encoding(tokenizer([q + d for q, d in zip(queries, documents, strict=True)], **encode_kwargs))
 
 
+def special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer adds before and after a text when add_special_tokens=True."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(framed) - len(plain) + 1):
+        if framed[start : start + len(plain)] == plain:
+            return list(framed[:start]), list(framed[start + len(plain) :])
+    return [], []
+
+
+def piecewise_token_ids(
+    tokenizer: Any,
+    rendered: str,
+    document: str,
+    *,
+    frame: tuple[list[int], list[int]] = ([], []),
+    max_length: int | None = None,
+) -> list[int]:
+    """Tokenize ``rendered`` one ``PIECE_SEP``-delimited piece at a time, inside ``frame``.
+
+    ``frame`` is the (prefix, suffix) of special tokens, e.g. ``([bos], [])`` for Gemma. With
+    ``max_length``, the piece holding the document is cut from its end so the whole prompt fits,
+    as the references do ("only_second" truncation): the task prompt and suffix survive.
+    """
+    pieces = [p for p in rendered.split(PIECE_SEP) if p]
+    encoded = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in pieces]
+    doc_piece = max((i for i, p in enumerate(pieces) if document and document in p), default=None)
+    return _joined(encoded, frame, doc_piece, max_length)
+
+
+def _joined(
+    encoded: list[list[int]], frame: tuple[list[int], list[int]], doc_piece: int | None, max_length: int | None
+) -> list[int]:
+    """The pieces' ids inside ``frame``; past ``max_length``, the document's piece cut from its end so the whole
+    fits, as the references do ("only_second" truncation): the task prompt and suffix survive."""
+    prefix, suffix = frame
+    if max_length is not None and doc_piece is not None:
+        excess = len(prefix) + len(suffix) + sum(len(e) for e in encoded) - max_length
+        if excess > 0:
+            encoded[doc_piece] = encoded[doc_piece][: max(0, len(encoded[doc_piece]) - excess)]
+    return [*prefix, *(t for e in encoded for t in e), *suffix]
+
+
 def template_prompts(
     tokenizer: Any,
     shape: str,
@@ -140,13 +186,8 @@ def template_prompts(
     ]  # fmt: skip
     doc_piece = max((i for i, p in enumerate(pieces) if DOC_MARK in p), default=None)
     max_length = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
-    prefix, suffix = frame if encode_kwargs.get("add_special_tokens", True) else ([], [])
+    frame = frame if encode_kwargs.get("add_special_tokens", True) else ([], [])
     prompts = []
     for row in range(len(documents)):
-        encoded = [column[row] for column in columns]
-        if max_length is not None and doc_piece is not None:
-            excess = len(prefix) + len(suffix) + sum(len(e) for e in encoded) - max_length
-            if excess > 0:
-                encoded[doc_piece] = encoded[doc_piece][: max(0, len(encoded[doc_piece]) - excess)]
-        prompts.append(Prompt([*prefix, *(t for e in encoded for t in e), *suffix]))
+        prompts.append(Prompt(_joined([column[row] for column in columns], frame, doc_piece, max_length)))
     return prompts
