@@ -26,6 +26,7 @@ from rerank_kit.client._config import (
 )
 from rerank_kit.client._lanes import LaneTransport
 from rerank_kit.client._retry import Call
+from rerank_kit.client.probe import probe_async
 from rerank_kit.client.replicas import Discovery, Replica, Route
 from rerank_kit.errors import APIError, ModelNotServedError, NotFoundError
 from rerank_kit.recipes import check_instruction
@@ -104,7 +105,8 @@ class AsyncRerankClient(BaseClient[httpx.AsyncBaseTransport]):
         async def ask(replica: Replica) -> list[str] | APIError:
             url = replica.url + MODELS_PATH
             try:
-                return model_names(await self._http.get(url, timeout=httpx_timeout(discovery.ask_timeout())), url)
+                timeout = httpx_timeout(discovery.ask_timeout())
+                return model_names(await probe_async(replica.url, MODELS_PATH, timeout=timeout, http=self._http), url)
             except httpx.HTTPError as exc:
                 return translate_error(exc, replica.url)
 
@@ -130,12 +132,12 @@ class AsyncRerankClient(BaseClient[httpx.AsyncBaseTransport]):
     async def _probe(self, url: str, timeout: float) -> HealthStatus:
         start = time.perf_counter()
         try:
-            health = await self._http.get(url + HEALTH_PATH, timeout=timeout)
+            health = await probe_async(url, HEALTH_PATH, timeout=timeout, http=self._http)
             latency_ms = (time.perf_counter() - start) * 1000
             if health.status_code != 200:
                 return _core.health_status(url, health.status_code, latency_ms)
-            models = await self._http.get(url + MODELS_PATH, timeout=timeout)
-            version = await self._http.get(url + VERSION_PATH, timeout=timeout)
+            models = await probe_async(url, MODELS_PATH, timeout=timeout, http=self._http)
+            version = await probe_async(url, VERSION_PATH, timeout=timeout, http=self._http)
         except httpx.HTTPError as exc:
             return _core.health_status(url, error=translate_error(exc, url))
         return _core.health_status(url, health.status_code, latency_ms, models.content, version.content)

@@ -33,6 +33,7 @@ from rerank_kit.client._config import (
     VERSION_PATH,
 )
 from rerank_kit.client._retry import Call
+from rerank_kit.client.probe import probe
 from rerank_kit.client.replicas import Discovery, Replica, Route
 from rerank_kit.errors import APIError, ModelNotServedError, NotFoundError
 from rerank_kit.recipes import check_instruction
@@ -116,7 +117,8 @@ class RerankClient(BaseClient[httpx.BaseTransport]):
         def ask(replica: Replica) -> list[str] | APIError:
             url = replica.url + MODELS_PATH
             try:
-                return model_names(self._http.get(url, timeout=httpx_timeout(discovery.ask_timeout())), url)
+                timeout = httpx_timeout(discovery.ask_timeout())
+                return model_names(probe(replica.url, MODELS_PATH, timeout=timeout, http=self._http), url)
             except httpx.HTTPError as exc:
                 return translate_error(exc, replica.url)
 
@@ -146,12 +148,12 @@ class RerankClient(BaseClient[httpx.BaseTransport]):
     def _probe(self, url: str, timeout: float) -> HealthStatus:
         start = time.perf_counter()
         try:
-            health = self._http.get(url + HEALTH_PATH, timeout=timeout)
+            health = probe(url, HEALTH_PATH, timeout=timeout, http=self._http)
             latency_ms = (time.perf_counter() - start) * 1000
             if health.status_code != 200:
                 return _core.health_status(url, health.status_code, latency_ms)
-            models = self._http.get(url + MODELS_PATH, timeout=timeout)
-            version = self._http.get(url + VERSION_PATH, timeout=timeout)
+            models = probe(url, MODELS_PATH, timeout=timeout, http=self._http)
+            version = probe(url, VERSION_PATH, timeout=timeout, http=self._http)
         except httpx.HTTPError as exc:
             return _core.health_status(url, error=translate_error(exc, url))
         return _core.health_status(url, health.status_code, latency_ms, models.content, version.content)

@@ -1,7 +1,8 @@
 """One GET of a server's /health, /v1/models or /version, with the bearer header built in one place
-(``rerank_kit._contract.bearer_headers``). The launcher (waiting for a start), the gateway (what each
-server serves) and the bench (what the server says about itself) probe servers through it; the clients'
-``health()`` sends the same requests through their own connection pools.
+(``rerank_kit._contract.bearer_headers``): the clients (``health()``, which server serves which model),
+the launcher (waiting for a start), the gateway (what each server serves) and the bench (what the server
+says about itself) all probe servers through it. A client passes its own connection pool (``http``),
+whose headers already carry its key.
 
     >>> healthy("http://127.0.0.1:9", timeout=0.5)  # nothing listens on the discard port
     False
@@ -13,9 +14,11 @@ import httpx
 
 from rerank_kit._contract import HEALTH_PATH, MODELS_PATH, bearer_headers
 
+Timeout = float | httpx.Timeout
+
 
 def probe(
-    url: str, path: str, *, api_key: str | None = None, timeout: float = 2.0, http: httpx.Client | None = None
+    url: str, path: str, *, api_key: str | None = None, timeout: Timeout = 2.0, http: httpx.Client | None = None
 ) -> httpx.Response:
     """``GET url+path`` with ``api_key`` as the bearer key; raises ``httpx.HTTPError`` when there is no answer.
 
@@ -23,6 +26,13 @@ def probe(
     """
     get = httpx.get if http is None else http.get
     return get(url.rstrip("/") + path, headers=bearer_headers(api_key), timeout=timeout)
+
+
+async def probe_async(
+    url: str, path: str, *, http: httpx.AsyncClient, api_key: str | None = None, timeout: Timeout = 2.0
+) -> httpx.Response:
+    """:func:`probe` through an asyncio client."""
+    return await http.get(url.rstrip("/") + path, headers=bearer_headers(api_key), timeout=timeout)
 
 
 def healthy(url: str, *, timeout: float = 2.0, http: httpx.Client | None = None) -> bool:
@@ -38,4 +48,4 @@ def served_models(url: str, *, api_key: str | None = None, timeout: float = 2.0)
     return probe(url, MODELS_PATH, api_key=api_key, timeout=timeout)
 
 
-__all__ = ["healthy", "probe", "served_models"]
+__all__ = ["healthy", "probe", "probe_async", "served_models"]
