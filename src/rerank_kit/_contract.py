@@ -56,6 +56,14 @@ GUARD_MIDDLEWARE = "rerank_kit.guard.RerankKitGuard"
 # The key rerank-kit's vLLM plugin looks for in the HF config (set through --hf-overrides): when true,
 # the score template's pieces are tokenized one by one, as the model's reference implementation does.
 PIECEWISE_KEY = "rerank_kit_piecewise"
+# The plugin acts only in a server whose environment asks for it (the launcher sets it on every command it
+# builds: serve, up, cmd, Modal, k8s, Docker); anywhere else (a plain `vllm serve` in the same environment) it
+# does nothing. PLUGIN_ON: instruction checks, default truncation, per-request prompts, each where this vLLM's
+# code is the code it was verified on. PLUGIN_PIECEWISE: the same, and the recipe's piecewise prompts are
+# required: a server that cannot apply them refuses to start instead of scoring wrongly.
+PLUGIN_ENV = "RERANK_KIT_PLUGIN"
+PLUGIN_ON = "on"
+PLUGIN_PIECEWISE = "piecewise"
 
 DEFAULT_MAX_DOCUMENTS = 1000
 DEFAULT_MAX_DOCUMENT_CHARS = 200_000

@@ -20,7 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rerank_kit._contract import GUARD_MIDDLEWARE, VLLM_API_KEY_ENV
+from rerank_kit._contract import (
+    GUARD_MIDDLEWARE,
+    PIECEWISE_KEY,
+    PLUGIN_ENV,
+    PLUGIN_ON,
+    PLUGIN_PIECEWISE,
+    VLLM_API_KEY_ENV,
+)
 from rerank_kit.errors import ConfigError
 from rerank_kit.launcher import machine as machine_mod
 from rerank_kit.launcher.apple import check_serve, mac_choices
@@ -269,6 +276,8 @@ def build_command(
         choices = [*choices, admission]
         limits = dataclasses.replace(limits, max_in_flight=int(admission.value))
     env.update(limits.to_env())  # read by the guard and the vLLM plugin in the server (rerank_kit.server)
+    # the plugin acts only where asked, and refuses to start a piecewise recipe it cannot serve right
+    env[PLUGIN_ENV] = PLUGIN_PIECEWISE if recipe.hf_overrides.get(PIECEWISE_KEY) else PLUGIN_ON
 
     args += list(options.extra_args)
     entry = (

@@ -30,12 +30,14 @@ DEFAULT_VLLM_VERSION = "0.32.0"
 # The supported range, in one place (docs/compatibility.md shows what was run for each release):
 # - below MIN_VLLM_VERSION rerank-kit refuses to build a command at all;
 # - score templates (Qwen3-Reranker, mxbai v2, bge-gemma) need TEMPLATE_MIN_VLLM_VERSION: vLLM ignores
-#   --chat-template for /score and /rerank before 0.14, passes no instruction to it before 0.22, and the
-#   plugin's piecewise prompts need get_score_prompt(..., chat_template_kwargs) (0.22);
+#   --chat-template for /score and /rerank before 0.14, passes no instruction to it before 0.22, the
+#   plugin's piecewise prompts need get_score_prompt(..., chat_template_kwargs) (0.22), and the plugin is
+#   pinned to the scoring code of 0.27.1 and later (server.compat pins): on an older release it would refuse
+#   to start a piecewise recipe, so the launcher says so first, with the upgrade command;
 # - above NEWEST_VERIFIED_VLLM_VERSION rerank-kit warns and relies on the start-up self-check. 0.33.0
 #   was checked statically (`python -m rerank_kit.vllm_api` on its wheel): no CPU build of it exists.
 MIN_VLLM_VERSION = "0.11.0"
-TEMPLATE_MIN_VLLM_VERSION = "0.22.0"
+TEMPLATE_MIN_VLLM_VERSION = "0.27.0"
 NEWEST_VERIFIED_VLLM_VERSION = "0.33.0"
 
 # The API server's module. 0.29 moved the server to launchers.api_server.entry and kept

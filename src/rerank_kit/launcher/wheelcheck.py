@@ -9,6 +9,7 @@ a missing requirement; ``python -m rerank_kit.vllm_api`` is the same command)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rerank_kit.launcher.vllm_source import SourceTree, has_main, names_in
+from rerank_kit.server import fingerprint
 from rerank_kit.server.compat import Finding, Requirement, judge, select
 
 
@@ -33,7 +35,17 @@ def static_finding(tree: SourceTree, req: Requirement, version: str | None, flag
     hit = tree.resolve(req.module, req.target)
     sig = tree.sig(hit) if req.kind == "signature" and hit is not None else None
     where = f"{hit[0]}:{getattr(hit[1], 'lineno', '')}".rstrip(":") if hit else ""
-    return judge(req, version, hit is not None, sig, where)
+    return dataclasses.replace(judge(req, version, hit is not None, sig, where), body=static_body(tree, req))
+
+
+def static_body(tree: SourceTree, req: Requirement) -> str:
+    """The fingerprint of the definition row ``req`` pins, read from ``tree`` ("" when the row pins none)."""
+    if not req.body:
+        return ""
+    module, qualname = req.body.split(":", 1)
+    parsed = tree.tree(module)
+    node = fingerprint.find(parsed, qualname) if parsed is not None else None
+    return fingerprint.of_node(node) if node is not None else "absent"
 
 
 def check_source(root: Path, *, users: Iterable[str] | None = None, version: str | None = None) -> list[Finding]:
@@ -49,15 +61,31 @@ def check_source(root: Path, *, users: Iterable[str] | None = None, version: str
 
 
 def format_table(findings: list[Finding]) -> str:
-    """Aligned columns for a person: status, requirement, what, users, releases, detail."""
-    rows = [("status", "requirement", "what", "users", "releases", "detail")]
+    """Aligned columns for a person: status, requirement, what, users, releases, body, detail; then, for a new
+    release, the definitions whose bodies changed: what to read before adding a pin."""
+    rows = [("status", "requirement", "what", "users", "releases", "body", "detail")]
     for f in findings:
         r = f.requirement
         what = f"{r.module}:{r.target}" if r.module and r.target else r.module or r.target
         releases = f"{r.since or ''}-{r.until or ''}" if r.since or r.until else "all"
-        rows.append((f.status, r.key, what, ",".join(r.users), releases, f.detail))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join("  ".join([*map(str.ljust, row[:5], widths), row[5]]).rstrip() for row in rows)
+        rows.append((f.status, r.key, what, ",".join(r.users), releases, _body_cell(f), f.detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    table = "\n".join("  ".join([*map(str.ljust, row[:6], widths), row[6]]).rstrip() for row in rows)
+    changed = [f for f in findings if f.body_changed]
+    if not changed:
+        return table
+    lines = [f"  {f.requirement.body} ({f.requirement.key}): {f.body}; verified bodies: "
+             + ", ".join(f"{pin} ({releases})" for pin, releases in f.requirement.pins) for f in changed]  # fmt: skip
+    heading = "Changed bodies (the plugin steps aside from each until it is reviewed and pinned):"
+    return "\n".join([table, "", heading, *lines])
+
+
+def _body_cell(f: Finding) -> str:
+    if not f.body:
+        return ""
+    if f.body == "absent":
+        return "absent"
+    return "CHANGED" if f.body_changed else next(releases for pin, releases in f.requirement.pins if pin == f.body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     findings = check_source(Path(paths[0]))
     if "--json" in args:
-        rows = [{**asdict(f.requirement), "status": f.status, "detail": f.detail} for f in findings]
+        rows = [{**asdict(f.requirement), "status": f.status, "detail": f.detail, "body": f.body,
+                 "body_changed": f.body_changed} for f in findings]  # fmt: skip
         checked = time.strftime("%Y-%m-%d")
         print(json.dumps({"path": paths[0], "version": version, "date": checked, "findings": rows}, indent=2))
     else:

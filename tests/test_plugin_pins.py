@@ -1,0 +1,343 @@
+"""The plugin acts only where asked, only on vLLM code it was verified on, and refuses to start a piecewise
+recipe it cannot serve right (issue 22, items 1-3).
+
+- Fingerprints (rerank_kit.server.fingerprint): formatting, comments and docstrings do not count, code does.
+- The pins in rerank_kit.server.compat match the installed vLLM, read at run time as the plugin reads it and
+  statically as the wheel checker reads it; the wheel checker lists a body that changed.
+- register() without RERANK_KIT_PLUGIN changes nothing; with it, a body it does not know steps aside (named
+  once); with RERANK_KIT_PLUGIN=piecewise, piecewise prompts it cannot apply stop the process, and a real
+  server never reports healthy.
+- vLLM 0.33's saved chat template: the plugin's rule, run beside 0.33's own get_score_prompt (from its wheel).
+- A plain server (vLLM's documented flags, no rerank-kit settings) answers byte for byte as the same server
+  with the plugin excluded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import server_options, spawn_server
+from rerank_kit import launcher
+from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_PIECEWISE
+from rerank_kit.errors import ServerStartError
+from rerank_kit.launcher import machine
+from rerank_kit.launcher.vllm_source import SourceTree
+from rerank_kit.launcher.wheelcheck import format_table, static_finding
+from rerank_kit.recipes import get_recipe
+from rerank_kit.server import compat, fingerprint
+
+PINNED = [r for r in compat.REQUIREMENTS if r.body]
+
+
+# --- fingerprints --------------------------------------------------------------------------------------------
+
+
+def test_fingerprints_ignore_formatting_comments_and_docstrings_but_not_code():
+    base = fingerprint.of_source(
+        '''
+        class A(B):
+            """Doc."""
+
+            @cached
+            def f(self, x, *, y=1):
+                """Nested doc."""
+                # a comment
+                return g(x,
+                         y)  # another
+        '''
+    )
+    assert base == fingerprint.of_source("class A(B):\n    @cached\n    def f(self, x, *, y=1): return g(x, y,)\n")
+    for changed in (
+        "class A(B):\n    @cached\n    def f(self, x, *, y=2): return g(x, y)\n",  # a default
+        "class A(B):\n    def f(self, x, *, y=1): return g(x, y)\n",  # a decorator
+        "class A(B):\n    @cached\n    def f(self, x, *, y=1): return g(y, x)\n",  # argument order
+        "class A(C):\n    @cached\n    def f(self, x, *, y=1): return g(x, y)\n",  # a base class
+    ):
+        assert fingerprint.of_source(changed) != base, changed
+
+
+def test_the_wheel_checker_lists_a_changed_body(tmp_path):
+    """A release whose get_score_prompt is not a pinned body: the finding says so and the table lists it."""
+    scoring = tmp_path / "vllm" / "entrypoints" / "pooling" / "scoring"
+    scoring.mkdir(parents=True)
+    (tmp_path / "vllm" / "__init__.py").write_text('__version__ = "0.99.0"\n')
+    (scoring / "io_processor.py").write_text(
+        "class CrossEncoderIOProcessor:\n"
+        "    def get_score_prompt(self, data_1, data_2, encode_kwargs, chat_template=None, max_tokens_per_query=0,\n"
+        "                         max_tokens_per_doc=0, chat_template_kwargs=None):\n"
+        "        return 'something new'\n"
+        "ScoringIOProcessors = {'cross-encoder': CrossEncoderIOProcessor}\n"
+    )
+    tree = SourceTree(tmp_path)
+    finding = static_finding(tree, compat.requirement("plugin.get_score_prompt"), "0.99.0", set())
+    assert finding.status == "ok" and finding.body_changed and finding.failed
+    listed = format_table([finding]).split("Changed bodies", 1)[1]
+    assert "CrossEncoderIOProcessor.get_score_prompt (plugin.get_score_prompt)" in listed
+    assert "0.31.0-0.32.0" in listed  # the verified bodies, to diff against
+
+
+# --- the installed vLLM, as the plugin and the wheel checker see it ---------------------------------------------
+
+
+def _installed(body: str):
+    import importlib
+
+    module, qualname = body.split(":", 1)
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.mark.vllm  # imports vllm and torch
+def test_every_pinned_body_of_the_installed_vllm_is_known_the_same_way_at_run_time_and_from_source():
+    import importlib.util
+
+    root = Path(next(iter(importlib.util.find_spec("vllm").submodule_search_locations)))
+    tree = SourceTree(root)
+    for req in PINNED:
+        obj = _installed(req.body)
+        assert compat.pinned(req.key, obj) is None, (req.key, compat.pinned(req.key, obj))
+        module, qualname = req.body.split(":", 1)
+        static = fingerprint.of_node(fingerprint.find(tree.tree(module), qualname))
+        assert fingerprint.of_object(obj) == static, req.key
+
+
+def _register_in_a_fresh_process(mode: str | None, unpin: tuple[str, ...] = ()) -> dict:
+    """register() in a new interpreter with RERANK_KIT_PLUGIN=mode and the pins of ``unpin`` replaced by a body
+    no vLLM has; what it changed, what it logged, what it raised."""
+    script = textwrap.dedent(
+        f"""
+        import dataclasses, json, logging, sys
+        from rerank_kit.server import compat, plugin
+        unpin = {list(unpin)!r}
+        compat.REQUIREMENTS = tuple(
+            dataclasses.replace(r, pins=(("0" * 16, "none"),)) if r.key in unpin else r for r in compat.REQUIREMENTS
+        )
+        from vllm.entrypoints.pooling.scoring import io_processor
+        from vllm.entrypoints.pooling.scoring.serving import ServingScores
+        before = dict(io_processor.ScoringIOProcessors), ServingScores._preprocessing
+        logged = []
+        handler = logging.Handler()
+        handler.emit = lambda record: logged.append(record.getMessage())
+        plugin.logger.addHandler(handler)
+        raised = None
+        try:
+            plugin.register()
+        except Exception as exc:
+            raised = f"{{type(exc).__name__}}: {{exc}}"
+        after = io_processor.ScoringIOProcessors
+        print(json.dumps({{
+            "wrapped": sorted(k for k in after if after[k] is not before[0][k]),
+            "batched": ServingScores._preprocessing is not before[1],
+            "checks": getattr(after["cross-encoder"], "rerank_kit", False),
+            "piecewise": getattr(after["cross-encoder"], "rerank_kit_piecewise", False),
+            "logged": logged,
+            "raised": raised,
+        }}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != PLUGIN_ENV}
+    if mode is not None:
+        env[PLUGIN_ENV] = mode
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.vllm
+def test_without_the_launchers_setting_the_plugin_changes_nothing():
+    result = _register_in_a_fresh_process(None)
+    assert result == {"wrapped": [], "batched": False, "checks": False, "piecewise": False, "logged": [],
+                      "raised": None}  # fmt: skip
+    assert _register_in_a_fresh_process("on")["wrapped"] == ["bi-encoder", "cross-encoder"]
+
+
+@pytest.mark.vllm
+def test_a_body_it_was_not_verified_on_steps_aside_and_is_named_once():
+    result = _register_in_a_fresh_process("on", unpin=("plugin.render",))
+    assert result["piecewise"] and result["checks"] and not result["batched"]  # per pair, vLLM's own render
+    [warning] = [m for m in result["logged"] if "off on this vLLM" in m]
+    assert "CrossEncoderIOProcessor.render is not a body rerank-kit was verified on" in warning
+    assert "verified: 0.27.1-0.32.0, 0.33.0" in warning
+    factory = _register_in_a_fresh_process("on", unpin=("plugin.cross_encoder_factory", "plugin.bi_encoder_factory"))
+    assert not factory["checks"] and not factory["batched"] and factory["piecewise"]
+
+
+@pytest.mark.vllm
+def test_piecewise_asked_for_and_not_verified_raises_naming_the_release_and_the_function():
+    import vllm
+
+    result = _register_in_a_fresh_process(PLUGIN_PIECEWISE, unpin=("plugin.parse_score_data",))
+    assert result["raised"].startswith("PiecewiseUnavailableError: rerank-kit: this model needs piecewise")
+    assert f"vLLM {vllm.__version__} does not let rerank-kit apply them" in result["raised"]
+    assert "parse_score_data is not a body rerank-kit was verified on" in result["raised"]
+    assert "pip install" in result["raised"]
+    assert _register_in_a_fresh_process(PLUGIN_PIECEWISE)["raised"] is None  # the installed vLLM is verified
+
+
+# A different parse_score_data in every process of the server (sitecustomize runs before vLLM loads plugins):
+# the body the plugin finds is not one it was verified on.
+SITECUSTOMIZE = """
+import vllm.entrypoints.pooling.scoring.utils as utils
+_original = utils.parse_score_data
+def parse_score_data(data_1, data_2, model_config, *args, **kwargs):
+    return _original(data_1, data_2, model_config, *args, **kwargs)
+utils.parse_score_data = parse_score_data
+"""
+
+
+@pytest.mark.vllm
+def test_a_piecewise_server_whose_prompts_cannot_be_applied_never_becomes_healthy(tiny_model, server_logs, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    recipe = get_recipe(str(tiny_model("mxbai-rerank-v2")), family="mxbai-rerank-v2")
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    pending = spawn_server(recipe, server_logs, env={"PYTHONPATH": path})
+    assert pending.command.env[PLUGIN_ENV] == PLUGIN_PIECEWISE
+    try:
+        with pytest.raises(ServerStartError, match="exited during start-up"):
+            launcher.wait_healthy(pending.command.url, timeout=300, alive=lambda: pending.proc.poll() is None,
+                                  log_path=pending.log)  # fmt: skip
+    finally:
+        launcher.stop_process_group(pending.proc.pid)
+    log = pending.log.read_text(errors="replace")
+    assert "PiecewiseUnavailableError" in log
+    assert "parse_score_data is not a body rerank-kit was verified on" in log
+
+
+# --- vLLM 0.33's saved chat template ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm_033_scoring(request) -> str:
+    """vLLM 0.33.0's scoring/io_processor.py, from its wheel (downloaded once into pytest's cache; no CPU build
+    of 0.33 exists, so its code is read, not installed)."""
+    cache = Path(request.config.cache.mkdir("vllm-0.33.0-wheel"))
+    wheels = list(cache.glob("vllm-0.33.0-*.whl"))
+    if not wheels:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(cache), "vllm==0.33.0"],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        wheels = list(cache.glob("vllm-0.33.0-*.whl"))
+        if not wheels:
+            pytest.skip(f"cannot download vllm==0.33.0: {done.stderr[-300:]}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        return wheel.read("vllm/entrypoints/pooling/scoring/io_processor.py").decode()
+
+
+@pytest.mark.vllm  # downloads a 340 MB wheel once; imports vllm
+def test_the_saved_template_rule_is_vllm_0_33s_own(vllm_033_scoring):
+    """The plugin's effective_template beside 0.33's get_score_prompt, run from the wheel's source with the
+    template renderer replaced by a recorder: the same template and kwargs in every case."""
+    from vllm.renderers import merge_kwargs
+
+    from rerank_kit.server.plugin import effective_template
+
+    node = fingerprint.find(vllm_033_scoring, "CrossEncoderIOProcessor.get_score_prompt")
+    assert ("18b98be46f94378e", "0.33.0") in compat.requirement("plugin.get_score_prompt").pins
+    assert fingerprint.of_node(node) == "18b98be46f94378e", "the pinned 0.33 body is the one tested here"
+    rendered: list[tuple[str, dict]] = []
+
+    def safe_apply_chat_template(model_config, tokenizer, messages, *, chat_template, tools, tokenize, **kwargs):
+        rendered.append((chat_template, kwargs))
+        return "rendered"
+
+    namespace = {
+        "Any": object, "ScoreData": object, "merge_kwargs": merge_kwargs, "TokensPrompt": dict,
+        "parse_score_data": lambda d1, d2, config: (d1, d2, None, None),
+        "safe_apply_chat_template": safe_apply_chat_template,
+        "ChatTemplateResolutionError": type("ChatTemplateResolutionError", (Exception,), {}),
+    }  # fmt: skip
+    function = compile(__import__("ast").Module(body=[node], type_ignores=[]), "vllm-0.33.0", "exec")
+    exec(function, namespace)
+    get_score_prompt = namespace["get_score_prompt"]
+
+    def tokenizer(text=None, text_pair=None, **_):
+        return {"input_ids": [1, 2]}
+
+    cases = [
+        ("server {{ query }}", "saved {{ query }}", {"instruction": "x", "a": None}, {"a": 1, "b": 2}),
+        (None, "saved {{ query }}", {"instruction": "x", "a": None, "b": "auto"}, {"a": 1, "b": 2}),
+        (None, "saved", None, {"instruction": "saved default"}),
+        ("server", None, {"instruction": "x"}, {}),
+    ]
+    for server_template, saved, request_kwargs, saved_kwargs in cases:
+        processor = dataclasses.make_dataclass("P", [])()
+        vars(processor).update(
+            model_config=None, tokenizer=tokenizer, saved_chat_template=saved, saved_chat_template_kwargs=saved_kwargs,
+            supports_score_template=False, model=None, use_sep_token=False,
+        )  # fmt: skip
+        rendered.clear()
+        get_score_prompt(processor, "q", "d", {}, chat_template=server_template, chat_template_kwargs=request_kwargs)
+        assert rendered == [effective_template(processor, server_template, request_kwargs)], (server_template, saved)
+
+
+# --- item 1: a plain server is vLLM's own ----------------------------------------------------------------------
+
+
+def _plain(command: launcher.Command) -> launcher.Command:
+    """``command`` as vLLM's documentation starts it: no --middleware guard, no rerank-kit environment."""
+    args = list(command.server_args)
+    i = args.index("--middleware")
+    del args[i : i + 2]
+    env = {k: v for k, v in command.env.items() if not k.startswith("RERANK_KIT_")}
+    argv = [*command.argv[: len(command.argv) - len(command.server_args)], *args]
+    return dataclasses.replace(command, argv=argv, server_args=tuple(args), env=env)
+
+
+def _answers(url: str, model: str) -> list[tuple[int, str]]:
+    long_document = "lorem ipsum dolor sit amet " * 2000  # past the tiny model's --max-model-len
+    requests = [
+        ("/v1/rerank", {"model": model, "query": "What is vLLM?", "documents": ["vLLM serves models.", "Bread."]}),
+        ("/v1/rerank", {"model": model, "query": "q", "documents": ["d"], "instruction": "Judge relevance"}),
+        ("/v1/rerank", {"model": model, "query": "q", "documents": [long_document]}),
+        ("/v1/score", {"model": model, "queries": "What is vLLM?", "documents": ["vLLM serves models.", "Bread."]}),
+        (
+            "/v1/rerank",
+            {"model": model, "query": "q", "documents": ["d"], "chat_template_kwargs": {"tools": []}},
+        ),
+    ]
+    answers = []
+    for path, body in requests:
+        response = httpx.post(url + path, json=body, timeout=120)
+        # request ids and timestamps differ between any two answers
+        text = re.sub(r'"(id|created)":\s*("[^"]*"|\d+)', r'"\1":"-"', response.text)
+        answers.append((response.status_code, text))
+    return answers
+
+
+@pytest.mark.vllm
+def test_a_plain_server_answers_byte_for_byte_as_without_the_plugin(tiny_model, server_logs):
+    """Qwen3-Reranker started with vLLM's own documented flags (its hf-overrides and template, no rerank-kit
+    marker or setting): the same status and body for every request, with rerank-kit installed and with
+    VLLM_PLUGINS leaving it out."""
+    family = "qwen3-reranker"
+    recipe = get_recipe(str(tiny_model(family)), family=family)
+    overrides = {k: v for k, v in recipe.hf_overrides.items() if k != PIECEWISE_KEY}
+    recipe = dataclasses.replace(recipe, hf_overrides=overrides)
+    answers = []
+    for env in ({}, {"VLLM_PLUGINS": "lora_filesystem_resolver"}):
+        command = launcher.build_command(
+            recipe, server_options(), vllm_version=launcher.vllm_version(), machine=machine.detect()
+        )
+        plain = _plain(command)
+        plain.env.update(env)
+        log = server_logs / f"plain-{family}-{plain.port}{'-without-plugin' if env else ''}.log"
+        with launcher.serving(plain, log_path=log, timeout=300):
+            answers.append(_answers(plain.url, plain.model_name))
+    with_plugin, without = answers
+    assert with_plugin == without
+    # vLLM's own answers: the instruction reaches its template, the over-long pair is refused (no truncation)
+    assert [status for status, _ in with_plugin[:4]] == [200, 200, 400, 200]
