@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import subprocess
 import sys
 
@@ -17,12 +16,13 @@ import httpx
 import pytest
 
 from conftest import TINY_FAMILIES, start_server
-from rerank_kit import RerankClient
+from rerank_kit import RerankClient, machine
 from rerank_kit.errors import SelfCheckError
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
 from rerank_kit.reference import load_reference
 from rerank_kit.selfcheck import self_check
 from rerank_kit.vllm_plugin import BATCHED_MESSAGE
+from startup_log import START_UP_END, Context, unexplained
 
 pytestmark = pytest.mark.vllm
 
@@ -228,32 +228,14 @@ def test_self_check_passes_on_a_correct_server(family_server):
     assert all(p.server_tokens > 0 for p in report.probes)
 
 
-# vLLM start-up warnings that are legitimate on these servers, each with its reason. Anything else at
-# WARNING/ERROR level (or a traceback) before "Application startup complete" fails the test below.
-EXPLAINED_WARNINGS = {
-    r"Model Runner V2 requires Triton|Triton is not installed|Triton is installed, but": "the CPU build has no Triton",
-    r"Enforce eager set|Inductor compilation was disabled": "the tests start servers with --eager (fast start)",
-    r"Found ulimit of": "this machine's open-file limit",
-    r"The global random seed is set to 0. Since VLLM_ENABLE_V1_MULTIPROCESSING": "rerank-kit's uni executor on "
-    "small machines (machine.cpu_choices), measured faster",
-    r"OMP_NUM_THREADS=\d+ is set; leaving Torch threads": "rerank-kit sets OMP_NUM_THREADS to the cores it gives",
-    r"libtcmalloc is not found in LD_PRELOAD": "preloaded only where the system has it (machine.detect); none here",
-    r"To indicate that the rerank API is not part of the standard OpenAI API": "vLLM's notice about /rerank",
-    r"Gemma's activation function was incorrectly set": "Gemma's own config.json says hidden_act (vLLM fixes it)",
-}
-
-
 def test_start_up_log_has_no_unexplained_warning(family_server):
+    """Every WARNING/ERROR before start-up completed has its cause on this server (tests/startup_log.py):
+    this machine, a setting in the command rerank-kit built, or vLLM's notice about the model."""
     text = family_server.log.read_text(errors="replace")
-    start_up = text.split("Application startup complete", 1)[0]
-    flagged = [
-        line
-        for line in start_up.splitlines()
-        if re.search(r"\bWARNING\b|\bERROR\b|Traceback", line)
-        and not any(re.search(pattern, line) for pattern in EXPLAINED_WARNINGS)
-    ]
+    context = Context(family_server.command, machine.detect(), family_server.recipe.family)
+    flagged = unexplained(text, context)
     assert not flagged, "\n".join(flagged)
-    assert "Chat template warmup failed" not in start_up
+    assert "Chat template warmup failed" not in text.split(START_UP_END, 1)[0]
 
 
 def test_prompts_are_built_per_request(family_server):
