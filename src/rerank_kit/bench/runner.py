@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from rerank_kit.bench.metrics import run_quality, summarize
 from rerank_kit.bench.workloads import Workload, load_workload
 from rerank_kit.client import AsyncRerankClient
 from rerank_kit.errors import APIConnectionError, ConfigError
+from rerank_kit.launcher.command import API_KEY_VARIABLE
 
 
 @dataclass
@@ -176,11 +178,13 @@ async def run_bench(
         result = await run_load(client, workload, load, on_progress=on_progress, stop=stop)
         replicas = client.replica_counts()
         retries = client.retry_count()
+    # the key the client sent (the argument, else $RERANK_KIT_API_KEY): a keyed server answers /version with 401
+    api_key = config.api_key or os.environ.get(API_KEY_VARIABLE)
     return {
         "rerank_kit": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(),
-        "server": await asyncio.to_thread(server_facts, config.urls, config.api_key),
+        "server": await asyncio.to_thread(server_facts, config.urls, api_key),
         "workload": {
             "name": workload.name,
             "description": workload.description,
