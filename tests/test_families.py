@@ -15,7 +15,7 @@ import sys
 import httpx
 import pytest
 
-from conftest import TINY_FAMILIES, start_server
+from conftest import SERVER_FIXTURES, SERVER_SPECS, TINY_FAMILIES, queued_server
 from rerank_kit import RerankClient, machine
 from rerank_kit.errors import SelfCheckError
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
@@ -48,11 +48,9 @@ INSTRUCTION = "Given a question, find the passage that answers it"
 
 
 @pytest.fixture(scope="module", params=TINY_FAMILIES)
-def family_server(request, tiny_model, server_logs):
-    family = request.param
-    recipe = get_recipe(str(tiny_model(family)), family=family)
-    with start_server(recipe, server_logs) as server:
-        yield server
+def family_server(request, server_queue):
+    """One server per family (conftest.family_spec), the next one starting while this one's tests run."""
+    yield from queued_server(request, server_queue)
 
 
 # jina-reranker-v2's weights carry its flash-attention names, which only its remote modeling code
@@ -285,15 +283,29 @@ def test_negative_control_wrong_pooling_misses_the_reference(family_server, refe
     assert max(abs(a - b) for a, b in zip(served, reference.scores(_all_pairs()), strict=True)) <= TOLERANCE
 
 
-@pytest.fixture(scope="module", params=sorted(LLM_FAMILIES))
-def bare_server(request, tiny_model, server_logs):
+def _bare_spec(family, tiny_model):
     """The LLM reranker served like most blog posts do: overrides but no score template."""
-    family = request.param
     recipe = get_recipe(str(tiny_model(family)), family=family)
     overrides = {k: v for k, v in recipe.hf_overrides.items() if k != PIECEWISE_KEY}
-    bare = dataclasses.replace(recipe, template=None, hf_overrides=overrides)
-    with start_server(bare, server_logs) as server:
-        yield server
+    return dataclasses.replace(recipe, template=None, hf_overrides=overrides), {}
+
+
+def _without_plugin_spec(_, tiny_model):
+    """mxbai served with the right template but vLLM's whole-string tokenization (plugin disabled)."""
+    recipe = get_recipe(str(tiny_model("mxbai-rerank-v2")), family="mxbai-rerank-v2")
+    # VLLM_PLUGINS lists the general plugins vLLM may load; leaving rerank_kit out disables it.
+    return recipe, {"env": {"VLLM_PLUGINS": "lora_filesystem_resolver"}}
+
+
+SERVER_SPECS.update({"bare": _bare_spec, "without-plugin": _without_plugin_spec})
+SERVER_FIXTURES.update(
+    {"bare_server": lambda family: ("bare", family), "mxbai_without_plugin": lambda _: ("without-plugin", None)}
+)
+
+
+@pytest.fixture(scope="module", params=sorted(LLM_FAMILIES))
+def bare_server(request, server_queue):
+    yield from queued_server(request, server_queue)
 
 
 def test_negative_control_without_template_misses_the_reference(bare_server):
@@ -316,12 +328,8 @@ def test_negative_control_without_template_misses_the_reference(bare_server):
 
 
 @pytest.fixture(scope="module")
-def mxbai_without_plugin(tiny_model, server_logs):
-    """mxbai served with the right template but vLLM's whole-string tokenization (plugin disabled)."""
-    recipe = get_recipe(str(tiny_model("mxbai-rerank-v2")), family="mxbai-rerank-v2")
-    # VLLM_PLUGINS lists the general plugins vLLM may load; leaving rerank_kit out disables it.
-    with start_server(recipe, server_logs, env={"VLLM_PLUGINS": "lora_filesystem_resolver"}) as server:
-        yield server
+def mxbai_without_plugin(request, server_queue):
+    yield from queued_server(request, server_queue)
 
 
 def test_mxbai_needs_piecewise_tokenization(mxbai_without_plugin):
