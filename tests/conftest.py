@@ -140,22 +140,22 @@ def start_server(recipe: Recipe, log_dir: Path, env: dict[str, str] | None = Non
 #   module's timing-sensitive tests);
 # - a server another module asks for by the same name and param is kept running for it instead of being stopped
 #   and started again.
-# SERVER_SPECS maps a server's name to how it is built: (param, tiny_model) -> (recipe, start_server keyword
-# arguments); SERVER_FIXTURES maps a module-scoped fixture to the (name, param) of the server it stands for. Two
-# fixtures share a server only by standing for the same one, so a server whose flags are under test gets a name
-# of its own.
+# SERVER_SPECS maps a server's name to how it is built: (param, tiny_model, a directory for its files) ->
+# (recipe, start_server keyword arguments); SERVER_FIXTURES maps a module-scoped fixture to the (name, param) of
+# the server it stands for. Two fixtures share a server only by standing for the same one, so a server whose
+# flags are under test gets a name of its own.
 
 ServerKey = tuple[str, Any]
-ServerSpec = Callable[[Any, Callable[[str], Path]], tuple[Recipe, dict[str, Any]]]
+ServerSpec = Callable[[Any, Callable[[str], Path], Path], tuple[Recipe, dict[str, Any]]]
 _PLAN = pytest.StashKey[list[tuple[str, ServerKey]]]()
 
 
-def family_spec(family: Any, tiny_model: Callable[[str], Path]) -> tuple[Recipe, dict[str, Any]]:
+def family_spec(family: Any, tiny_model: Callable[[str], Path], _: Path) -> tuple[Recipe, dict[str, Any]]:
     """A family's tiny model with the suite's server options (float32, eager, small KV cache)."""
     return get_recipe(str(tiny_model(family)), family=family), {}
 
 
-def minilm_spec(_: Any, tiny_model: Callable[[str], Path]) -> tuple[Recipe, dict[str, Any]]:
+def minilm_spec(_: Any, __: Callable[[str], Path], ___: Path) -> tuple[Recipe, dict[str, Any]]:
     """The packaged all-MiniLM-L6-v2 as `rerank-kit up` serves it on this CPU (its dtype), with an API key."""
     return get_recipe("sentence-transformers/all-MiniLM-L6-v2"), {"dtype": None, "api_key": MINILM_KEY}
 
@@ -182,7 +182,7 @@ class ServerQueue:
 
     def _spawn(self, key: ServerKey) -> Pending:
         name, param = key
-        recipe, options = SERVER_SPECS[name](param, self._tiny_model)
+        recipe, options = SERVER_SPECS[name](param, self._tiny_model, self._log_dir)
         self.started += 1
         return spawn_server(recipe, self._log_dir, **options)
 

@@ -283,14 +283,14 @@ def test_negative_control_wrong_pooling_misses_the_reference(family_server, refe
     assert max(abs(a - b) for a, b in zip(served, reference.scores(_all_pairs()), strict=True)) <= TOLERANCE
 
 
-def _bare_spec(family, tiny_model):
+def _bare_spec(family, tiny_model, _):
     """The LLM reranker served like most blog posts do: overrides but no score template."""
     recipe = get_recipe(str(tiny_model(family)), family=family)
     overrides = {k: v for k, v in recipe.hf_overrides.items() if k != PIECEWISE_KEY}
     return dataclasses.replace(recipe, template=None, hf_overrides=overrides), {}
 
 
-def _without_plugin_spec(_, tiny_model):
+def _without_plugin_spec(_, tiny_model, __):
     """mxbai served with the right template but vLLM's whole-string tokenization (plugin disabled)."""
     recipe = get_recipe(str(tiny_model("mxbai-rerank-v2")), family="mxbai-rerank-v2")
     # VLLM_PLUGINS lists the general plugins vLLM may load; leaving rerank_kit out disables it.
