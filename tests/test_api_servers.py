@@ -8,6 +8,7 @@ scores or no input limits. Run here on the CPU backend with a tiny Qwen3-Reranke
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.vllm
 
 MAX_DOCS = 4
 REQUESTS = 24
+CONCURRENCY = 8
+ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +62,29 @@ def test_guard_limits_every_request(server):
 
 
 def test_both_processes_served_requests(server):
-    """Each API server process spends CPU on the requests (its own tokenization), so both answered some."""
+    """Each API server process spends CPU on the requests (its own tokenization), so both answered some.
+
+    vLLM's API servers accept from one shared listening socket. Requests sent one after another can all be
+    accepted by the same idle process (seen on an AMX Xeon: 0.14 vs 0.02 CPU seconds), so they go
+    CONCURRENCY at a time, each on a connection of its own, in up to ROUNDS rounds of REQUESTS * 2."""
     processes = [psutil.Process(pid) for pid in _api_server_pids(server.log.read_text(), ACTIVE_MESSAGE)]
     before = [p.cpu_times().user + p.cpu_times().system for p in processes]
     documents = [f"document {i} about something else entirely, long enough to tokenize" for i in range(MAX_DOCS)]
-    for i in range(REQUESTS * 2):
-        body = {"model": server.model, "query": f"query {i}", "documents": documents}
-        assert httpx.post(f"{server.url}/v1/rerank", json=body, timeout=60).status_code == 200
-    busy = [p.cpu_times().user + p.cpu_times().system - b for p, b in zip(processes, before, strict=True)]
-    total = sum(busy)
-    assert all(b > 0.15 * total for b in busy), f"CPU seconds per API server process: {busy}"
+
+    async def one(i: int) -> int:
+        async with httpx.AsyncClient(timeout=60) as client:  # a new connection per request
+            body = {"model": server.model, "query": f"query {i}", "documents": documents}
+            return (await client.post(f"{server.url}/v1/rerank", json=body)).status_code
+
+    async def round_of_requests() -> list[int]:
+        statuses: list[int] = []
+        for start in range(0, REQUESTS * 2, CONCURRENCY):
+            statuses += await asyncio.gather(*(one(i) for i in range(start, start + CONCURRENCY)))
+        return statuses
+
+    for _ in range(ROUNDS):
+        assert set(asyncio.run(round_of_requests())) == {200}
+        busy = [p.cpu_times().user + p.cpu_times().system - b for p, b in zip(processes, before, strict=True)]
+        if all(b > 0.15 * sum(busy) for b in busy):
+            break
+    assert all(b > 0.15 * sum(busy) for b in busy), f"CPU seconds per API server process: {busy}"

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from conftest import MINILM_KEY
 from rerank_kit.bench.loadgen import LoadConfig, poisson_offsets, run_load
 from rerank_kit.bench.metrics import percentile, retrieval_metrics, summarize
 from rerank_kit.bench.workloads import (
@@ -231,7 +232,7 @@ def test_short_bench_run_against_vllm(minilm_server, tmp_path):
         text=True,
         timeout=600,
         cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
+        env={**{k: v for k, v in os.environ.items() if k != "COLUMNS"}, "RERANK_KIT_API_KEY": MINILM_KEY},
     )
     assert result.returncode == 0, result.stderr
     assert "…" not in result.stdout, result.stdout  # piped output: tables are not cut to 80 columns
@@ -302,6 +303,7 @@ def test_reranked_ndcg_matches_in_process_minilm(minilm_server, tmp_path):
         text=True,
         timeout=1200,
         cwd=ROOT,
+        env={**os.environ, "RERANK_KIT_API_KEY": MINILM_KEY},
     )
     assert ran.returncode == 0, ran.stderr
     quality = json.loads(out.read_text())["quality"]

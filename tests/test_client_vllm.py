@@ -7,10 +7,8 @@ import asyncio
 
 import pytest
 
-from conftest import start_server
 from rerank_kit import AsyncRerankClient, RerankClient
 from rerank_kit.errors import BadRequestError, NotFoundError
-from rerank_kit.recipes import get_recipe
 
 pytestmark = pytest.mark.vllm
 
@@ -25,10 +23,9 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, server_logs):
-    recipe = get_recipe(str(tiny_model("qwen3-reranker")), family="qwen3-reranker")
-    with start_server(recipe, server_logs) as s:
-        yield s
+def server(qwen3_server):
+    """The tiny Qwen3-Reranker server tests/test_families.py uses too (conftest.ServerQueue: started once)."""
+    return qwen3_server
 
 
 def test_rerank_sync(server):

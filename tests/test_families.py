@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import subprocess
 import sys
 
 import httpx
 import pytest
 
-from conftest import TINY_FAMILIES, start_server
+from conftest import SERVER_FIXTURES, SERVER_SPECS, TINY_FAMILIES, queued_server
 from rerank_kit import RerankClient
 from rerank_kit.errors import SelfCheckError
+from rerank_kit.launcher import machine
 from rerank_kit.launcher.reference import load_reference
 from rerank_kit.launcher.selfcheck import self_check
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
 from rerank_kit.server.plugin import BATCHED_MESSAGE
+from startup_log import START_UP_END, Context, unexplained
 
 pytestmark = pytest.mark.vllm
 
@@ -48,11 +49,9 @@ INSTRUCTION = "Given a question, find the passage that answers it"
 
 
 @pytest.fixture(scope="module", params=TINY_FAMILIES)
-def family_server(request, tiny_model, server_logs):
-    family = request.param
-    recipe = get_recipe(str(tiny_model(family)), family=family)
-    with start_server(recipe, server_logs) as server:
-        yield server
+def family_server(request, server_queue):
+    """One server per family (conftest.family_spec), the next one starting while this one's tests run."""
+    yield from queued_server(request, server_queue)
 
 
 # jina-reranker-v2's weights carry its flash-attention names, which only its remote modeling code
@@ -228,32 +227,14 @@ def test_self_check_passes_on_a_correct_server(family_server):
     assert all(p.server_tokens > 0 for p in report.probes)
 
 
-# vLLM start-up warnings that are legitimate on these servers, each with its reason. Anything else at
-# WARNING/ERROR level (or a traceback) before "Application startup complete" fails the test below.
-EXPLAINED_WARNINGS = {
-    r"Model Runner V2 requires Triton|Triton is not installed|Triton is installed, but": "the CPU build has no Triton",
-    r"Enforce eager set|Inductor compilation was disabled": "the tests start servers with --eager (fast start)",
-    r"Found ulimit of": "this machine's open-file limit",
-    r"The global random seed is set to 0. Since VLLM_ENABLE_V1_MULTIPROCESSING": "rerank-kit's uni executor on "
-    "small machines (machine.cpu_choices), measured faster",
-    r"OMP_NUM_THREADS=\d+ is set; leaving Torch threads": "rerank-kit sets OMP_NUM_THREADS to the cores it gives",
-    r"libtcmalloc is not found in LD_PRELOAD": "preloaded only where the system has it (machine.detect); none here",
-    r"To indicate that the rerank API is not part of the standard OpenAI API": "vLLM's notice about /rerank",
-    r"Gemma's activation function was incorrectly set": "Gemma's own config.json says hidden_act (vLLM fixes it)",
-}
-
-
 def test_start_up_log_has_no_unexplained_warning(family_server):
+    """Every WARNING/ERROR before start-up completed has its cause on this server (tests/startup_log.py):
+    this machine, a setting in the command rerank-kit built, or vLLM's notice about the model."""
     text = family_server.log.read_text(errors="replace")
-    start_up = text.split("Application startup complete", 1)[0]
-    flagged = [
-        line
-        for line in start_up.splitlines()
-        if re.search(r"\bWARNING\b|\bERROR\b|Traceback", line)
-        and not any(re.search(pattern, line) for pattern in EXPLAINED_WARNINGS)
-    ]
+    context = Context(family_server.command, machine.detect(), family_server.recipe.family)
+    flagged = unexplained(text, context)
     assert not flagged, "\n".join(flagged)
-    assert "Chat template warmup failed" not in start_up
+    assert "Chat template warmup failed" not in text.split(START_UP_END, 1)[0]
 
 
 def test_prompts_are_built_per_request(family_server):
@@ -303,15 +284,29 @@ def test_negative_control_wrong_pooling_misses_the_reference(family_server, refe
     assert max(abs(a - b) for a, b in zip(served, reference.scores(_all_pairs()), strict=True)) <= TOLERANCE
 
 
-@pytest.fixture(scope="module", params=sorted(LLM_FAMILIES))
-def bare_server(request, tiny_model, server_logs):
+def _bare_spec(family, tiny_model, _):
     """The LLM reranker served like most blog posts do: overrides but no score template."""
-    family = request.param
     recipe = get_recipe(str(tiny_model(family)), family=family)
     overrides = {k: v for k, v in recipe.hf_overrides.items() if k != PIECEWISE_KEY}
-    bare = dataclasses.replace(recipe, template=None, hf_overrides=overrides)
-    with start_server(bare, server_logs) as server:
-        yield server
+    return dataclasses.replace(recipe, template=None, hf_overrides=overrides), {}
+
+
+def _without_plugin_spec(_, tiny_model, __):
+    """mxbai served with the right template but vLLM's whole-string tokenization (plugin disabled)."""
+    recipe = get_recipe(str(tiny_model("mxbai-rerank-v2")), family="mxbai-rerank-v2")
+    # VLLM_PLUGINS lists the general plugins vLLM may load; leaving rerank_kit out disables it.
+    return recipe, {"env": {"VLLM_PLUGINS": "lora_filesystem_resolver"}}
+
+
+SERVER_SPECS.update({"bare": _bare_spec, "without-plugin": _without_plugin_spec})
+SERVER_FIXTURES.update(
+    {"bare_server": lambda family: ("bare", family), "mxbai_without_plugin": lambda _: ("without-plugin", None)}
+)
+
+
+@pytest.fixture(scope="module", params=sorted(LLM_FAMILIES))
+def bare_server(request, server_queue):
+    yield from queued_server(request, server_queue)
 
 
 def test_negative_control_without_template_misses_the_reference(bare_server):
@@ -334,12 +329,8 @@ def test_negative_control_without_template_misses_the_reference(bare_server):
 
 
 @pytest.fixture(scope="module")
-def mxbai_without_plugin(tiny_model, server_logs):
-    """mxbai served with the right template but vLLM's whole-string tokenization (plugin disabled)."""
-    recipe = get_recipe(str(tiny_model("mxbai-rerank-v2")), family="mxbai-rerank-v2")
-    # VLLM_PLUGINS lists the general plugins vLLM may load; leaving rerank_kit out disables it.
-    with start_server(recipe, server_logs, env={"VLLM_PLUGINS": "lora_filesystem_resolver"}) as server:
-        yield server
+def mxbai_without_plugin(request, server_queue):
+    yield from queued_server(request, server_queue)
 
 
 def test_mxbai_needs_piecewise_tokenization(mxbai_without_plugin):

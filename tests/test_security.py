@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import start_server
+from conftest import SERVER_FIXTURES, SERVER_SPECS, queued_server
 from rerank_kit.recipes import get_recipe
 
 pytestmark = pytest.mark.vllm
@@ -27,20 +27,19 @@ MAX_DOCS = 64
 MAX_CHARS = 20_000
 
 
-@pytest.fixture(scope="module")
-def secured(tiny_model, server_logs, tmp_path_factory):
-    key_file = tmp_path_factory.mktemp("key") / "api-key"
+def _secured_spec(_, tiny_model, workdir):
+    key_file = workdir / "secured-api-key"
     key_file.write_text(KEY + "\n")
     recipe = get_recipe(str(tiny_model("bge-reranker")), family="bge-reranker")
-    with start_server(
-        recipe,
-        server_logs,
-        api_key_file=str(key_file),
-        max_documents=MAX_DOCS,
-        max_document_chars=MAX_CHARS,
-        max_body_mb=1,
-    ) as server:
-        yield server, key_file
+    limits = {"max_documents": MAX_DOCS, "max_document_chars": MAX_CHARS, "max_body_mb": 1}
+    return recipe, {"api_key_file": str(key_file), **limits}
+
+
+@pytest.fixture(scope="module")
+def secured(request, server_queue, server_logs):
+    """Started through the queue (conftest.ServerQueue), so the `bounded` server below starts during these tests."""
+    for server in queued_server(request, server_queue):
+        yield server, server_logs / "secured-api-key"
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -286,14 +285,19 @@ VLLM_WAY_KEY = "rk-vllm-way-4b7e0c2d"
 BOUND = 2
 
 
-@pytest.fixture(scope="module")
-def bounded(tiny_model, server_logs):
+def _bounded_spec(_, tiny_model, __):
     """A server started with `-- --api-key K` (vLLM's own flag) and at most 2 requests in flight."""
     recipe = get_recipe(str(tiny_model("bge-reranker")), family="bge-reranker")
-    with start_server(
-        recipe, server_logs, max_in_flight=BOUND, extra_args=("--max-num-seqs", "64", "--api-key", VLLM_WAY_KEY)
-    ) as server:
-        yield server
+    return recipe, {"max_in_flight": BOUND, "extra_args": ("--max-num-seqs", "64", "--api-key", VLLM_WAY_KEY)}
+
+
+SERVER_SPECS.update({"secured": _secured_spec, "bounded": _bounded_spec})
+SERVER_FIXTURES.update({"secured": lambda _: ("secured", None), "bounded": lambda _: ("bounded", None)})
+
+
+@pytest.fixture(scope="module")
+def bounded(request, server_queue):
+    yield from queued_server(request, server_queue)
 
 
 def test_a_key_given_after_dashes_is_not_in_argv_and_guards_every_route(bounded):

@@ -13,13 +13,12 @@ import asyncio
 
 import pytest
 
-from conftest import Server, start_server
+from conftest import MINILM_KEY, Server
 from rerank_kit import RerankClient
-from rerank_kit.recipes import get_recipe
 
 pytestmark = pytest.mark.vllm
 
-KEY = "rk-third-party-4e7b2a91"
+KEY = MINILM_KEY
 QUERY = "How do I serve a reranking model behind an HTTP API?"
 # Short and distinct: no truncation, no duplicates, so a returned text identifies its index.
 DOCS = [
@@ -35,11 +34,9 @@ SCORE_TOLERANCE = 1e-6
 
 
 @pytest.fixture(scope="module")
-def server(server_logs) -> Server:
+def server(minilm_server) -> Server:
     """The packaged all-MiniLM-L6-v2 (what `rerank-kit up` serves on CPU), with an API key; max_model_len 256."""
-    recipe = get_recipe("sentence-transformers/all-MiniLM-L6-v2")
-    with start_server(recipe, server_logs, dtype=None, api_key=KEY) as running:
-        yield running
+    return minilm_server
 
 
 @pytest.fixture(scope="module")

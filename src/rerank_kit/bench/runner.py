@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 
 from rerank_kit import __version__
-from rerank_kit._contract import HEALTH_PATH, MODELS_PATH, VERSION_PATH
+from rerank_kit._contract import API_KEY_ENV, HEALTH_PATH, MODELS_PATH, VERSION_PATH
 from rerank_kit.bench.loadgen import LoadConfig, Sample, run_load
 from rerank_kit.bench.metrics import run_quality, summarize
 from rerank_kit.bench.workloads import Workload, load_workload
@@ -178,11 +179,13 @@ async def run_bench(
         result = await run_load(client, workload, load, on_progress=on_progress, stop=stop)
         replicas = client.replica_counts()
         retries = client.retry_count()
+    # the key the client sent (the argument, else $RERANK_KIT_API_KEY): a keyed server answers /version with 401
+    api_key = config.api_key or os.environ.get(API_KEY_ENV)
     return {
         "rerank_kit": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(),
-        "server": await asyncio.to_thread(server_facts, config.urls, config.api_key),
+        "server": await asyncio.to_thread(server_facts, config.urls, api_key),
         "workload": {
             "name": workload.name,
             "description": workload.description,

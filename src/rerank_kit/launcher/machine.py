@@ -164,6 +164,19 @@ def cpu_choices(
                     "change on a 2-core AVX2 VM, bench/RESULTS.md section 8.3)",
                 )
             )
+    if "avx512_bf16" in machine.cpu_flags:
+        # vLLM's CPU platform (0.32: platforms/cpu.py, the accelerated-GDN block) resets a non-float32 SSM state
+        # cache to float32, with a start-up WARNING, whenever torch sees AVX512-BF16. Asking for float32 up front
+        # is the value vLLM would pick anyway; rerankers keep no SSM state, so the only change is a start-up log
+        # without a warning about a cache the model never uses (and a warning left to mean something).
+        choices.append(
+            Choice(
+                "arg",
+                "--mamba-ssm-cache-dtype",
+                "float32",
+                "this CPU has AVX512-BF16: vLLM would reset the SSM state cache to float32 itself, with a warning",
+            )
+        )
     return choices
 
 

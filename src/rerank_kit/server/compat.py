@@ -123,7 +123,7 @@ LAUNCHER_FLAGS = (  # (flag, since, until); every flag launcher.command can emit
     ("--tensor-parallel-size", None, None), ("--data-parallel-size", None, None), ("--enforce-eager", None, None),
     ("--middleware", None, None), ("--dtype", None, None), ("--kv-cache-memory-bytes", "0.10.2", None),
     ("--distributed-executor-backend", None, None), ("--api-server-count", None, None),
-    ("--quantization", None, None),
+    ("--quantization", None, None), ("--mamba-ssm-cache-dtype", "0.10.2", None),
 )  # fmt: skip
 # fmt: off
 REQUIREMENTS: tuple[Requirement, ...] = (
