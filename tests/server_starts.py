@@ -34,8 +34,18 @@ class _Counter:
                     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if len(argv) > 2 and argv[1] == b"-m" and argv[2].startswith(_ENTRY_POINTS):
+                if len(argv) > 2 and argv[1] == b"-m" and argv[2].startswith(_ENTRY_POINTS) and self._ours(pid):
                     self.seen[pid] = self.module
+
+    @staticmethod
+    def _ours(pid: str) -> bool:
+        """Started by this session: it inherited the state directory conftest gives the session (servers that
+        `up` daemonises are no children of pytest, and another run's servers are not ours)."""
+        ours = f"RERANK_KIT_STATE_DIR={os.environ.get('RERANK_KIT_STATE_DIR', '')}".encode()
+        try:
+            return ours in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return False
 
 
 _counter = _Counter()
