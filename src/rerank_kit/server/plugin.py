@@ -40,7 +40,7 @@ from rerank_kit._contract import PIECEWISE_KEY, Limits
 from rerank_kit.errors import InstructionNotSupportedError
 from rerank_kit.recipes import instruction_error
 from rerank_kit.server import prompts as score_prompts
-from rerank_kit.server.prompts import PIECE_SEP, piecewise_token_ids, special_token_frame
+from rerank_kit.server.prompts import DOC_MARK, PIECE_SEP, QUERY_MARK, piecewise_token_ids, special_token_frame
 
 # A child of vLLM's logger, so messages appear in the server log with its formatting.
 logger = logging.getLogger("vllm.rerank_kit")
@@ -74,6 +74,10 @@ INSTRUCTION_ERROR = instruction_error("this model's score template")
 def _check_instruction(template: str | None, chat_template_kwargs: dict[str, Any] | None) -> None:
     if (chat_template_kwargs or {}).get("instruction") and not _template_uses(template, "instruction"):
         raise InstructionNotSupportedError(INSTRUCTION_ERROR)  # a ValueError: vLLM answers 400
+
+
+# The template variable that receives PIECE_SEP from the plugin.
+PIECE_SEP_KWARG = "piece_sep"
 
 
 @functools.cache
@@ -217,18 +221,17 @@ def _piecewise_cross_encoder(base: type) -> type:
         def _shape(self, template: str, kwargs: dict[str, Any]) -> str | None:
             key = (template, repr(sorted(kwargs.items())))
             if key not in self._shapes:
-
-                def render(query: str, document: str) -> str:
-                    messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
-                    return safe_apply_chat_template(
-                        self.model_config, self.tokenizer, messages,
-                        chat_template=template, tools=None, tokenize=False, **kwargs,
-                    )  # fmt: skip
-
-                self._shapes[key] = score_prompts.skeleton(render)
+                self._shapes[key] = score_prompts.skeleton(functools.partial(self._render, template, kwargs))
                 if self._shapes[key] is None:
                     logger.info("rerank-kit: this score template does not insert texts verbatim: prompts per pair")
             return self._shapes[key]
+
+        def _render(self, template: str, kwargs: dict[str, Any], query: str, document: str) -> str:
+            messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
+            return safe_apply_chat_template(
+                self.model_config, self.tokenizer, messages,
+                chat_template=template, tools=None, tokenize=False, **kwargs,
+            )  # fmt: skip
 
         def get_score_prompt(
             self,
@@ -264,24 +267,38 @@ def _piecewise_cross_encoder(base: type) -> type:
                 query = truncate_text_to_tokens(query, self.tokenizer, max_tokens_per_query)
             if max_tokens_per_doc > 0:
                 document = truncate_text_to_tokens(document, self.tokenizer, max_tokens_per_doc)
-            rendered = safe_apply_chat_template(
-                self.model_config,
-                self.tokenizer,
-                [{"role": "query", "content": query}, {"role": "document", "content": document}],
-                chat_template=chat_template,
-                tools=None,
-                tokenize=False,
-                **{**(chat_template_kwargs or {}), "piece_sep": PIECE_SEP},
-            )
+            kwargs = {**(chat_template_kwargs or {}), PIECE_SEP_KWARG: PIECE_SEP}
+            text, ids = self._piecewise_pair(chat_template, kwargs, query, document, encode_kwargs)
+            return text, TokensPrompt(prompt_token_ids=ids)
+
+        def _piecewise_pair(
+            self, template: str, kwargs: dict[str, Any], query: str, document: str, encode_kwargs: dict[str, Any]
+        ) -> tuple[str, list[int]]:
+            """One pair's prompt text and piecewise ids, by the batched path's rule (prompts._joined).
+
+            From the template's skeleton where it has one (the batched path itself, for one pair); else from
+            two renders, the texts and the placeholders in their place, which tell the query's and the
+            document's pieces apart from the fixed text (prompts.piecewise_token_ids)."""
+            shape = self._shape(template, kwargs) if score_prompts.batchable([query, document]) else None
+            if shape is not None:
+                (prompt,) = score_prompts.template_prompts(
+                    self.tokenizer, shape, [query], [document], encode_kwargs, piecewise=True, frame=self._frame
+                )
+                return score_prompts.fill(shape, query, document).replace(PIECE_SEP, ""), prompt.token_ids
+            rendered = self._render(template, kwargs, query, document)
+            try:
+                marked = self._render(template, kwargs, QUERY_MARK, DOC_MARK)
+            except Exception:  # no piece is known: an over-long prompt is cut from its end
+                marked = None
             max_length = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
             ids = piecewise_token_ids(
                 self.tokenizer,
                 rendered,
-                document,
+                marked,
                 frame=self._frame if encode_kwargs.get("add_special_tokens", True) else ([], []),
                 max_length=max_length,
             )
-            return rendered.replace(PIECE_SEP, ""), TokensPrompt(prompt_token_ids=ids)
+            return rendered.replace(PIECE_SEP, ""), ids
 
     return RerankKitCrossEncoderIOProcessor
 
