@@ -18,6 +18,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import tiny_models
+from rerank_kit.server import plugin
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.prompts import PIECE_SEP, piecewise_token_ids
 from rerank_kit.server.prompts import special_token_frame as _special_token_frame
@@ -46,10 +47,13 @@ def bert():
     return AutoTokenizer.from_pretrained(str(tiny_models.minilm_dir()))
 
 
-def renderer(tokenizer, template: str, **kwargs):
-    def render(query: str, document: str) -> str:
+def renderer(tokenizer, template: str, *, instructed: bool = False, **kwargs):
+    """The template rendered as vLLM's renderer does; ``instructed``: the third argument is the instruction."""
+
+    def render(query: str, document: str, instruction: str | None = None) -> str:
         messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs)
+        extra = {"instruction": instruction} if instructed else {}
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs, **extra)
 
     return render
 
@@ -163,7 +167,10 @@ def families():
 
 
 def _skeleton(qwen, template: str, instruction: str | None) -> str:
-    """The batched path's skeleton for a request with ``instruction``."""
+    """The batched path's skeleton for a request with ``instruction`` (placeholder when it is a non-empty string)."""
+    if instruction:
+        shape = score_prompts.skeleton(renderer(qwen, template, instructed=True, piece_sep=PIECE_SEP))
+        return score_prompts.with_instruction(shape, instruction)
     fixed = {} if instruction is None else {"instruction": instruction}
     return score_prompts.skeleton(renderer(qwen, template, piece_sep=PIECE_SEP, **fixed))
 
@@ -214,3 +221,36 @@ def test_a_document_that_occurs_in_the_suffix_cuts_its_own_piece(qwen, document)
     suffix = qwen(QWEN3_SUFFIX, add_special_tokens=False)["input_ids"]
     assert len(ids) <= 70
     assert ids[-len(suffix) :] == suffix
+
+
+INSTRUCTION_CASES = [None, "", " ", "\n\t", "Find the passage", "{{ instruction }} {% if x %}", "Ünïcode ✓ 中文 指令"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("max_length", [None, 96])
+def test_one_skeleton_serves_every_instruction(qwen, name, max_length):
+    """The plugin's skeleton cache holds the instruction as a placeholder: ids equal the per-pair path's (the
+    template rendered with the real instruction) for every instruction, one skeleton for all non-empty ones."""
+    template = (TEMPLATES_DIR / f"{name}.jinja").read_text()
+    shapes: dict = {}
+
+    def render(kwargs, query, document):
+        messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
+        return qwen.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs)
+
+    frame = ([151643], [])
+    encode_kwargs = {"truncation": max_length is not None, "max_length": max_length, "add_special_tokens": True}
+    queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    for instruction in INSTRUCTION_CASES:
+        kwargs = {"piece_sep": PIECE_SEP} | ({} if instruction is None else {"instruction": instruction})
+        shape = plugin._cached_shape(shapes, template, kwargs, render)
+        assert shape is not None
+        batched = score_prompts.template_prompts(
+            qwen, shape, queries, documents, encode_kwargs, piecewise=True, frame=frame
+        )
+        one = renderer(qwen, template, **kwargs)
+        for (query, document), prompt in zip(PAIRS, batched, strict=True):
+            expected = per_pair_ids(qwen, one, query, document, frame=frame, max_length=max_length)
+            assert prompt.token_ids == expected, (instruction, query, document)
+    # None, "" and one skeleton for the five non-empty instructions
+    assert len(shapes) == 3

@@ -34,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from rerank_kit._contract import PIECEWISE_KEY, Limits
@@ -78,6 +80,51 @@ def _check_instruction(template: str | None, chat_template_kwargs: dict[str, Any
 
 # The template variable that receives PIECE_SEP from the plugin.
 PIECE_SEP_KWARG = "piece_sep"
+
+
+# Skeletons kept per IO processor, most recently used last: one per (template, template kwargs other than
+# the instruction) in use. A client can vary the other kwargs, so the number is fixed.
+MAX_SHAPES = 32
+_SHAPES_LOCK = threading.Lock()  # the skeletons are built on vLLM's preprocessing thread pool
+# (template kwargs, query, document) -> the rendered template
+TemplateRender = Callable[[dict[str, Any], str, str], str]
+
+
+def _cached_shape(
+    shapes: dict[tuple[str, str], str | None], template: str, kwargs: dict[str, Any], render: TemplateRender
+) -> str | None:
+    """The skeleton of ``template`` with ``kwargs``, the request's instruction in place; None where only the
+    per-pair path is exact (a template that does not insert its texts verbatim, an instruction that holds a
+    placeholder character).
+
+    A non-empty string ``instruction`` is a placeholder like the texts, so one skeleton serves every
+    instruction; a request without one (absent, empty or not a string: templates fall back to a default
+    task) has its own. ``shapes`` keeps the ``MAX_SHAPES`` most recently used.
+    """
+    instruction = kwargs.get("instruction")
+    instructed = isinstance(instruction, str) and instruction != ""
+    if instructed and not score_prompts.batchable([instruction]):
+        return None
+    placeheld = {**kwargs, "instruction": score_prompts.INSTRUCTION_MARK} if instructed else kwargs
+    key = (template, repr(sorted(placeheld.items())))
+    with _SHAPES_LOCK:
+        found = key in shapes
+        shape = shapes.pop(key, None)
+        if found:
+            shapes[key] = shape  # now the most recently used
+    if not found:
+
+        def probe(query: str, document: str, probe_instruction: str) -> str:
+            return render({**kwargs, "instruction": probe_instruction} if instructed else kwargs, query, document)
+
+        shape = score_prompts.skeleton(probe)
+        if shape is None:
+            logger.info("rerank-kit: this score template does not insert texts verbatim: prompts per pair")
+        with _SHAPES_LOCK:
+            shapes[key] = shape
+            while len(shapes) > MAX_SHAPES:
+                del shapes[next(iter(shapes))]
+    return score_prompts.with_instruction(shape, instruction) if shape is not None and instructed else shape
 
 
 @functools.cache
@@ -219,12 +266,8 @@ def _piecewise_cross_encoder(base: type) -> type:
             )
 
         def _shape(self, template: str, kwargs: dict[str, Any]) -> str | None:
-            key = (template, repr(sorted(kwargs.items())))
-            if key not in self._shapes:
-                self._shapes[key] = score_prompts.skeleton(functools.partial(self._render, template, kwargs))
-                if self._shapes[key] is None:
-                    logger.info("rerank-kit: this score template does not insert texts verbatim: prompts per pair")
-            return self._shapes[key]
+            """The request's skeleton (``_cached_shape``), or None: build its prompts per pair."""
+            return _cached_shape(self._shapes, template, kwargs, functools.partial(self._render, template))
 
         def _render(self, template: str, kwargs: dict[str, Any], query: str, document: str) -> str:
             messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]

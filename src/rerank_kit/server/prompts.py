@@ -6,11 +6,12 @@ rerank-kit plugin tokenizes a prompt in pieces). On a GPU that per-pair Python w
 reranker's throughput. Here the same token ids come from one render and one batched tokenizer call per
 request:
 
-- the template is rendered once with placeholder characters for the query and the document (its
-  *skeleton*), and each pair's text is the skeleton with the placeholders replaced. That is exact for a
-  template that inserts the texts verbatim, which ``skeleton()`` checks with probe texts before it is used;
-  a template that transforms them (``| trim``, ``| upper``, branches on content) gets no skeleton and the
-  caller keeps its per-pair path;
+- the template is rendered once with placeholder characters for the query, the document and the
+  instruction (its *skeleton*), and each pair's text is the skeleton with the placeholders replaced. That
+  is exact for a template that inserts the texts verbatim, which ``skeleton()`` checks with probe texts
+  before it is used; a template that transforms them (``| trim``, ``| upper``, branches on content) gets no
+  skeleton and the caller keeps its per-pair path. The instruction is a placeholder too, so one skeleton
+  serves every instruction a client sends;
 - texts are deduplicated before the tokenizer sees them: a query's pieces are tokenized once per request,
   not once per document;
 - one tokenizer call per distinct kind of text, which Hugging Face tokenizers encode in a batch.
@@ -33,17 +34,20 @@ from typing import Any
 PIECE_SEP = "\U000f8a5e"
 QUERY_MARK = "\U000f8a5f"
 DOC_MARK = "\U000f8a60"
-MARKS = (PIECE_SEP, QUERY_MARK, DOC_MARK)
+INSTRUCTION_MARK = "\U000f8a61"
+MARKS = (PIECE_SEP, QUERY_MARK, DOC_MARK, INSTRUCTION_MARK)
 
-# Texts a verbatim template must reproduce exactly: whitespace at the edges, template syntax, markup,
-# quotes, control characters, the empty string, the words the reranker templates themselves use.
-PROBES: tuple[tuple[str, str], ...] = (
-    ("q", "d"),
-    ("  leading and trailing  ", "\n\ttabs and newlines\n\n"),
-    ("", ""),
-    ("{{ query }} {% raw %}", "{# comment #} }}"),
-    ("<b>&amp;\"'</b>", "\r\n\\n yes no"),
-    ("Ünïcode ✓ 中文", "Instruct: Query: Document:"),
+# (query, document, instruction) a verbatim template must reproduce exactly: whitespace at the edges,
+# template syntax, markup, quotes, control characters, the empty string, the words the reranker templates
+# themselves use. Instructions are never empty: templates replace an empty one with their default task, so
+# a request without an instruction has a skeleton of its own.
+PROBES: tuple[tuple[str, str, str], ...] = (
+    ("q", "d", "i"),
+    ("  leading and trailing  ", "\n\ttabs and newlines\n\n", " "),
+    ("", "", "\n"),
+    ("{{ query }} {% raw %}", "{# comment #} }}", "{{ instruction }} {% endraw %}"),
+    ("<b>&amp;\"'</b>", "\r\n\\n yes no", "  Given a query, <b>&amp;\"'</b>\r\n"),
+    ("Ünïcode ✓ 中文", "Instruct: Query: Document:", "Ünïcode ✓ 中文 Instruct:"),
 )
 
 
@@ -55,7 +59,9 @@ class Prompt:
     token_type_ids: list[int] | None = None
 
 
-Render = Callable[[str, str], str]
+# (query, document, instruction) -> the rendered template; a renderer for a request without an instruction
+# ignores the third argument.
+Render = Callable[[str, str, str], str]
 
 
 def batchable(texts: Sequence[Any]) -> bool:
@@ -64,17 +70,26 @@ def batchable(texts: Sequence[Any]) -> bool:
 
 
 def skeleton(render: Render) -> str | None:
-    """The template rendered with placeholders, or None when it does not insert its texts verbatim."""
+    """The template rendered with placeholders, or None when it does not insert its texts verbatim.
+
+    The skeleton holds the query's and the document's placeholder once each, and the instruction's at most
+    once (none: the template does not use the instruction, or ``render`` does not pass one).
+    """
     try:
-        shape = render(QUERY_MARK, DOC_MARK)
-        if shape.count(QUERY_MARK) != 1 or shape.count(DOC_MARK) != 1:
+        shape = render(QUERY_MARK, DOC_MARK, INSTRUCTION_MARK)
+        if shape.count(QUERY_MARK) != 1 or shape.count(DOC_MARK) != 1 or shape.count(INSTRUCTION_MARK) > 1:
             return None
-        for query, document in PROBES:
-            if render(query, document) != fill(shape, query, document):
+        for query, document, instruction in PROBES:
+            if render(query, document, instruction) != fill(with_instruction(shape, instruction), query, document):
                 return None
     except Exception:  # a template that cannot render probes is handled by the caller's per-pair path
         return None
     return shape
+
+
+def with_instruction(shape: str, instruction: str) -> str:
+    """The skeleton for one request: its instruction in place (``batchable`` texts only)."""
+    return shape.replace(INSTRUCTION_MARK, instruction)
 
 
 def fill(shape: str, query: str, document: str) -> str:
@@ -199,10 +214,10 @@ def template_prompts(
 ) -> list[Prompt]:
     """Every pair's prompt from the template's skeleton.
 
-    Whole (vLLM's behaviour): each filled text tokenized with ``encode_kwargs``. Piecewise (the references'
-    behaviour, see rerank_kit.server.plugin): the skeleton split at ``PIECE_SEP``, each piece tokenized on its
-    own inside ``frame``, and with truncation the pieces that hold the document and the query cut as
-    ``_joined`` says.
+    ``shape`` is a skeleton with the request's instruction in place (``with_instruction``). Whole (vLLM's
+    behaviour): each filled text tokenized with ``encode_kwargs``. Piecewise (the references' behaviour, see
+    rerank_kit.server.plugin): the skeleton split at ``PIECE_SEP``, each piece tokenized on its own inside
+    ``frame``, and with truncation the pieces that hold the document and the query cut as ``_joined`` says.
     """
     if not piecewise:
         texts = [fill(shape, q, d) for q, d in zip(queries, documents, strict=True)]
