@@ -1,13 +1,17 @@
 """What the vLLM plugin does with a request's chat_template_kwargs, without a server.
 
 The skeleton cache (rerank_kit.server.plugin._cached_shape) treats the instruction as a placeholder and stays
-bounded whatever a client varies.
+bounded whatever a client varies; names the renderer sets itself are refused before any render, with a
+ValueError that names them (vLLM answers a ValueError raised while it builds prompts with its own 400).
 """
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from rerank_kit.errors import InvalidInputError
 from rerank_kit.server import plugin
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.prompts import PIECE_SEP
@@ -69,3 +73,52 @@ def test_an_instruction_with_a_placeholder_character_is_built_per_pair(mark):
     shapes: dict = {}
     assert plugin._cached_shape(shapes, TEMPLATE, {"instruction": f"task {mark}"}, Renderer()) is None
     assert shapes == {}
+
+
+# vLLM's safe_apply_chat_template(model_config, tokenizer, conversation, *, tools, chat_template, tokenize,
+# **kwargs) and transformers' render(messages=...) take these themselves; piece_sep is the plugin's.
+RESERVED = ["model_config", "tokenizer", "conversation", "tools", "chat_template", "tokenize", "messages", "piece_sep"]
+
+
+@pytest.mark.parametrize("key", RESERVED)
+def test_a_kwarg_the_renderer_sets_itself_is_a_clear_400(key):
+    with pytest.raises(InvalidInputError) as caught:
+        plugin._check_template_kwargs({"instruction": "Find it", key: None})
+    assert isinstance(caught.value, ValueError)  # what vLLM turns into its 400
+    message = str(caught.value)
+    assert f"'{key}'" in message and "Remove" in message
+    assert "multiple values" not in message
+
+
+def test_every_colliding_kwarg_is_named_at_once():
+    with pytest.raises(InvalidInputError, match=r"'chat_template', 'tokenize', 'tools'"):
+        plugin._check_template_kwargs({"tools": [], "tokenize": True, "chat_template": "x", "enable_thinking": False})
+
+
+def test_the_templates_own_variables_pass():
+    plugin._check_template_kwargs(None)
+    plugin._check_template_kwargs({"instruction": "Find it", "enable_thinking": False, "documents": None})
+    plugin._check_template_kwargs({"piece_sep": PIECE_SEP}, ours=("piece_sep",))
+
+
+@pytest.mark.parametrize("key", RESERVED[:-1])
+def test_the_skeleton_code_refuses_before_rendering_and_says_nothing_about_verbatim(key, caplog):
+    shapes: dict = {}
+    render = Renderer()
+    with caplog.at_level(logging.INFO, logger="vllm.rerank_kit"), pytest.raises(InvalidInputError, match=key):
+        plugin._cached_shape(shapes, TEMPLATE, {key: None, "piece_sep": PIECE_SEP}, render)
+    assert render.renders == 0 and shapes == {}
+    assert "verbatim" not in caplog.text
+
+
+def test_the_reserved_names_cover_what_the_installed_vllm_renderer_takes():
+    hf = pytest.importorskip("vllm.renderers.hf")
+    import inspect
+
+    taken = {
+        name
+        for name, p in inspect.signature(hf.safe_apply_chat_template).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+    assert taken <= plugin._reserved_kwargs()
+    assert plugin._reserved_kwargs() == set(RESERVED)

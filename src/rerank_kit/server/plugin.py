@@ -35,11 +35,11 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rerank_kit._contract import PIECEWISE_KEY, Limits
-from rerank_kit.errors import InstructionNotSupportedError
+from rerank_kit.errors import InstructionNotSupportedError, InvalidInputError
 from rerank_kit.recipes import instruction_error
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.prompts import DOC_MARK, PIECE_SEP, QUERY_MARK, piecewise_token_ids, special_token_frame
@@ -82,6 +82,31 @@ def _check_instruction(template: str | None, chat_template_kwargs: dict[str, Any
 PIECE_SEP_KWARG = "piece_sep"
 
 
+@functools.cache
+def _reserved_kwargs() -> frozenset[str]:
+    """What a request's ``chat_template_kwargs`` may not set: the names the plugin passes vLLM's
+    ``safe_apply_chat_template`` itself (its row in rerank_kit.server.compat, checked before the plugin
+    renders), ``messages`` (transformers renders the conversation under that name) and ``piece_sep``."""
+    from rerank_kit.server.compat import requirement
+
+    passed = requirement("plugin.safe_apply_chat_template").params
+    return frozenset(name for name in passed if name not in ("*", "**")) | {"messages", PIECE_SEP_KWARG}
+
+
+def _check_template_kwargs(chat_template_kwargs: Mapping[str, Any] | None, *, ours: tuple[str, ...] = ()) -> None:
+    """Refuse request ``chat_template_kwargs`` that collide with an argument the renderer sets itself, before
+    any render: passed on, they fail deep in vLLM as a TypeError ("got multiple values for keyword argument").
+    ``ours``: names the caller has just set itself (``piece_sep`` on the piecewise path)."""
+    clash = sorted((_reserved_kwargs() - set(ours)) & set(chat_template_kwargs or {}))
+    if clash:
+        names = ", ".join(repr(name) for name in clash)
+        raise InvalidInputError(  # a ValueError: vLLM answers 400
+            f"chat_template_kwargs may not set {names}: the server's score-template renderer sets "
+            f"{'this argument' if len(clash) == 1 else 'these arguments'} itself. Remove "
+            f"{names} from chat_template_kwargs; the template's own variables (e.g. 'instruction') are fine."
+        )
+
+
 # Skeletons kept per IO processor, most recently used last: one per (template, template kwargs other than
 # the instruction) in use. A client can vary the other kwargs, so the number is fixed.
 MAX_SHAPES = 32
@@ -101,6 +126,7 @@ def _cached_shape(
     instruction; a request without one (absent, empty or not a string: templates fall back to a default
     task) has its own. ``shapes`` keeps the ``MAX_SHAPES`` most recently used.
     """
+    _check_template_kwargs(kwargs, ours=(PIECE_SEP_KWARG,))
     instruction = kwargs.get("instruction")
     instructed = isinstance(instruction, str) and instruction != ""
     if instructed and not score_prompts.batchable([instruction]):
@@ -256,6 +282,7 @@ def _piecewise_cross_encoder(base: type) -> type:
                 build = score_prompts.pair_prompts if sep else score_prompts.joined_prompts
                 return build(self.tokenizer, queries, documents, encode_kwargs)
             kwargs = (first["prompt_extras"] or {}).get("chat_template_kwargs") or {}
+            _check_template_kwargs(kwargs)  # raises: the per-pair path answers with the error
             piecewise = self._piecewise
             shape = self._shape(template, {**kwargs, "piece_sep": PIECE_SEP} if piecewise else kwargs)
             if shape is None:
@@ -301,6 +328,9 @@ def _piecewise_cross_encoder(base: type) -> type:
                 max_tokens_per_doc,
                 chat_template_kwargs,
             )
+            # vLLM >= 0.33 renders the checkpoint's saved template when the server has none
+            if chat_template is not None or getattr(self, "saved_chat_template", None) is not None:
+                _check_template_kwargs(chat_template_kwargs)
             if not (self._piecewise and chat_template is not None):
                 return super().get_score_prompt(*args)
             query, document, mm_data, _ = parse_score_data(data_1, data_2, self.model_config)
