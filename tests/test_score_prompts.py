@@ -254,3 +254,24 @@ def test_one_skeleton_serves_every_instruction(qwen, name, max_length):
             assert prompt.token_ids == expected, (instruction, query, document)
     # None, "" and one skeleton for the five non-empty instructions
     assert len(shapes) == 3
+
+
+def test_a_template_without_a_skeleton_still_fits(qwen):
+    """The per-pair path for a template that transforms its texts: the marks find the pieces when both renders
+    split alike (here | trim: the suffix stays); when they do not (a branch on an empty document), no piece is
+    known and the prompt is cut from its end. Never past max_length either way."""
+    trims = "Q: {{ messages[0].content | trim }}{{ piece_sep }}D: {{ messages[1].content | trim }}{{ piece_sep }}END"
+    branches = (
+        "Q: {{ messages[0].content }}{% if messages[1].content %}{{ piece_sep }}D: {{ messages[1].content }}"
+        "{% endif %}{{ piece_sep }}END"
+    )
+    long_query = "why? " * 100
+    end = qwen("END", add_special_tokens=False)["input_ids"]
+    trimmed = renderer(qwen, trims, piece_sep=PIECE_SEP)
+    assert score_prompts.skeleton(trimmed) is None
+    ids = per_pair_ids(qwen, trimmed, long_query, " END ", frame=([], []), max_length=20)
+    assert len(ids) == 20 and ids[-len(end) :] == end
+    branched = renderer(qwen, branches, piece_sep=PIECE_SEP)
+    ids = per_pair_ids(qwen, branched, long_query, "", frame=([], []), max_length=20)
+    whole = per_pair_ids(qwen, branched, long_query, "", frame=([], []), max_length=None)
+    assert ids == whole[:20]
