@@ -243,7 +243,7 @@ def test_the_saved_template_rule_is_vllm_0_33s_own(vllm_033_scoring):
     template renderer replaced by a recorder: the same template and kwargs in every case."""
     from vllm.renderers import merge_kwargs
 
-    from rerank_kit.server.plugin import effective_template
+    from rerank_kit.server.checks import effective_template
 
     node = fingerprint.find(vllm_033_scoring, "CrossEncoderIOProcessor.get_score_prompt")
     assert ("18b98be46f94378e", "0.33.0") in compat.requirement("plugin.get_score_prompt").pins

