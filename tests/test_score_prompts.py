@@ -18,7 +18,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import tiny_models
-from rerank_kit.server import plugin
+from rerank_kit.server import checks
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.prompts import PIECE_SEP, piecewise_token_ids
 from rerank_kit.server.prompts import special_token_frame as _special_token_frame
@@ -243,7 +243,7 @@ def test_one_skeleton_serves_every_instruction(qwen, name, max_length):
     queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
     for instruction in INSTRUCTION_CASES:
         kwargs = {"piece_sep": PIECE_SEP} | ({} if instruction is None else {"instruction": instruction})
-        shape = plugin._cached_shape(shapes, template, kwargs, render)
+        shape = checks.cached_shape(shapes, template, kwargs, render)
         assert shape is not None
         batched = score_prompts.template_prompts(
             qwen, shape, queries, documents, encode_kwargs, piecewise=True, frame=frame
