@@ -319,10 +319,11 @@ def _answers(url: str, model: str) -> list[tuple[int, str]]:
 
 
 @pytest.mark.vllm
-def test_a_plain_server_answers_byte_for_byte_as_without_the_plugin(tiny_model, server_logs):
+def test_a_plain_server_answers_byte_for_byte_as_without_the_plugin(tiny_model, server_logs, monkeypatch):
     """Qwen3-Reranker started with vLLM's own documented flags (its hf-overrides and template, no rerank-kit
     marker or setting): the same status and body for every request, with rerank-kit installed and with
     VLLM_PLUGINS leaving it out."""
+    monkeypatch.delenv(PLUGIN_ENV, raising=False)  # the servers inherit this process's environment
     family = "qwen3-reranker"
     recipe = get_recipe(str(tiny_model(family)), family=family)
     overrides = {k: v for k, v in recipe.hf_overrides.items() if k != PIECEWISE_KEY}

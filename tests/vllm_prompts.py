@@ -16,14 +16,24 @@ from rerank_kit.launcher.offline import engine_kwargs_from_argv
 
 
 @cache
-def _processor(argv: tuple[str, ...]):
+def _processor(argv: tuple[str, ...], plugin_mode: str):
     from vllm.engine.arg_utils import EngineArgs
     from vllm.entrypoints.pooling.factories import init_pooling_io_processors
     from vllm.plugins import load_general_plugins
     from vllm.renderers import renderer_from_config
     from vllm.renderers.chat_utils import ChatTemplateConfig
 
-    load_general_plugins()
+    # the plugin acts where the server's environment asks for it; it reads the setting when it registers (once
+    # per process), and the test process's environment is left as it was
+    saved = os.environ.get(PLUGIN_ENV)
+    os.environ[PLUGIN_ENV] = plugin_mode
+    try:
+        load_general_plugins()
+    finally:
+        if saved is None:
+            os.environ.pop(PLUGIN_ENV, None)
+        else:
+            os.environ[PLUGIN_ENV] = saved
     kwargs, template = engine_kwargs_from_argv(list(argv))
     config = EngineArgs(**kwargs).create_engine_config()
     processors = init_pooling_io_processors(
@@ -37,9 +47,7 @@ def _processor(argv: tuple[str, ...]):
 
 def prompt_token_ids(command: Command, query: str, document: str, instruction: str | None = None) -> list[int]:
     """What the server built by ``command`` tokenizes for (query, document)."""
-    # the plugin acts where the server's environment asks for it (once per process: the first command's mode)
-    os.environ.setdefault(PLUGIN_ENV, str(command.env.get(PLUGIN_ENV, "")))
-    processor = _processor(command.server_args)
+    processor = _processor(command.server_args, str(command.env.get(PLUGIN_ENV, "")))
     _, prompt = processor.get_score_prompt(
         query,
         document,
