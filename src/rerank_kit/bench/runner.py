@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,11 +18,12 @@ from typing import Any
 import httpx
 
 from rerank_kit import __version__
-from rerank_kit._contract import API_KEY_ENV, HEALTH_PATH, MODELS_PATH, VERSION_PATH
+from rerank_kit._contract import HEALTH_PATH, MODELS_PATH, VERSION_PATH
 from rerank_kit.bench.loadgen import LoadConfig, Sample, run_load
 from rerank_kit.bench.metrics import run_quality, summarize
 from rerank_kit.bench.workloads import Workload, load_workload
 from rerank_kit.client import AsyncRerankClient
+from rerank_kit.client._config import resolve_config
 from rerank_kit.client.probe import probe
 from rerank_kit.errors import APIConnectionError, ConfigError
 from rerank_kit.launcher import machine
@@ -179,8 +179,9 @@ async def run_bench(
         result = await run_load(client, workload, load, on_progress=on_progress, stop=stop)
         replicas = client.replica_counts()
         retries = client.retry_count()
-    # the key the client sent (the argument, else $RERANK_KIT_API_KEY): a keyed server answers /version with 401
-    api_key = config.api_key or os.environ.get(API_KEY_ENV)
+    # the key the client sent, by the client's own rule (the argument, else $RERANK_KIT_API_KEY): a keyed server
+    # answers /version with 401
+    api_key = resolve_config(config.urls, api_key=config.api_key).api_key
     return {
         "rerank_kit": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
