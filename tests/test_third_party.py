@@ -30,7 +30,11 @@ DOCS = [
     "Start the server with one command, then send the query and the documents to /v1/rerank.",
 ]
 TOP_N = 3
-SCORE_TOLERANCE = 1e-6
+# How far the same request's score may move between two calls. vLLM embeds the query and each document as
+# separate engine requests, and which of them share an engine step depends on when each arrives; a float32
+# forward gives the same score (within 1e-6) whatever the batch, a bfloat16 one does not: its matmuls round
+# differently per batch shape. CI on an AMX Xeon (bfloat16 by default, 2026-12-05) saw 2.3e-4 on one document.
+TOLERANCE = {"float32": 1e-6, "bfloat16": 2e-3, "float16": 2e-3}
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +59,27 @@ def expected(server, model) -> list[tuple[int, float]]:
     return ranking
 
 
-def assert_same_ranking(got: list[tuple[int, float]], expected: list[tuple[int, float]]) -> None:
-    assert [i for i, _ in got] == [i for i, _ in expected]
-    for (index, score), (_, want) in zip(got, expected, strict=True):
-        assert score == pytest.approx(want, abs=SCORE_TOLERANCE), f"document {index}"
+@pytest.fixture(scope="module")
+def tolerance(server) -> float:
+    """TOLERANCE for the dtype the server runs (the launcher picks it per CPU kind)."""
+    args = server.command.server_args
+    return TOLERANCE[args[args.index("--dtype") + 1]]
+
+
+def assert_same_ranking(
+    got: list[tuple[int, float]], expected: list[tuple[int, float]], tolerance: float, top_n: int | None = None
+) -> None:
+    """The best ``top_n`` (else every) document of ``expected`` with the same scores, best first. Documents whose
+    expected scores are within the tolerance of each other may trade places, also across the top_n cut."""
+    want = dict(expected)
+    assert len(got) == (top_n or len(expected))
+    scores = [score for _, score in got]
+    assert scores == sorted(scores, reverse=True), "not sorted best first"
+    for index, score in got:
+        assert score == pytest.approx(want[index], abs=tolerance), f"document {index}"
+    lowest_kept = min(want[index] for index, _ in got)
+    left_out = set(want) - {index for index, _ in got}
+    assert all(want[index] <= lowest_kept + tolerance for index in left_out), "a better document was left out"
 
 
 def by_text(pairs: list[tuple[str, float]]) -> list[tuple[int, float]]:
@@ -66,27 +87,27 @@ def by_text(pairs: list[tuple[str, float]]) -> list[tuple[int, float]]:
     return [(DOCS.index(text), score) for text, score in pairs]
 
 
-def test_cohere_sdk_v1_client(server, model, expected):
+def test_cohere_sdk_v1_client(server, model, expected, tolerance):
     cohere = pytest.importorskip("cohere")
     client = cohere.Client(api_key=KEY, base_url=server.url)  # POST /v1/rerank
     response = client.rerank(model=model, query=QUERY, documents=DOCS, top_n=TOP_N)
-    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected[:TOP_N])
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected, tolerance, TOP_N)
     # The v1 API's document objects: ranked on their "text" (normalize.py turns them into strings for vLLM).
     response = client.rerank(model=model, query=QUERY, documents=[{"text": d, "id": i} for i, d in enumerate(DOCS)])
-    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected)
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected, tolerance)
 
 
-def test_cohere_sdk_client_v2(server, model, expected):
+def test_cohere_sdk_client_v2(server, model, expected, tolerance):
     cohere = pytest.importorskip("cohere")
     client = cohere.ClientV2(api_key=KEY, base_url=server.url)  # POST /v2/rerank
     response = client.rerank(model=model, query=QUERY, documents=DOCS, top_n=TOP_N)
-    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected[:TOP_N])
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected, tolerance, TOP_N)
     # An explicit None is sent as "top_n": null (normalize.py drops it: every document).
     response = client.rerank(model=model, query=QUERY, documents=DOCS, top_n=None)
-    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected)
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected, tolerance)
 
 
-def test_cohere_sdk_async_client_v2(server, model, expected):
+def test_cohere_sdk_async_client_v2(server, model, expected, tolerance):
     cohere = pytest.importorskip("cohere")
 
     async def rerank():
@@ -94,10 +115,10 @@ def test_cohere_sdk_async_client_v2(server, model, expected):
         return await client.rerank(model=model, query=QUERY, documents=DOCS)
 
     response = asyncio.run(rerank())
-    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected)
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected, tolerance)
 
 
-def test_langchain_cohere_rerank(server, model, expected):
+def test_langchain_cohere_rerank(server, model, expected, tolerance):
     # The way LangChain's docs reach a vLLM reranker. It sends "max_tokens_per_doc": null on every call,
     # which vLLM refuses with a 400 unless the guard normalises the body.
     langchain_cohere = pytest.importorskip("langchain_cohere")
@@ -106,21 +127,22 @@ def test_langchain_cohere_rerank(server, model, expected):
     documents = [Document(page_content=d) for d in DOCS]
     reranker = langchain_cohere.CohereRerank(base_url=server.url, model=model, cohere_api_key=KEY, top_n=TOP_N)
     kept = reranker.compress_documents(documents, QUERY)
-    assert_same_ranking(by_text([(d.page_content, d.metadata["relevance_score"]) for d in kept]), expected[:TOP_N])
+    ranked = by_text([(d.page_content, d.metadata["relevance_score"]) for d in kept])
+    assert_same_ranking(ranked, expected, tolerance, TOP_N)
     # top_n=None ("every document") adds "top_n": null.
     everything = langchain_cohere.CohereRerank(base_url=server.url, model=model, cohere_api_key=KEY, top_n=None)
     kept = everything.compress_documents(documents, QUERY)
-    assert_same_ranking(by_text([(d.page_content, d.metadata["relevance_score"]) for d in kept]), expected)
+    assert_same_ranking(by_text([(d.page_content, d.metadata["relevance_score"]) for d in kept]), expected, tolerance)
 
 
-def test_llama_index_cohere_rerank(server, model, expected):
+def test_llama_index_cohere_rerank(server, model, expected, tolerance):
     module = pytest.importorskip("llama_index.postprocessor.cohere_rerank")
     from llama_index.core.schema import NodeWithScore, TextNode
 
     # 0.4 (llama-index-core 0.12) sends to /v1/rerank with cohere.Client; 0.10 to /v2/rerank with ClientV2.
     reranker = module.CohereRerank(api_key=KEY, base_url=server.url, model=model, top_n=len(DOCS))
     nodes = reranker.postprocess_nodes([NodeWithScore(node=TextNode(text=d)) for d in DOCS], query_str=QUERY)
-    assert_same_ranking(by_text([(n.node.get_content(), n.score) for n in nodes]), expected)
+    assert_same_ranking(by_text([(n.node.get_content(), n.score) for n in nodes]), expected, tolerance)
 
 
 @pytest.mark.parametrize(
@@ -131,17 +153,17 @@ def test_llama_index_cohere_rerank(server, model, expected):
         ("cohere", ""),  # POST /v2/rerank
     ],
 )
-def test_litellm_rerank(server, model, expected, monkeypatch, provider, suffix):
+def test_litellm_rerank(server, model, expected, tolerance, monkeypatch, provider, suffix):
     # LiteLLM fetches its model price list from the internet at import unless told to use the bundled one.
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     litellm = pytest.importorskip("litellm")
     response = litellm.rerank(
         model=f"{provider}/{model}", query=QUERY, documents=DOCS, top_n=TOP_N, api_base=server.url + suffix, api_key=KEY
     )
-    assert_same_ranking([(r["index"], r["relevance_score"]) for r in response.results], expected[:TOP_N])
+    assert_same_ranking([(r["index"], r["relevance_score"]) for r in response.results], expected, tolerance, TOP_N)
 
 
-def test_haystack_cohere_ranker(server, model, expected, monkeypatch):
+def test_haystack_cohere_ranker(server, model, expected, tolerance, monkeypatch):
     # Sends its default "max_tokens_per_doc": 4096 on every call; this model's max_model_len is 256.
     # Haystack sends usage telemetry (posthog) unless told not to; this machine reaches no such host.
     monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")
@@ -154,12 +176,12 @@ def test_haystack_cohere_ranker(server, model, expected, monkeypatch):
     )
     documents = [Document(content=d) for d in DOCS]
     ranked = ranker.run(query=QUERY, documents=documents)["documents"]
-    assert_same_ranking(by_text([(d.content, d.score) for d in ranked]), expected[:TOP_N])
+    assert_same_ranking(by_text([(d.content, d.score) for d in ranked]), expected, tolerance, TOP_N)
     ranked = asyncio.run(ranker.run_async(query=QUERY, documents=documents))["documents"]
-    assert_same_ranking(by_text([(d.content, d.score) for d in ranked]), expected[:TOP_N])
+    assert_same_ranking(by_text([(d.content, d.score) for d in ranked]), expected, tolerance, TOP_N)
 
 
-def test_requests_in_jinas_shape(server, model, expected):
+def test_requests_in_jinas_shape(server, model, expected, tolerance):
     requests = pytest.importorskip("requests")
     response = requests.post(
         server.url + "/v1/rerank",
@@ -169,5 +191,5 @@ def test_requests_in_jinas_shape(server, model, expected):
     )
     assert response.status_code == 200, response.text
     results = response.json()["results"]
-    assert_same_ranking([(r["index"], r["relevance_score"]) for r in results], expected[:TOP_N])
-    assert [r["document"]["text"] for r in results] == [DOCS[i] for i, _ in expected[:TOP_N]]
+    assert_same_ranking([(r["index"], r["relevance_score"]) for r in results], expected, tolerance, TOP_N)
+    assert [r["document"]["text"] for r in results] == [DOCS[r["index"]] for r in results]
