@@ -27,6 +27,12 @@ SCORE_PATH = "/v1/score"
 VERSION_PATH = "/version"
 # vLLM's rerank routes (vllm/entrypoints/pooling/scoring/api_router.py); they all take RerankRequest.
 RERANK_PATHS = frozenset({"/rerank", RERANK_PATH, "/v2/rerank"})
+# vLLM's score routes (the same file); they take ScoreRequest.
+SCORE_PATHS = frozenset({"/score", SCORE_PATH})
+# The response header of a server that scores long documents in windows (rerank_kit.server.chunking):
+# "pairs=<pairs scored>; max=<max_chunks_per_doc applied>". Its absence tells a client that documents
+# longer than the model's window were truncated.
+CHUNKS_HEADER = "x-rerank-kit-chunks"
 
 # --- environment names ------------------------------------------------------------------------------
 
@@ -69,6 +75,8 @@ DEFAULT_MAX_DOCUMENTS = 1000
 DEFAULT_MAX_DOCUMENT_CHARS = 200_000
 DEFAULT_MAX_BODY_MB = 32
 DEFAULT_MAX_BODY_BYTES = DEFAULT_MAX_BODY_MB << 20
+# Windows scored per long document unless a request says otherwise (server.chunking; bench/RESULTS.md section 10).
+DEFAULT_MAX_CHUNKS_PER_DOC = 8
 # Limits field -> the environment variable that carries it from the launcher to the server.
 _LIMIT_ENV_NAMES = {
     "strict_length": "RERANK_KIT_STRICT_LENGTH",
@@ -76,6 +84,7 @@ _LIMIT_ENV_NAMES = {
     "max_document_chars": "RERANK_KIT_MAX_DOCUMENT_CHARS",
     "max_body_bytes": "RERANK_KIT_MAX_BODY_BYTES",
     "max_in_flight": "RERANK_KIT_MAX_IN_FLIGHT",
+    "max_chunks_per_doc": "RERANK_KIT_MAX_CHUNKS_PER_DOC",
 }
 
 
@@ -97,6 +106,8 @@ class Limits:
     strict_length: bool = False
     # Requests in flight per API server process before the guard answers 429; None or 0: unbounded.
     max_in_flight: int | None = None
+    # Windows scored per long document when a request does not say (max_chunks_per_doc); 1: truncate.
+    max_chunks_per_doc: int = DEFAULT_MAX_CHUNKS_PER_DOC
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that carry these settings; a default is left out (readers fall back to it)."""

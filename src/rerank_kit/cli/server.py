@@ -19,6 +19,7 @@ from rerank_kit import launcher
 from rerank_kit._contract import (
     API_KEY_ENV,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CHUNKS_PER_DOC,
     DEFAULT_MAX_DOCUMENT_CHARS,
     DEFAULT_MAX_DOCUMENTS,
     RERANK_PATH,
@@ -171,6 +172,15 @@ def server(
             "(default: chosen for the machine, printed with why; 0: unbounded).",
         ),
     ] = None,
+    max_chunks_per_doc: Annotated[
+        int | None,
+        typer.Option(
+            "--max-chunks-per-doc",
+            help="Long documents: windows scored per document when a request does not say (its "
+            f"max_chunks_per_doc); the document gets its best window's score (default {DEFAULT_MAX_CHUNKS_PER_DOC}"
+            "; 1 truncates to the first window).",
+        ),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -231,6 +241,7 @@ def server(
         max_document_chars=max_document_chars,
         max_body_mb=max_body_mb,
         max_in_flight=max_in_flight,
+        max_chunks_per_doc=max_chunks_per_doc,
         insecure=insecure,
         strict_length=strict_length,
         api_key=api_key,

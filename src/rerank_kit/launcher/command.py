@@ -275,6 +275,8 @@ def build_command(
         # Printed with the other choices; it reaches the guard through Limits, not argv.
         choices = [*choices, admission]
         limits = dataclasses.replace(limits, max_in_flight=int(admission.value))
+    asked_chunks = options.max_chunks_per_doc is not None
+    choices = [*choices, machine_mod.chunks_choice(limits.max_chunks_per_doc, asked=asked_chunks)]
     env.update(limits.to_env())  # read by the guard and the vLLM plugin in the server (rerank_kit.server)
     # the plugin acts only where asked, and refuses to start a piecewise recipe it cannot serve right
     env[PLUGIN_ENV] = PLUGIN_PIECEWISE if recipe.hf_overrides.get(PIECEWISE_KEY) else PLUGIN_ON

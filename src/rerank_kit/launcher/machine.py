@@ -41,6 +41,8 @@ API_SERVER_CORES = 2
 # rerank-kit's API server on one core of the development machine, tiny Qwen3-Reranker, 64 documents a request
 # (bench/frontend_cost.py, RESULTS.md section 8.1): what one API server process sustains.
 API_SERVER_PAIRS_PER_CORE = 1300
+# What the default number of windows per long document rests on (bench/RESULTS.md section 10).
+CHUNKS_REASON = "measured: bench/RESULTS.md section 10"
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,26 @@ def api_server_choice(machine: Machine | None, *, gpus: int) -> Choice | None:
         "and tokenizer work, which on a GPU limits a reranker before the model does (one process serves "
         f"~{API_SERVER_PAIRS_PER_CORE} pairs/s per core, bench/RESULTS.md section 8.1); the guard's bounds apply "
         "per process",
+    )
+
+
+def chunks_choice(max_chunks: int, *, asked: bool) -> Choice:
+    """How many windows the guard scores per long document (``rerank_kit.server.chunking``), and why.
+
+    >>> chunks_choice(1, asked=True).reason
+    'asked for: long documents are truncated to their first window'
+    """
+    name = Limits.env_name("max_chunks_per_doc")
+    if asked:
+        what = "truncated to their first window" if max_chunks == 1 else f"scored in up to {max_chunks} windows"
+        return Choice("env", name, str(max_chunks), f"asked for: long documents are {what}")
+    return Choice(
+        "env",
+        name,
+        str(max_chunks),
+        f"a document longer than fits beside the query is scored in up to {max_chunks} windows and gets its best "
+        f"window's score ({CHUNKS_REASON}); a request's max_chunks_per_doc wins (--max-chunks-per-doc overrides, "
+        "1 truncates as vLLM does)",
     )
 
 

@@ -76,6 +76,8 @@ class ServeOptions:
     # Requests in flight per API server process before the guard answers 429 (None: chosen for the
     # machine by machine.max_in_flight_choice; 0: unbounded).
     max_in_flight: int | None = None
+    # Windows scored per long document when a request does not say (None: the guard's default; 1: truncate).
+    max_chunks_per_doc: int | None = None
     # Allow binding beyond localhost without an API key.
     insecure: bool = False
     # A method of recipes.QUANTIZATION_METHODS; build_command checks it against the recipe, the device and
@@ -93,6 +95,10 @@ class ServeOptions:
                 raise ConfigError(f"{flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}")
         if self.max_in_flight is not None and self.max_in_flight < 0:
             raise ConfigError(f"--max-in-flight must be >= 0 (0: unbounded), not {self.max_in_flight}")
+        if self.max_chunks_per_doc is not None and self.max_chunks_per_doc < 1:
+            raise ConfigError(
+                f"--max-chunks-per-doc must be >= 1 (1: truncate long documents), not {self.max_chunks_per_doc}"
+            )
         if self.quantization is not None and any(has_flag(self.extra_args, f) for f in ("--quantization", "-q")):
             raise ConfigError("--quantization and --quantization after -- both give a method: give it once")
         rest, key = _take_api_key(self.extra_args)
@@ -117,6 +123,7 @@ class ServeOptions:
             "max_document_chars": self.max_document_chars,
             "max_body_bytes": int(self.max_body_mb * (1 << 20)) if self.max_body_mb else None,
             "max_in_flight": self.max_in_flight,
+            "max_chunks_per_doc": self.max_chunks_per_doc,
         }
         return Limits(strict_length=self.strict_length, **{k: v for k, v in given.items() if v is not None})
 

@@ -41,6 +41,8 @@ Errors use vLLM's JSON shape: ``{"error": {"message", "type", "param", "code"}}`
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -53,16 +55,19 @@ from typing import Any
 import orjson
 
 from rerank_kit._contract import (
+    CHUNKS_HEADER,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_DOCUMENT_CHARS,
     DEFAULT_MAX_DOCUMENTS,
     HEALTH_PATH,
     MODELS_PATH,
     RERANK_PATHS,
+    SCORE_PATHS,
     VERSION_PATH,
     VLLM_API_KEY_ENV,
     Limits,
 )
+from rerank_kit.server import chunking
 from rerank_kit.server.bodycheck import RejectedRequest, check_body, too_large
 from rerank_kit.server.normalize import normalize_rerank_body
 
@@ -159,20 +164,69 @@ async def _send_error(send: Send, error: RejectedRequest, headers: list[tuple[by
     await send({"type": "http.response.body", "body": payload})
 
 
-def _normalized(scope: Scope, parsed: dict[str, Any], raw: bytes) -> bytes:
-    """``raw``, or the re-encoded body vLLM accepts when a third-party client sent a shape it refuses
-    (``rerank_kit.server.normalize``); Content-Length follows the new body."""
+def _normalized(scope: Scope, parsed: dict[str, Any]) -> dict[str, Any] | None:
+    """The body vLLM accepts when a third-party client sent a shape it refuses (``rerank_kit.server.normalize``);
+    None when ``parsed`` is fine as it is."""
     path = scope["path"].removeprefix(scope.get("root_path", ""))
     if path not in RERANK_PATHS:
-        return raw
+        return None
     normalized, changes = normalize_rerank_body(path, parsed, max_model_len=_max_model_len(scope))
-    if not changes:
-        return raw
-    encoded = orjson.dumps(normalized)
+    return normalized if changes else None
+
+
+def _replace_body(scope: Scope, body: dict[str, Any]) -> bytes:
+    """``body`` encoded; Content-Length follows it."""
+    encoded = orjson.dumps(body)
     scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k != b"content-length"] + [
         (b"content-length", str(len(encoded)).encode())
     ]
     return encoded
+
+
+def _io_processor(scope: Scope) -> Any:
+    """The served model's scoring IO processor (vLLM 0.32: app.state.serving_scores.io_processor), or None."""
+    try:
+        return scope["app"].state.serving_scores.io_processor
+    except (KeyError, AttributeError):
+        return None
+
+
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` that adds ``headers`` to the response's start."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
+
+    return wrapped
+
+
+def _rewriting(send: Send, rewrite: Callable[[Any], Any], headers: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` that buffers a 200 JSON response, passes it through ``rewrite`` and sends the result with
+    ``headers`` added; any other response goes out as the app sent it (with ``headers``)."""
+    start: Message | None = None
+    parts: list[bytes] = []
+
+    async def wrapped(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            if message.get("status") != 200:
+                await send({**message, "headers": [*message.get("headers", []), *headers]})
+            return
+        if message["type"] != "http.response.body" or start is None or start.get("status") != 200:
+            await send(message)
+            return
+        parts.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        payload = orjson.dumps(rewrite(orjson.loads(b"".join(parts))))
+        kept = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*kept, (b"content-length", str(len(payload)).encode()), *headers]})
+        await send({"type": "http.response.body", "body": payload})
+
+    return wrapped
 
 
 def _max_model_len(scope: Scope) -> int | None:
@@ -210,6 +264,7 @@ class RerankKitGuard:
         self._key_hash = hashlib.sha256(key.encode()).digest() if key else None
         self.limits = Limits.from_env()
         self.admission = _Admission(self.limits.max_in_flight) if self.limits.max_in_flight else None
+        self._chunker_made: tuple[chunking.Chunker | None] | None = None
 
     def _authorized(self, scope: Scope) -> bool:
         if self._key_hash is None:
@@ -283,7 +338,13 @@ class RerankKitGuard:
         try:
             parsed = check_body(body, self.limits, content_type.decode("latin-1") if content_type is not None else None)
             if parsed is not None:
-                body = _normalized(scope, parsed, body)
+                if (normalized := _normalized(scope, parsed)) is not None:
+                    parsed, body = normalized, _replace_body(scope, normalized)
+                chunked = await self._chunked(scope, parsed)
+                if chunked is not None:
+                    expanded, send = chunked(send)
+                    if expanded is not None:
+                        body = _replace_body(scope, expanded)
         except RejectedRequest as error:
             await _send_error(send, error)
             return False
@@ -306,6 +367,60 @@ class RerankKitGuard:
 
         await self.app(scope, replay, send)
         return True
+
+    async def _chunked(
+        self, scope: Scope, body: dict[str, Any]
+    ) -> Callable[[Send], tuple[dict[str, Any] | None, Send]] | None:
+        """For a scoring request on a server that cuts long documents (``server.chunking``): a function of
+        ``send`` giving the body vLLM scores (None: unchanged) and the ``send`` that merges the windows' scores
+        and says so (``CHUNKS_HEADER``). None for any other request."""
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        if path not in RERANK_PATHS and path not in SCORE_PATHS:
+            return None
+        fields = chunking.documents_field(path, body)
+        if fields is None or (chunker := self._chunker(scope)) is None:
+            return None
+        queries_field, documents_field = fields
+        requested = chunking.max_chunks(body, self.limits.max_chunks_per_doc)
+        documents = body[documents_field] if isinstance(body[documents_field], list) else [body[documents_field]]
+        queries = body["query"] if queries_field is None else body[queries_field]
+        if not isinstance(queries, list):
+            queries = [queries] * len(documents)
+        elif len(queries) == 1:
+            queries = queries * len(documents)
+        if len(queries) != len(documents):
+            return None  # vLLM's own 400 for mismatched lists
+        cap = body.get("max_tokens_per_doc")
+        try:
+            cuts = await asyncio.to_thread(
+                chunker.cuts, queries, documents, chunking.chat_template_kwargs(body), max_chunks=requested,
+                strict=self.limits.strict_length, max_tokens_per_doc=cap if type(cap) is int else 0,
+            )  # fmt: skip
+        except RejectedRequest:
+            raise
+        except Exception:  # a query or template vLLM refuses: vLLM answers with its own error
+            return None
+        expanded, plan = chunking.expand(
+            body, queries_field, documents_field, cuts, limit=self.limits.max_documents, requested=requested
+        )
+        header = [(CHUNKS_HEADER.encode(), f"pairs={plan.pairs}; max={requested}".encode())]
+        if plan.pairs == len(documents):  # nothing to cut: the body as it came
+            return lambda send: (None, _with_headers(send, header))
+        if queries_field is None:
+            top_n = body.get("top_n") if type(body.get("top_n")) is int else None
+            merge = functools.partial(chunking.collapse_rerank, plan=plan, documents=documents, top_n=top_n)
+        else:
+            merge = functools.partial(chunking.collapse_score, plan=plan)
+        return lambda send: (expanded, _rewriting(send, merge, header))
+
+    def _chunker(self, scope: Scope) -> chunking.Chunker | None:
+        """The served model's chunker, made once per process (None: this server cannot cut documents)."""
+        if self._chunker_made is None:
+            io_processor = _io_processor(scope)
+            if io_processor is None:
+                return None
+            self._chunker_made = (chunking.Chunker.of(io_processor),)
+        return self._chunker_made[0]
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None after answering 413 (past the size limit) or when the client left."""

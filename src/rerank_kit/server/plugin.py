@@ -102,6 +102,18 @@ def _with_request_checks(base: type, factory_key: str = "plugin.bi_encoder_facto
             default_truncation(ctx.request)
             return super().get_request_factory_online(ctx)
 
+        def rerank_kit_window(self, query: str, chat_template_kwargs: dict[str, Any] | None) -> int:
+            """Document tokens that fit beside ``query`` in one pair (``server.chunking``): --max-model-len less
+            what the pair's prompt takes without a document. A bi-encoder embeds a document alone: less its
+            special tokens."""
+            max_model_len = self.model_config.max_model_len
+            score_prompt = getattr(self, "get_score_prompt", None)
+            if score_prompt is None:
+                return max_model_len - len(self.tokenizer("", add_special_tokens=True)["input_ids"])
+            encode_kwargs = {"add_special_tokens": True}
+            _, prompt = score_prompt(query, "", encode_kwargs, self.chat_template, 0, 0, chat_template_kwargs)
+            return max_model_len - len(prompt["prompt_token_ids"])
+
     RerankKitScoringIOProcessor.__name__ = f"RerankKit{base.__name__}"
     return RerankKitScoringIOProcessor
 

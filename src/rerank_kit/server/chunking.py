@@ -1,0 +1,289 @@
+"""Long documents scored in windows: a document longer than what fits beside the query is cut into token windows,
+each window is scored as its own pair through the same recipe, and the document gets its best window's score.
+
+This is Cohere's answer to long documents (its v1 API's ``max_chunks_per_doc``); vLLM only truncates, so a passage
+past the first window is invisible. The guard (``server.guard``) applies it to every scoring route, so every client
+benefits: /rerank, /v1/rerank, /v2/rerank, /score and /v1/score. For each request:
+
+1. ``window`` (from the served model's IO processor, ``rerank_kit_window``): the document tokens that fit beside
+   the query, i.e. ``--max-model-len`` less the query, the instruction and the template's fixed tokens (for a
+   bi-encoder, which embeds a document alone, less its special tokens), less ``MARGIN``.
+2. ``plan_windows``: a document of more tokens is cut into windows of that many tokens, ``OVERLAP`` of them shared
+   with the next window, the last one ending at the document's end; at most ``max_chunks_per_doc`` windows (the
+   request's field, else the server's ``--max-chunks-per-doc``), the rest of a longer document unread (refused
+   with ``--strict-length``). A document that fits is sent unchanged: it scores exactly as without chunking.
+3. ``expand``: the request vLLM sees lists every window as a document (``top_n`` removed), bounded by the server's
+   ``--max-documents`` in total (413 otherwise).
+4. ``collapse``: one result per original document, its index, its text and the best window's score; ``top_n``
+   applied after the maximum; a document scored in windows says which one won (``"chunk"``: its index, the number
+   of windows and the window's character span). ``usage`` is vLLM's: every scored token.
+
+Pure functions over parsed JSON and token offsets; the tokenizer and the window come from the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rerank_kit.server.bodycheck import RejectedRequest
+
+# Tokens left free in a window: the window's text tokenized on its own may come out a token longer at an edge
+# (a BPE merge the surrounding text prevented), and a BERT pair with an empty document counts one [SEP] less
+# than with one. What still does not fit is cut from the window's end by the plugin's truncation rule.
+MARGIN = 2
+# Tokens a window shares with the next, as a share of the window: a passage cut by a window's end still has
+# this much of it whole in the next window (bench/RESULTS.md section 10 measured 0, 1/8 and 1/4).
+OVERLAP_SHARE = 0.125
+# The request field (Cohere v1's name) and the score routes' field pairs (first: the queries' side).
+FIELD = "max_chunks_per_doc"
+SCORE_FIELDS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
+
+
+@dataclass
+class Plan:
+    """Which original document each expanded position scores, and where in it."""
+
+    owners: list[int] = field(default_factory=list)  # expanded position -> original document index
+    spans: list[tuple[int, int] | None] = field(default_factory=list)  # its character span; None: the whole
+    counts: list[int] = field(default_factory=list)  # windows per original document
+
+    @property
+    def pairs(self) -> int:
+        return len(self.owners)
+
+
+def overlap(window: int) -> int:
+    """Tokens a window of ``window`` tokens shares with the next one.
+
+    >>> overlap(254), overlap(8190), overlap(1)
+    (31, 1023, 0)
+    """
+    return int(window * OVERLAP_SHARE)
+
+
+def plan_windows(n_tokens: int, window: int, max_chunks: int) -> list[tuple[int, int]] | None:
+    """Token ranges ``[start, end)`` of a document of ``n_tokens`` tokens, or None when it is read whole.
+
+    Windows of ``window`` tokens, each starting ``window - overlap(window)`` after the previous; the last one
+    ends at the document's end (so every window is full) unless ``max_chunks`` windows stop short of it.
+
+        >>> plan_windows(10, 16, 8) is None, plan_windows(100, 16, 1) is None
+        (True, True)
+        >>> plan_windows(40, 16, 8)
+        [(0, 16), (14, 30), (24, 40)]
+        >>> plan_windows(40, 16, 2)
+        [(0, 16), (14, 30)]
+    """
+    if n_tokens <= window or max_chunks <= 1 or window < 1:
+        return None
+    stride = max(1, window - overlap(window))
+    starts = list(range(0, n_tokens - window, stride))[:max_chunks]
+    if len(starts) < max_chunks:
+        starts.append(n_tokens - window)
+    return [(s, min(s + window, n_tokens)) for s in starts]
+
+
+def spans(offsets: Sequence[tuple[int, int]], ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character spans of token ranges, from the tokenizer's offsets (first token's start, last token's end)."""
+    return [(offsets[start][0], offsets[end - 1][1]) for start, end in ranges]
+
+
+def max_chunks(body: dict[str, Any], default: int) -> int:
+    """The request's ``max_chunks_per_doc``, else the server's; 400 for anything but a positive integer."""
+    value = body.get(FIELD)
+    if value is None:
+        return default
+    if type(value) is not int or value < 1:
+        raise RejectedRequest(
+            400,
+            f"{FIELD} must be a positive integer (1 reads each document's first window only), not {value!r}",
+            "BadRequestError",
+            FIELD,
+        )
+    return value
+
+
+def documents_field(path: str, body: dict[str, Any]) -> tuple[str | None, str] | None:
+    """(queries field or None, documents field) of a scoring body: ``query``/``documents`` on the rerank routes,
+    one of vLLM's score field pairs on the score routes; None when the body has none of them."""
+    if path.endswith("rerank"):
+        return (None, "documents") if "documents" in body else None
+    for first, second in SCORE_FIELDS:
+        if first in body and second in body:
+            return first, second
+    return None
+
+
+def expand(
+    body: dict[str, Any],
+    queries_field: str | None,
+    documents_field_: str,
+    cuts: list[list[tuple[int, int]] | None],
+    *,
+    limit: int,
+    requested: int,
+) -> tuple[dict[str, Any], Plan]:
+    """The body vLLM scores: every window of a cut document as a document of its own (``cuts[i]``: document
+    i's character spans, None: whole), its query repeated beside it where queries pair one to one; ``top_n``
+    and ``max_chunks_per_doc`` removed. 413 when the windows add up to more than ``limit`` pairs."""
+    documents = _as_list(body[documents_field_])
+    plan = Plan()
+    texts: list[Any] = []
+    for index, (document, cut) in enumerate(zip(documents, cuts, strict=True)):
+        for span in cut or [None]:
+            plan.owners.append(index)
+            plan.spans.append(span)
+            texts.append(document if span is None else document[span[0] : span[1]])
+        plan.counts.append(len(cut or [None]))
+    if plan.pairs > limit:
+        raise RejectedRequest(
+            413,
+            f"{len(documents)} documents make {plan.pairs:,} windows to score ({requested} at most per document, "
+            f"{FIELD}); this server scores at most {limit:,} per request (--max-documents): send fewer "
+            f"documents or a smaller {FIELD}",
+            "RequestTooLargeError",
+            documents_field_,
+        )
+    out = {k: v for k, v in body.items() if k not in ("top_n", FIELD)}
+    out[documents_field_] = texts
+    if queries_field is not None:
+        queries = body[queries_field]
+        if isinstance(queries, list) and len(queries) == len(documents) and len(documents) > 1:
+            out[queries_field] = [queries[owner] for owner in plan.owners]
+    return out, plan
+
+
+def collapse_rerank(response: dict[str, Any], plan: Plan, documents: list[Any], top_n: int | None) -> dict[str, Any]:
+    """vLLM's rerank response over the windows -> one result per original document, best first, ``top_n``."""
+    best: dict[int, tuple[float, int]] = {}
+    for result in response["results"]:
+        position = result["index"]
+        owner, score = plan.owners[position], result["relevance_score"]
+        if owner not in best or score > best[owner][0]:
+            best[owner] = (score, position)
+    results = []
+    for owner, (score, position) in best.items():
+        document = documents[owner]
+        result: dict[str, Any] = {
+            "index": owner,
+            "document": {"text": document, "multi_modal": None} if isinstance(document, str) else document,
+            "relevance_score": score,
+        }
+        results.append(_with_chunk(result, plan, owner, position))
+    results.sort(key=lambda r: r["relevance_score"], reverse=True)
+    if top_n:
+        results = results[:top_n]
+    return {**response, "results": results}
+
+
+def collapse_score(response: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """vLLM's score response over the windows -> one item per original document, in the documents' order."""
+    best: dict[int, tuple[float, int, dict[str, Any]]] = {}
+    for item in response["data"]:
+        position = item["index"]
+        owner, score = plan.owners[position], item["score"]
+        if owner not in best or score > best[owner][0]:
+            best[owner] = (score, position, item)
+    data = [
+        _with_chunk({**item, "index": owner, "score": score}, plan, owner, position)
+        for owner, (score, position, item) in sorted(best.items())
+    ]
+    return {**response, "data": data}
+
+
+def _with_chunk(result: dict[str, Any], plan: Plan, owner: int, position: int) -> dict[str, Any]:
+    count = plan.counts[owner]
+    span = plan.spans[position]
+    if count > 1 and span is not None:
+        first = plan.owners.index(owner)
+        result["chunk"] = {"index": position - first, "count": count, "start": span[0], "end": span[1]}
+    return result
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# --- the request's cuts, from the served model's tokenizer ---------------------------------------------------
+
+
+def chat_template_kwargs(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The template kwargs vLLM renders with: ``chat_template_kwargs`` with a top-level ``instruction`` folded in
+    (vLLM's ``ScoringRequestMixin`` rule: an explicit key wins)."""
+    kwargs = body.get("chat_template_kwargs")
+    instruction = body.get("instruction")
+    if instruction is None:
+        return kwargs if isinstance(kwargs, dict) else None
+    merged = dict(kwargs) if isinstance(kwargs, dict) else {}
+    merged.setdefault("instruction", instruction)
+    return merged
+
+
+class Chunker:
+    """Cuts a request's documents for one served model: its IO processor's ``rerank_kit_window`` (set by the
+    rerank-kit plugin) and its tokenizer, which must give character offsets (a Hugging Face fast tokenizer)."""
+
+    def __init__(self, io_processor: Any) -> None:
+        self.window_of = io_processor.rerank_kit_window
+        self.tokenizer = io_processor.tokenizer
+
+    @classmethod
+    def of(cls, io_processor: Any) -> Chunker | None:
+        """A chunker for this IO processor, or None where it cannot cut: no plugin window (plugin off, a vLLM
+        it does not wrap, a late-interaction or listwise model) or a tokenizer without offsets."""
+        if getattr(io_processor, "rerank_kit_window", None) is None:
+            return None
+        if not getattr(getattr(io_processor, "tokenizer", None), "is_fast", False):
+            return None
+        return cls(io_processor)
+
+    def cuts(
+        self,
+        queries: list[Any],
+        documents: list[Any],
+        kwargs: dict[str, Any] | None,
+        *,
+        max_chunks: int,
+        strict: bool,
+        max_tokens_per_doc: int = 0,
+    ) -> list[list[tuple[int, int]] | None]:
+        """Each document's windows as character spans (None: read whole). ``queries`` pairs one to one with
+        ``documents`` (a single query repeated). With ``strict``, a document that needs more than ``max_chunks``
+        windows is refused (400) instead of being read in part."""
+        windows: dict[str, int] = {}
+        cuts: list[list[tuple[int, int]] | None] = [None] * len(documents)
+        todo: list[tuple[int, int]] = []  # (document index, window)
+        for i, (query, document) in enumerate(zip(queries, documents, strict=True)):
+            if not isinstance(document, str) or not isinstance(query, str):
+                continue  # multimodal content: vLLM's own rules
+            if query not in windows:
+                windows[query] = self.window_of(query, kwargs) - MARGIN
+            window = windows[query]
+            # A token covers at least one UTF-8 byte (a SentencePiece word start at most one more): what has
+            # fewer bytes than the window cannot need a second one, and is not tokenized here.
+            if window < 1 or len(document) * 4 < window or len(document.encode()) < window:
+                continue
+            todo.append((i, window))
+        if not todo:
+            return cuts
+        encoded = self.tokenizer(
+            [documents[i] for i, _ in todo], add_special_tokens=False, return_offsets_mapping=True
+        )["offset_mapping"]
+        for (i, window), offsets in zip(todo, encoded, strict=True):
+            n = min(len(offsets), max_tokens_per_doc) if max_tokens_per_doc > 0 else len(offsets)
+            if strict and len(plan_windows(n, window, n) or ()) > max_chunks:
+                needed = len(plan_windows(n, window, n) or ())
+                raise RejectedRequest(
+                    400,
+                    f"document {i} needs {needed} windows of {window} tokens beside its query and {FIELD} is "
+                    f"{max_chunks}; this server does not read documents in part (--strict-length): raise "
+                    f"{FIELD} or shorten the document",
+                    "BadRequestError",
+                    FIELD,
+                )
+            ranges = plan_windows(n, window, max_chunks)
+            if ranges is not None:
+                cuts[i] = spans(offsets, ranges)
+        return cuts
