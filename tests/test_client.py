@@ -417,6 +417,7 @@ def test_results_serialise_to_json():
         "results": [{"index": 1, "relevance_score": 0.5, "document": {"text": "b", "id": 7}}],
         "usage": {"prompt_tokens": 3, "total_tokens": 3},
         "requests": 1,
+        "pairs": None,
     }
 
 

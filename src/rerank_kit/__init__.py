@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _ERRORS = (
     "APIConnectionError APIError APIStatusError APITimeoutError AuthenticationError BadRequestError ConfigError "
+    "DocumentsTruncatedWarning "
     "InstructionNotSupportedError InternalServerError InvalidInputError ModelNotServedError NotFoundError "
     "RateLimitError RequestTooLargeError RerankKitError ServeError ServerStartError UnknownModelError "
     "UnprocessableEntityError"
@@ -45,6 +46,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConfigError",
+    "DocumentsTruncatedWarning",
     "HealthStatus",
     "InstructionNotSupportedError",
     "InternalServerError",
@@ -77,6 +79,7 @@ if TYPE_CHECKING:
         AuthenticationError,
         BadRequestError,
         ConfigError,
+        DocumentsTruncatedWarning,
         InstructionNotSupportedError,
         InternalServerError,
         InvalidInputError,

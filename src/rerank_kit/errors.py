@@ -19,6 +19,9 @@
 
 Status codes are mapped to classes in exactly one place: :func:`status_error`.
 
+One warning: ``DocumentsTruncatedWarning``, when a call asked for long documents to be scored in windows
+(``max_chunks_per_doc``) and the server truncated them instead.
+
     >>> err = status_error(429, {"error": {"message": "slow down", "type": "rate_limit"}})
     >>> type(err).__name__, err.retryable
     ('RateLimitError', True)
@@ -80,6 +83,10 @@ class ServerStartError(ServeError):
         if self.log_tail:
             text += f"\n--- last lines of the server log ---\n{self.log_tail}"
         return text
+
+
+class DocumentsTruncatedWarning(UserWarning):
+    """The server does not score long documents in windows: what did not fit its window was not read."""
 
 
 class APIError(RerankKitError):

@@ -150,6 +150,9 @@ class RerankResponse(_Result):
     usage: Usage = field(default_factory=Usage)
     # HTTP requests this call took (chunks of a long list; retries not counted).
     requests: int = 1
+    # Query-document pairs the server scored: more than the documents when long ones were scored in windows
+    # (a rerank-kit server's max_chunks_per_doc); None from a server that does not say (plain vLLM).
+    pairs: int | None = None
 
     def __iter__(self):
         return iter(self.results)

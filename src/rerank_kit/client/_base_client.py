@@ -15,6 +15,7 @@ import httpx
 
 from rerank_kit.client import _core
 from rerank_kit.client._config import (
+    CHUNKS_HEADER,
     DEFAULT_CONNECT_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_KEEPALIVE_CONNECTIONS,
@@ -88,9 +89,13 @@ class Attempt:
         return False
 
     def answer(self) -> Any:
-        """The 2xx answer's JSON."""
+        """The 2xx answer's JSON; a rerank-kit server's CHUNKS_HEADER goes in as ``_core.CHUNKS_KEY``."""
         assert self.response is not None
-        return _core.decode_json(self.response.content, self.url)
+        body = _core.decode_json(self.response.content, self.url)
+        windows = _core.chunks_header(self.response.headers.get(CHUNKS_HEADER))
+        if windows is not None and isinstance(body, dict):
+            body[_core.CHUNKS_KEY] = windows
+        return body
 
 
 class BaseClient(Generic[_Transport]):

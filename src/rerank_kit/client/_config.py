@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from rerank_kit._contract import (  # noqa: F401 - the paths are re-exported for the client's modules
     API_KEY_ENV,
+    CHUNKS_HEADER,
     DEADLINE_ENV,
     HEALTH_PATH,
     MODAL_KEY_ENV,

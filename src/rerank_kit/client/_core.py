@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -22,8 +23,8 @@ from typing import Any
 import orjson
 import pydantic
 
-from rerank_kit.client._config import DEFAULT_MAX_DOCS_PER_REQUEST, MODELS_PATH, VERSION_PATH
-from rerank_kit.errors import APIError, InvalidInputError
+from rerank_kit.client._config import CHUNKS_HEADER, DEFAULT_MAX_DOCS_PER_REQUEST, MODELS_PATH, VERSION_PATH
+from rerank_kit.errors import APIError, DocumentsTruncatedWarning, InvalidInputError
 from rerank_kit.types import (
     HealthStatus,
     RerankResponse,
@@ -114,6 +115,7 @@ def plan_rerank(
     instruction: str | None = None,
     max_tokens_per_doc: int | None = None,
     return_documents: bool = True,
+    max_chunks_per_doc: int | None = None,
     *,
     max_docs_per_request: int = DEFAULT_MAX_DOCS_PER_REQUEST,
     text_key: str = "text",
@@ -132,6 +134,11 @@ def plan_rerank(
         raise InvalidInputError(f"top_n must be an integer >= 1 (or None for all results), not {top_n!r}")
     if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
         raise InvalidInputError("max_tokens_per_doc must be >= 1 (or None for the server's default)")
+    if max_chunks_per_doc is not None and (type(max_chunks_per_doc) is not int or max_chunks_per_doc < 1):
+        raise InvalidInputError(
+            f"max_chunks_per_doc must be an integer >= 1 (1: each document's first window only; None: the "
+            f"server's default), not {max_chunks_per_doc!r}"
+        )
     if instruction is not None and not instruction.strip():
         raise InvalidInputError("instruction is empty: pass None or a task description")
     texts = _texts(documents, text_key)
@@ -155,6 +162,8 @@ def plan_rerank(
         extra["instruction"] = instruction
     if max_tokens_per_doc is not None:
         extra["max_tokens_per_doc"] = max_tokens_per_doc
+    if max_chunks_per_doc is not None:
+        extra["max_chunks_per_doc"] = max_chunks_per_doc
     return RerankPlan(query, documents, unique, owners, chunks, top_n, return_documents, extra)
 
 
@@ -196,7 +205,10 @@ def merge_rerank(plan: RerankPlan, bodies: Sequence[Any], model: str) -> RerankR
     prompt = total = 0
     served_model = model
     owners = plan.owners
+    scored: int | None = 0
     for chunk, body in zip(plan.chunks, bodies, strict=True):
+        windows = body.pop(CHUNKS_KEY, None) if isinstance(body, dict) else None
+        scored = None if windows is None or scored is None else scored + windows[0]
         wire_model, wire_prompt, wire_total, pairs = _rerank_wire(body)
         served_model = wire_model or served_model
         prompt += wire_prompt
@@ -210,6 +222,9 @@ def merge_rerank(plan: RerankPlan, bodies: Sequence[Any], model: str) -> RerankR
             else:
                 for original in owners[chunk[index]]:
                     scores[original] = score
+    asked = plan.extra.get("max_chunks_per_doc", 1)
+    if scored is None and asked > 1:
+        warnings.warn(truncation_notice(asked), DocumentsTruncatedWarning, stacklevel=3)
     if None in scores:
         missing = [i for i, s in enumerate(scores) if s is None]
         raise APIError(f"the server returned no score for documents {missing[:10]}")
@@ -225,6 +240,36 @@ def merge_rerank(plan: RerankPlan, bodies: Sequence[Any], model: str) -> RerankR
         results=results,
         usage=Usage(prompt_tokens=prompt, total_tokens=total),
         requests=len(plan.chunks),
+        pairs=scored,
+    )
+
+
+# Where ``Attempt.answer`` puts a response's CHUNKS_HEADER, parsed: (pairs scored, max_chunks_per_doc applied).
+CHUNKS_KEY = CHUNKS_HEADER
+
+
+def chunks_header(value: str | None) -> tuple[int, int] | None:
+    """(pairs scored, windows per document at most) from a rerank-kit server's CHUNKS_HEADER; None without one.
+
+    >>> chunks_header("pairs=240; max=8"), chunks_header(None), chunks_header("junk")
+    ((240, 8), None, None)
+    """
+    if not value:
+        return None
+    fields = dict(part.strip().partition("=")[::2] for part in value.split(";"))
+    try:
+        return int(fields["pairs"]), int(fields["max"])
+    except (KeyError, ValueError):
+        return None
+
+
+def truncation_notice(max_chunks_per_doc: int) -> str:
+    """What the client says when it asked for windows and the server truncates instead."""
+    return (
+        f"the server does not score long documents in windows (no {CHUNKS_KEY} header: plain vLLM, or rerank-kit's "
+        f"plugin off): max_chunks_per_doc={max_chunks_per_doc} had no effect, and documents longer than the "
+        "server's --max-model-len were truncated to their first window. Serve the model with `rerank-kit serve` "
+        "(vLLM >= 0.27) to score every part of them"
     )
 
 

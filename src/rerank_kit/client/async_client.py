@@ -152,13 +152,16 @@ class AsyncRerankClient(BaseClient[httpx.AsyncBaseTransport]):
         instruction: str | None = None,
         max_tokens_per_doc: int | None = None,
         return_documents: bool = True,
+        max_chunks_per_doc: int | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
         max_retries: int | None = None,
     ) -> RerankResponse:
         """See :meth:`RerankClient.rerank`."""
         call = self._call(timeout, max_retries, deadline)
-        plan = self._plan(query, documents, top_n, instruction, max_tokens_per_doc, return_documents)
+        plan = self._plan(
+            query, documents, top_n, instruction, max_tokens_per_doc, return_documents, max_chunks_per_doc
+        )
         route = await self._route(model, call)
         name = route.model
         if not plan.unique_texts:
