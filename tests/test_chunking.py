@@ -4,6 +4,8 @@ test_families.py."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,9 +24,9 @@ def test_windows_cover_the_document_in_order_each_within_the_window(n, window, m
     assert ranges is not None and 2 <= len(ranges) <= most
     assert all(0 <= s < e <= n and e - s == min(window, n) for s, e in ranges)
     assert [s for s, _ in ranges] == sorted({s for s, _ in ranges})
-    for (s1, e1), (s2, _) in zip(ranges, ranges[1:], strict=False):
+    for (_, e1), (s2, e2) in itertools.pairwise(ranges):
         assert s2 <= e1  # no gap
-        assert e1 - s2 >= overlap(window) or (s2, _) == ranges[-1]  # the last window may share more
+        assert e1 - s2 >= overlap(window) or (s2, e2) == ranges[-1]  # the last window may share more
     whole = ranges[-1][1] == n
     assert whole or len(ranges) == most  # cut short only by max_chunks
 
@@ -124,7 +126,7 @@ def test_windows_of_a_real_tokenizer_fit_and_cover_the_document(minilm_tokenizer
     assert len(texts) == len(plan_windows(n_tokens, window, 100))
     assert all(len(minilm_tokenizer(t, add_special_tokens=False)["input_ids"]) <= window for t in texts)
     assert long.startswith(texts[0]) and long.endswith(texts[-1])
-    for a, b in zip(cuts[1], cuts[1][1:], strict=False):
+    for a, b in itertools.pairwise(cuts[1]):
         assert b[0] < a[1]  # windows overlap: nothing between them is skipped
     # max_chunks caps the windows; --strict-length refuses instead of reading a document in part
     assert len(chunker.cuts(["q"], [long], None, max_chunks=2, strict=False)[0]) == 2
