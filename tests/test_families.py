@@ -197,6 +197,43 @@ def _verify(server, weights=None):
     return subprocess.run(args, capture_output=True, text=True, timeout=600)
 
 
+# Unrelated text to make a document many windows long, whatever the model's --max-model-len.
+FILLER = "Bananas are a good source of potassium and grow in warm, humid places. "
+
+
+def test_a_long_document_scores_as_its_best_window_and_a_short_one_as_before(family_server):
+    """server.chunking through this family's recipe: a document past --max-model-len is scored in windows (with
+    the instruction in every window's prompt where the family takes one) and gets the score its best window gets
+    as a document of its own; documents that fit score as they do without chunking (max_chunks_per_doc=1)."""
+    family = family_server.recipe.family
+    extra = {"use_activation": False, **({"instruction": INSTRUCTION} if family in LLM_FAMILIES else {})}
+    query = QUERIES[0]
+    short = _rerank(family_server, query, DOCUMENTS, **extra)
+    truncated = _rerank(family_server, query, DOCUMENTS, max_chunks_per_doc=1, **extra)
+    assert [r["index"] for r in short["results"]] == [r["index"] for r in truncated["results"]]
+    assert [r["relevance_score"] for r in short["results"]] == pytest.approx(
+        [r["relevance_score"] for r in truncated["results"]], abs=1e-6
+    )
+    assert not any("chunk" in r for r in short["results"])
+    max_len = httpx.get(f"{family_server.url}/v1/models", timeout=30).json()["data"][0]["max_model_len"]
+    document = FILLER * (3 * max_len // 10) + DOCUMENTS[0]  # about 15 tokens a sentence: 4 windows or more
+    response = httpx.post(
+        f"{family_server.url}/v1/rerank", json={"query": query, "documents": [document], **extra}, timeout=300
+    )
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    chunk = result["chunk"]
+    assert chunk["count"] >= 3 and 0 <= chunk["index"] < chunk["count"]
+    pairs = int(response.headers["x-rerank-kit-chunks"].split(";")[0].removeprefix("pairs="))
+    assert pairs == chunk["count"] and result["document"]["text"] == document
+    window = document[chunk["start"] : chunk["end"]]
+    (alone,) = _rerank(family_server, query, [window], **extra)["results"]
+    assert "chunk" not in alone, "a window must fit the model as a document of its own"
+    assert result["relevance_score"] == pytest.approx(alone["relevance_score"], abs=TOLERANCE)
+    (first,) = _rerank(family_server, query, [document], max_chunks_per_doc=1, **extra)["results"]
+    assert result["relevance_score"] >= first["relevance_score"] - TOLERANCE  # the best of several windows
+
+
 def test_verify_command_passes_on_a_correct_server(family_server, tiny_model):
     family = family_server.recipe.family
     weights = tiny_model(REFERENCE_WEIGHTS[family]) if family in REFERENCE_WEIGHTS else None

@@ -28,9 +28,9 @@ import httpx
 import pytest
 
 from conftest import server_options, spawn_server
-from rerank_kit import launcher
+from rerank_kit import RerankClient, launcher
 from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_PIECEWISE
-from rerank_kit.errors import ServerStartError
+from rerank_kit.errors import DocumentsTruncatedWarning, ServerStartError
 from rerank_kit.launcher import machine
 from rerank_kit.launcher.vllm_source import SourceTree
 from rerank_kit.launcher.wheelcheck import format_table, static_finding
@@ -338,6 +338,11 @@ def test_a_plain_server_answers_byte_for_byte_as_without_the_plugin(tiny_model, 
         log = server_logs / f"plain-{family}-{plain.port}{'-without-plugin' if env else ''}.log"
         with launcher.serving(plain, log_path=log, timeout=300):
             answers.append(_answers(plain.url, plain.model_name))
+            if not env:  # a client that asks for long documents in windows is told that this server truncates
+                with RerankClient(plain.url, model=plain.model_name) as client:
+                    with pytest.warns(DocumentsTruncatedWarning, match="does not score long documents in windows"):
+                        response = client.rerank("What is vLLM?", ["vLLM serves models."], max_chunks_per_doc=4)
+                assert response.pairs is None and len(response) == 1
     with_plugin, without = answers
     assert with_plugin == without
     # vLLM's own answers: the instruction reaches its template, the over-long pair is refused (no truncation)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from conftest import MINILM_KEY, Server
@@ -193,3 +194,52 @@ def test_requests_in_jinas_shape(server, model, expected, tolerance):
     results = response.json()["results"]
     assert_same_ranking([(r["index"], r["relevance_score"]) for r in results], expected, tolerance, TOP_N)
     assert [r["document"]["text"] for r in results] == [DOCS[r["index"]] for r in results]
+
+
+# A long document whose only relevant passage is its last: unrelated sentences first, 3 windows of MiniLM's 256.
+UNRELATED = " ".join(f"Bananas are a good source of potassium, fact number {i}." for i in range(40))
+ANSWER = DOCS[5]
+LONG_DOCUMENT = f"{UNRELATED} {ANSWER}"
+
+
+def test_a_long_documents_last_window_is_scored_and_cohere_v1s_max_chunks_per_doc_reaches_it(server, model, tolerance):
+    """server.chunking with real weights: the passage past the first window is read, the document scores as its
+    last window does alone, and Cohere v1's max_chunks_per_doc=1 (truncation) misses it."""
+    cohere = pytest.importorskip("cohere")
+    client = cohere.Client(api_key=KEY, base_url=server.url)  # POST /v1/rerank
+    chunked = client.rerank(model=model, query=QUERY, documents=[LONG_DOCUMENT, DOCS[0]])
+    truncated = client.rerank(model=model, query=QUERY, documents=[LONG_DOCUMENT, DOCS[0]], max_chunks_per_doc=1)
+    best = {r.index: r.relevance_score for r in chunked.results}
+    first = {r.index: r.relevance_score for r in truncated.results}
+    assert chunked.results[0].index == 0, "the document holding the answer ranks first once its end is read"
+    assert best[0] > first[0] + 0.15, (best, first)
+    assert best[1] == pytest.approx(first[1], abs=tolerance)  # a short document scores as before
+    # which window won (the last), and that window alone scores the same
+    with RerankClient(server.url, api_key=KEY, model=model) as ours:
+        response = httpx.post(
+            server.url + "/v1/rerank",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={"model": model, "query": QUERY, "documents": [LONG_DOCUMENT]},
+            timeout=60,
+        ).json()
+        chunk = response["results"][0]["chunk"]
+        assert chunk["index"] == chunk["count"] - 1 == 2 and chunk["end"] == len(LONG_DOCUMENT)
+        alone = ours.rerank(QUERY, [LONG_DOCUMENT[chunk["start"] : chunk["end"]]])
+        assert alone.pairs == 1
+        assert response["results"][0]["relevance_score"] == pytest.approx(alone[0].relevance_score, abs=tolerance)
+        mine = ours.rerank(QUERY, [LONG_DOCUMENT, DOCS[0]], max_chunks_per_doc=2)
+        assert mine.pairs == 3  # the long document's first two windows, neither holding the answer
+        assert {r.index: r.relevance_score for r in mine}[0] < best[0] - 0.15
+
+
+def test_windows_past_the_servers_pair_budget_are_a_413_that_says_so(server, model):
+    document = " ".join(f"Sentence {i} of a long document about nothing in particular." for i in range(400))
+    response = httpx.post(
+        server.url + "/v1/rerank",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": model, "query": QUERY, "documents": [f"{i} {document}" for i in range(130)]},
+        timeout=60,
+    )
+    assert response.status_code == 413, response.text
+    message = response.json()["error"]["message"]
+    assert "130 documents make 1,040 windows" in message and "--max-documents" in message

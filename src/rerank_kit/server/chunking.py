@@ -5,10 +5,10 @@ This is Cohere's answer to long documents (its v1 API's ``max_chunks_per_doc``);
 past the first window is invisible. The guard (``server.guard``) applies it to every scoring route, so every client
 benefits: /rerank, /v1/rerank, /v2/rerank, /score and /v1/score. For each request:
 
-1. ``window`` (from the served model's IO processor, ``rerank_kit_window``): the document tokens that fit beside
+1. What fits (from the served model's IO processor, ``rerank_kit_window``): the document tokens that fit beside
    the query, i.e. ``--max-model-len`` less the query, the instruction and the template's fixed tokens (for a
-   bi-encoder, which embeds a document alone, less its special tokens), less ``MARGIN``.
-2. ``plan_windows``: a document of more tokens is cut into windows of that many tokens, ``OVERLAP`` of them shared
+   bi-encoder, which embeds a document alone, less its special tokens).
+2. ``plan_windows``: a document of more tokens is cut into windows of that many tokens less ``MARGIN``, ``OVERLAP`` of them shared
    with the next window, the last one ending at the document's end; at most ``max_chunks_per_doc`` windows (the
    request's field, else the server's ``--max-chunks-per-doc``), the rest of a longer document unread (refused
    with ``--strict-length``). A document that fits is sent unchanged: it scores exactly as without chunking.
@@ -30,8 +30,9 @@ from typing import Any
 from rerank_kit.server.bodycheck import RejectedRequest
 
 # Tokens left free in a window: the window's text tokenized on its own may come out a token longer at an edge
-# (a BPE merge the surrounding text prevented), and a BERT pair with an empty document counts one [SEP] less
-# than with one. What still does not fit is cut from the window's end by the plugin's truncation rule.
+# (SentencePiece's word-start mark before a window that starts inside a word; a merge the surrounding text
+# prevented), and a template that tokenizes the prompt whole may merge the document with its neighbours. What
+# still does not fit is cut from the window's end by the plugin's truncation rule.
 MARGIN = 2
 # Tokens a window shares with the next, as a share of the window: a passage cut by a window's end still has
 # this much of it whole in the next window (bench/RESULTS.md section 10 measured 0, 1/8 and 1/4).
@@ -252,27 +253,30 @@ class Chunker:
         """Each document's windows as character spans (None: read whole). ``queries`` pairs one to one with
         ``documents`` (a single query repeated). With ``strict``, a document that needs more than ``max_chunks``
         windows is refused (400) instead of being read in part."""
-        windows: dict[str, int] = {}
+        fits: dict[str, int] = {}  # query -> document tokens that fit beside it
         cuts: list[list[tuple[int, int]] | None] = [None] * len(documents)
-        todo: list[tuple[int, int]] = []  # (document index, window)
+        todo: list[tuple[int, int]] = []  # (document index, what fits)
         for i, (query, document) in enumerate(zip(queries, documents, strict=True)):
             if not isinstance(document, str) or not isinstance(query, str):
                 continue  # multimodal content: vLLM's own rules
-            if query not in windows:
-                windows[query] = self.window_of(query, kwargs) - MARGIN
-            window = windows[query]
+            if query not in fits:
+                fits[query] = self.window_of(query, kwargs)
+            limit = fits[query]
             # A token covers at least one UTF-8 byte (a SentencePiece word start at most one more): what has
-            # fewer bytes than the window cannot need a second one, and is not tokenized here.
-            if window < 1 or len(document) * 4 < window or len(document.encode()) < window:
+            # fewer bytes than fit cannot be too long, and is not tokenized here.
+            if limit <= MARGIN or len(document) * 4 < limit or len(document.encode()) < limit:
                 continue
-            todo.append((i, window))
+            todo.append((i, limit))
         if not todo:
             return cuts
         encoded = self.tokenizer(
             [documents[i] for i, _ in todo], add_special_tokens=False, return_offsets_mapping=True
         )["offset_mapping"]
-        for (i, window), offsets in zip(todo, encoded, strict=True):
+        for (i, limit), offsets in zip(todo, encoded, strict=True):
             n = min(len(offsets), max_tokens_per_doc) if max_tokens_per_doc > 0 else len(offsets)
+            if n <= limit:
+                continue  # fits whole: sent as it came
+            window = limit - MARGIN
             if strict and len(plan_windows(n, window, n) or ()) > max_chunks:
                 needed = len(plan_windows(n, window, n) or ())
                 raise RejectedRequest(

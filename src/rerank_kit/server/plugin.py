@@ -110,9 +110,12 @@ def _with_request_checks(base: type, factory_key: str = "plugin.bi_encoder_facto
             score_prompt = getattr(self, "get_score_prompt", None)
             if score_prompt is None:
                 return max_model_len - len(self.tokenizer("", add_special_tokens=True)["input_ids"])
+            # A one-token document, not an empty one: a tokenizer pair with an empty second text has one
+            # separator less (BERT, XLM-R), which would make the window too long.
             encode_kwargs = {"add_special_tokens": True}
-            _, prompt = score_prompt(query, "", encode_kwargs, self.chat_template, 0, 0, chat_template_kwargs)
-            return max_model_len - len(prompt["prompt_token_ids"])
+            _, prompt = score_prompt(query, "a", encode_kwargs, self.chat_template, 0, 0, chat_template_kwargs)
+            document = len(self.tokenizer("a", add_special_tokens=False)["input_ids"])
+            return max_model_len - len(prompt["prompt_token_ids"]) + document
 
     RerankKitScoringIOProcessor.__name__ = f"RerankKit{base.__name__}"
     return RerankKitScoringIOProcessor
