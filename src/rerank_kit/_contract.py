@@ -85,6 +85,7 @@ _LIMIT_ENV_NAMES = {
     "max_body_bytes": "RERANK_KIT_MAX_BODY_BYTES",
     "max_in_flight": "RERANK_KIT_MAX_IN_FLIGHT",
     "max_chunks_per_doc": "RERANK_KIT_MAX_CHUNKS_PER_DOC",
+    "chunk_overlap_percent": "RERANK_KIT_CHUNK_OVERLAP_PERCENT",
 }
 
 
@@ -108,6 +109,8 @@ class Limits:
     max_in_flight: int | None = None
     # Windows scored per long document when a request does not say (max_chunks_per_doc); 1: truncate.
     max_chunks_per_doc: int = DEFAULT_MAX_CHUNKS_PER_DOC
+    # Percent of a window shared with the next one (server.chunking.OVERLAP_PERCENT; set only to measure others).
+    chunk_overlap_percent: int = 12
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that carry these settings; a default is left out (readers fall back to it)."""

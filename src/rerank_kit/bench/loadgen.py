@@ -30,6 +30,8 @@ class Sample:
     ok: bool
     error: str | None = None
     pairs: int = 0
+    # pairs the server scored: more than ``pairs`` when it read long documents in windows (0: it did not say)
+    scored: int = 0
     tokens: int = 0
     scores: list[float] | None = None  # per document of the case, in order (kept for quality metrics)
     model: str | None = None  # the model that answered (its "model"): shows a switch in the report
@@ -48,6 +50,7 @@ class LoadConfig:
     warmup: int = 8  # requests sent (and discarded) before measuring
     seed: int = 0
     keep_scores: bool = False
+    max_chunks_per_doc: int | None = None  # sent with every request (None: the server's default)
 
 
 @dataclass
@@ -64,11 +67,15 @@ def error_kind(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def _one(client: AsyncRerankClient, workload: Workload, index: int, intended: float, keep: bool) -> Sample:
+async def _one(
+    client: AsyncRerankClient, workload: Workload, index: int, intended: float, keep: bool, chunks: int | None = None
+) -> Sample:
     case = workload.cases[index % len(workload.cases)]
     started = time.perf_counter()
     try:
-        response = await client.rerank(case.query, case.documents, instruction=case.instruction, return_documents=False)
+        response = await client.rerank(
+            case.query, case.documents, instruction=case.instruction, return_documents=False, max_chunks_per_doc=chunks
+        )
     except RerankKitError as exc:
         return Sample(
             index % len(workload.cases), intended, started, time.perf_counter(), ok=False, error=error_kind(exc)
@@ -86,6 +93,7 @@ async def _one(client: AsyncRerankClient, workload: Workload, index: int, intend
         finished,
         ok=True,
         pairs=len(case.documents),
+        scored=response.pairs or 0,
         tokens=response.usage.prompt_tokens,
         scores=scores,
         model=response.model or None,
@@ -155,7 +163,9 @@ async def _closed(
                 return
             index = offset + issued
             issued += 1
-            sample = await _one(client, workload, index, time.perf_counter(), config.keep_scores)
+            sample = await _one(
+                client, workload, index, time.perf_counter(), config.keep_scores, config.max_chunks_per_doc
+            )
             samples.append(sample)
             if progress is not None:
                 progress(sample)
@@ -182,7 +192,9 @@ async def _open(
     index = 0
 
     async def send(i: int, intended: float) -> None:
-        sample = await _one(client, workload, config.warmup + i, intended, config.keep_scores)
+        sample = await _one(
+            client, workload, config.warmup + i, intended, config.keep_scores, config.max_chunks_per_doc
+        )
         samples.append(sample)
         progress(sample)
 

@@ -41,6 +41,8 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "pairs_per_s": sum(s.pairs for s in ok) / wall,
         "tokens_per_s": sum(s.tokens for s in ok) / wall,
         "tokens_per_pair": (sum(s.tokens for s in ok) / max(1, sum(s.pairs for s in ok))) if ok else math.nan,
+        # pairs the server scored (long documents in windows); None when it does not say (plain vLLM)
+        "scored_pairs": sum(s.scored for s in ok) if ok and all(s.scored for s in ok) else None,
         "latency_ms": {f"p{q}": percentile(latencies, q) for q in PERCENTILES}
         | {
             "mean": (sum(latencies) / len(latencies)) if latencies else math.nan,

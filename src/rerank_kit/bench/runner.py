@@ -45,6 +45,8 @@ class BenchConfig:
     duration: float | None = None
     warmup: int = 8
     max_retries: int | None = None
+    # Windows the server scores per long document, sent with every request (None: the server's default).
+    max_chunks_per_doc: int | None = None
     timeout: float = 300.0
     # The load generator's HTTP stack: "aiohttp" (httpx-aiohttp's transport under the same client: less
     # CPU per request, so the generator is not what limits a fast server), "httpx" (the client's own), or
@@ -164,6 +166,7 @@ async def run_bench(
         warmup=config.warmup,
         seed=config.seed,
         keep_scores=workload.judged,
+        max_chunks_per_doc=config.max_chunks_per_doc,
     )
     http = http_stack(config.http)
     # One request per case, exactly as the workload defines it: no client-side splitting.

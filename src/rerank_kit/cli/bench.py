@@ -58,6 +58,14 @@ def bench(
             "needs the bench extra), httpx (the client's own), or auto: aiohttp when installed."
         ),
     ] = "auto",
+    max_chunks_per_doc: Annotated[
+        int | None,
+        typer.Option(
+            "--max-chunks-per-doc",
+            help="Send max_chunks_per_doc with every request: windows a rerank-kit server scores per long "
+            "document (1: truncate to the first window; default: the server's).",
+        ),
+    ] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="Write the full report as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Sweep plot (PNG) path; default next to --out.")] = None,
     compare: Annotated[
@@ -93,6 +101,7 @@ def bench(
         duration=duration,
         warmup=warmup,
         max_retries=max_retries,
+        max_chunks_per_doc=max_chunks_per_doc,
         http=http,
     )
     sweep.check_sweep(config, levels)

@@ -8,10 +8,11 @@ benefits: /rerank, /v1/rerank, /v2/rerank, /score and /v1/score. For each reques
 1. What fits (from the served model's IO processor, ``rerank_kit_window``): the document tokens that fit beside
    the query, i.e. ``--max-model-len`` less the query, the instruction and the template's fixed tokens (for a
    bi-encoder, which embeds a document alone, less its special tokens).
-2. ``plan_windows``: a document of more tokens is cut into windows of that many tokens less ``MARGIN``, ``OVERLAP`` of them shared
-   with the next window, the last one ending at the document's end; at most ``max_chunks_per_doc`` windows (the
-   request's field, else the server's ``--max-chunks-per-doc``), the rest of a longer document unread (refused
-   with ``--strict-length``). A document that fits is sent unchanged: it scores exactly as without chunking.
+2. ``plan_windows``: a document of more tokens is cut into windows of that many tokens less ``MARGIN``, 12 %
+   of them (``OVERLAP_PERCENT``) shared with the next window, the last one ending at the document's end; at
+   most ``max_chunks_per_doc`` windows (the request's field, else the server's ``--max-chunks-per-doc``), the
+   rest of a longer document unread (refused with ``--strict-length``). A document that fits is sent
+   unchanged: it scores exactly as without chunking.
 3. ``expand``: the request vLLM sees lists every window as a document (``top_n`` removed), bounded by the server's
    ``--max-documents`` in total (413 otherwise).
 4. ``collapse``: one result per original document, its index, its text and the best window's score; ``top_n``
@@ -34,9 +35,10 @@ from rerank_kit.server.bodycheck import RejectedRequest
 # prevented), and a template that tokenizes the prompt whole may merge the document with its neighbours. What
 # still does not fit is cut from the window's end by the plugin's truncation rule.
 MARGIN = 2
-# Tokens a window shares with the next, as a share of the window: a passage cut by a window's end still has
-# this much of it whole in the next window (bench/RESULTS.md section 10 measured 0, 1/8 and 1/4).
-OVERLAP_SHARE = 0.125
+# Tokens a window shares with the next, in percent of the window: a passage cut by a window's end still has
+# this much of it whole in the next window (bench/RESULTS.md section 10 measured 0, 12 and 25; the server's
+# RERANK_KIT_CHUNK_OVERLAP_PERCENT, which is there to measure others).
+OVERLAP_PERCENT = 12
 # The request field (Cohere v1's name) and the score routes' field pairs (first: the queries' side).
 FIELD = "max_chunks_per_doc"
 SCORE_FIELDS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
@@ -55,16 +57,18 @@ class Plan:
         return len(self.owners)
 
 
-def overlap(window: int) -> int:
+def overlap(window: int, percent: int = OVERLAP_PERCENT) -> int:
     """Tokens a window of ``window`` tokens shares with the next one.
 
-    >>> overlap(254), overlap(8190), overlap(1)
-    (31, 1023, 0)
+    >>> overlap(254), overlap(8190), overlap(1), overlap(254, 0)
+    (30, 982, 0, 0)
     """
-    return int(window * OVERLAP_SHARE)
+    return window * percent // 100
 
 
-def plan_windows(n_tokens: int, window: int, max_chunks: int) -> list[tuple[int, int]] | None:
+def plan_windows(
+    n_tokens: int, window: int, max_chunks: int, percent: int = OVERLAP_PERCENT
+) -> list[tuple[int, int]] | None:
     """Token ranges ``[start, end)`` of a document of ``n_tokens`` tokens, or None when it is read whole.
 
     Windows of ``window`` tokens, each starting ``window - overlap(window)`` after the previous; the last one
@@ -73,13 +77,13 @@ def plan_windows(n_tokens: int, window: int, max_chunks: int) -> list[tuple[int,
         >>> plan_windows(10, 16, 8) is None, plan_windows(100, 16, 1) is None
         (True, True)
         >>> plan_windows(40, 16, 8)
-        [(0, 16), (14, 30), (24, 40)]
+        [(0, 16), (15, 31), (24, 40)]
         >>> plan_windows(40, 16, 2)
-        [(0, 16), (14, 30)]
+        [(0, 16), (15, 31)]
     """
     if n_tokens <= window or max_chunks <= 1 or window < 1:
         return None
-    stride = max(1, window - overlap(window))
+    stride = max(1, window - overlap(window, percent))
     starts = list(range(0, n_tokens - window, stride))[:max_chunks]
     if len(starts) < max_chunks:
         starts.append(n_tokens - window)
@@ -226,19 +230,20 @@ class Chunker:
     """Cuts a request's documents for one served model: its IO processor's ``rerank_kit_window`` (set by the
     rerank-kit plugin) and its tokenizer, which must give character offsets (a Hugging Face fast tokenizer)."""
 
-    def __init__(self, io_processor: Any) -> None:
+    def __init__(self, io_processor: Any, overlap_percent: int = OVERLAP_PERCENT) -> None:
         self.window_of = io_processor.rerank_kit_window
         self.tokenizer = io_processor.tokenizer
+        self.overlap_percent = overlap_percent
 
     @classmethod
-    def of(cls, io_processor: Any) -> Chunker | None:
+    def of(cls, io_processor: Any, overlap_percent: int = OVERLAP_PERCENT) -> Chunker | None:
         """A chunker for this IO processor, or None where it cannot cut: no plugin window (plugin off, a vLLM
         it does not wrap, a late-interaction or listwise model) or a tokenizer without offsets."""
         if getattr(io_processor, "rerank_kit_window", None) is None:
             return None
         if not getattr(getattr(io_processor, "tokenizer", None), "is_fast", False):
             return None
-        return cls(io_processor)
+        return cls(io_processor, overlap_percent)
 
     def cuts(
         self,
@@ -277,8 +282,8 @@ class Chunker:
             if n <= limit:
                 continue  # fits whole: sent as it came
             window = limit - MARGIN
-            if strict and len(plan_windows(n, window, n) or ()) > max_chunks:
-                needed = len(plan_windows(n, window, n) or ())
+            if strict and len(plan_windows(n, window, n, self.overlap_percent) or ()) > max_chunks:
+                needed = len(plan_windows(n, window, n, self.overlap_percent) or ())
                 raise RejectedRequest(
                     400,
                     f"document {i} needs {needed} windows of {window} tokens beside its query and {FIELD} is "
@@ -287,7 +292,7 @@ class Chunker:
                     "BadRequestError",
                     FIELD,
                 )
-            ranges = plan_windows(n, window, max_chunks)
+            ranges = plan_windows(n, window, max_chunks, self.overlap_percent)
             if ranges is not None:
                 cuts[i] = spans(offsets, ranges)
         return cuts

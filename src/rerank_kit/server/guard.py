@@ -419,7 +419,7 @@ class RerankKitGuard:
             io_processor = _io_processor(scope)
             if io_processor is None:
                 return None
-            self._chunker_made = (chunking.Chunker.of(io_processor),)
+            self._chunker_made = (chunking.Chunker.of(io_processor, self.limits.chunk_overlap_percent),)
         return self._chunker_made[0]
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:

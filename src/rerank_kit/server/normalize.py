@@ -24,7 +24,8 @@ client that needs it (measured with the released packages; the tests in tests/te
    vLLM reads a mapping as multimodal ``{"content": [...]}`` and answers 400 "body.documents.0.content: Field
    required". Results come back with ``{"text": ...}`` as their document, not the whole object.
 
-Nothing else changes: fields vLLM ignores (``return_documents``, ``max_chunks_per_doc``, ``rank_fields``) stay,
+Nothing else changes: fields vLLM ignores (``return_documents``, ``rank_fields``) stay, ``max_chunks_per_doc`` is
+the guard's (``server.chunking``),
 and an unknown or wrong non-null value is left for vLLM to refuse with its own, clearer, error. Other paths
 (/score, /v1/score, ...) come back untouched: no client sends them these shapes.
 
