@@ -348,4 +348,6 @@ def load_reference(family: str, path: str, score_kind: str | None = None) -> Ref
 
     if family not in FAMILIES:
         raise ConfigError(f"unknown family {family!r}. Known families: {', '.join(FAMILIES)}")
+    if FAMILIES[family].score_kind == "maxsim":
+        raise ConfigError(f"no reference for {family} here: PyLate's ColBERT.encode is the authors' code path")
     return Reference(family=family, path=path, score_kind=score_kind or FAMILIES[family].score_kind)
