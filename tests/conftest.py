@@ -39,6 +39,8 @@ TINY_FAMILIES = [
     "qwen3-reranker-seq-cls",
     "mxbai-rerank-v2",
     "bge-reranker-v2-gemma",
+    "jina-reranker-v3",
+    "nemotron-rerank",
 ]
 
 

@@ -60,6 +60,7 @@ rows = {}
 for model, recipe in RECIPES.items():
     try:
         launcher.support_note(version, needs_template=recipe.template is not None, what=model, gpu=False)
+        launcher.family_note(recipe.family, version, what=model)
     except ConfigError as exc:
         rows[model] = "refused: " + str(exc)
         continue

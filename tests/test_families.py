@@ -45,6 +45,8 @@ DOCUMENTS = [
     "Wie spät ist es? 今天天气很好。",
 ]
 LLM_FAMILIES = {"qwen3-reranker", "qwen3-reranker-seq-cls", "mxbai-rerank-v2", "bge-reranker-v2-gemma"}
+# Families whose raw score is a cosine (no activation): a bi-encoder's, or a listwise reranker's.
+COSINE_SCORES = {"cosine", "listwise"}
 INSTRUCTION = "Given a question, find the passage that answers it"
 
 
@@ -146,7 +148,7 @@ def test_token_ids_match_reference(family_server, reference):
 
 
 def test_instruction_matches_reference(family_server, reference):
-    if family_server.recipe.family not in LLM_FAMILIES:
+    if not family_server.recipe.supports_instruction:
         body = httpx.post(
             f"{family_server.url}/v1/rerank",
             json={"query": QUERIES[0], "documents": DOCUMENTS, "instruction": INSTRUCTION},
@@ -159,6 +161,9 @@ def test_instruction_matches_reference(family_server, reference):
 
     query, document = QUERIES[0], DOCUMENTS[0]
     expected_ids = reference.token_ids(query, document, INSTRUCTION)
+    assert _rerank(family_server, query, [document], instruction=INSTRUCTION)["usage"]["prompt_tokens"] == len(
+        expected_ids
+    )
     assert prompt_token_ids(family_server.command, query, document, INSTRUCTION) == expected_ids
     raw_ref = reference.scores([(query, d) for d in DOCUMENTS], instruction=INSTRUCTION)
     served = _rerank(family_server, query, DOCUMENTS, instruction=INSTRUCTION, use_activation=False)["results"]
@@ -278,6 +283,8 @@ def test_prompts_are_built_per_request(family_server):
     """The plugin's batched path (one render, one tokenizer call per distinct text) served the requests above."""
     if family_server.recipe.family == "embedding":
         pytest.skip("a bi-encoder: no score prompts")
+    if family_server.recipe.score_kind == "listwise":
+        pytest.skip("vLLM builds a listwise request's one prompt itself (jina-reranking-scoring): no pairs to batch")
     with RerankClient(family_server.url, model=family_server.model) as client:
         client.rerank("What is vLLM?", ["vLLM is an inference engine.", "Paris is in France."])
     assert BATCHED_MESSAGE in family_server.log.read_text(errors="replace")

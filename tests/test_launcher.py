@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 import shlex
 import socket
 
@@ -279,6 +280,40 @@ def test_releases_below_the_floor_are_refused_and_newer_ones_warned():
         launcher.support_note("0.10.2", needs_template=False, what="BAAI/bge-reranker-base", gpu=True)
     note = launcher.support_note("0.34.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=True)
     assert note is not None and "self-check" in note
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [
+        ("answerdotai/answerai-colbert-small-v1", r"no \[Q\]/\[D\] marker tokens.*vLLM issue 42234"),
+        ("mixedbread-ai/mxbai-rerank-large-v1", r"no DeBERTa-v2 class.*vLLM issue 42091"),
+    ],
+)
+def test_families_no_vllm_serves_right_are_refused_with_the_reason(monkeypatch, model, why):
+    from typer.testing import CliRunner
+
+    from rerank_kit.cli import app
+
+    family = get_recipe(model).family
+    with pytest.raises(ConfigError, match=rf"^vLLM 0\.32\.0 cannot serve {model} \({family}\) right: .*{why}"):
+        launcher.family_note(family, "0.32.0", what=model)
+    # newer than the newest release checked: served, with a warning that says what to check
+    assert "rerank-kit verify" in launcher.family_note(family, "0.34.0", what=model)
+    assert launcher.family_note("jina-reranker-v3", "0.32.0", what="jinaai/jina-reranker-v3") is None
+    for installed in ("0.32.0", None):  # None: no vLLM here, the command is only printed: refused all the same
+        monkeypatch.setattr(launcher.fleet, "vllm_version", lambda v=installed: v)
+        for command in ("cmd", "up"):
+            result = CliRunner().invoke(app, [command, model])
+            assert result.exit_code == 2, result.output
+            assert re.search(why, result.stderr) and result.stderr.count("\n") == 1
+
+
+def test_refused_families_are_families_with_a_recipe():
+    from rerank_kit.launcher.vllm import REFUSED_FAMILIES
+    from rerank_kit.recipes import FAMILIES
+
+    assert set(REFUSED_FAMILIES) <= set(FAMILIES)
+    assert all(FAMILIES[f].verified for f in FAMILIES), "every family says how it was verified (or why refused)"
 
 
 def test_cmd_refuses_a_template_model_on_an_old_vllm_in_one_line(monkeypatch):

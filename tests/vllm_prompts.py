@@ -2,7 +2,9 @@
 
 Builds vLLM's pooling IO processors from the same argv a server gets (through vLLM's parser and
 EngineArgs), with general plugins loaded as the server loads them, and calls the cross-encoder
-processor's ``get_score_prompt``: the exact function the server runs for /rerank and /score.
+processor's ``get_score_prompt``: the exact function the server runs for /rerank and /score. For a
+listwise family (jina-reranker-v3) the prompt is vLLM's ``format_docs_prompts_func`` of its
+jina-reranking-scoring processor, tokenized by the server's tokenizer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,23 @@ from functools import cache
 from rerank_kit._contract import PLUGIN_ENV
 from rerank_kit.launcher import Command
 from rerank_kit.launcher.offline import engine_kwargs_from_argv
+
+
+@cache
+def _config(argv: tuple[str, ...]):
+    from vllm.engine.arg_utils import EngineArgs
+
+    kwargs, _ = engine_kwargs_from_argv(list(argv))
+    return EngineArgs(**kwargs).create_engine_config()
+
+
+def _listwise_ids(argv: tuple[str, ...], query: str, document: str, instruction: str | None) -> list[int]:
+    from vllm.entrypoints.pooling.scoring.io_processor import JinaRankingIOProcessorMixin
+    from vllm.renderers import renderer_from_config
+
+    prompt = JinaRankingIOProcessorMixin.format_docs_prompts_func(query, [document], instruction=instruction)
+    tokenizer = renderer_from_config(_config(argv)).get_tokenizer()
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
 @cache
@@ -47,6 +66,8 @@ def _processor(argv: tuple[str, ...], plugin_mode: str):
 
 def prompt_token_ids(command: Command, query: str, document: str, instruction: str | None = None) -> list[int]:
     """What the server built by ``command`` tokenizes for (query, document)."""
+    if command.recipe.score_kind == "listwise":
+        return _listwise_ids(command.server_args, query, document, instruction)
     processor = _processor(command.server_args, str(command.env.get(PLUGIN_ENV, "")))
     _, prompt = processor.get_score_prompt(
         query,

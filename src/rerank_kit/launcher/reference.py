@@ -12,6 +12,13 @@ Used by `rerank-kit verify` and the parity tests. Each family follows its publis
 - Qwen3-Reranker *-seq-cls: the converted checkpoint's 1-label head on the same token ids.
 - bge-reranker-v2-gemma: FlagEmbedding's ``BaseLLMReranker``: [bos] + tok("A: q") + tok("\\n") +
   tok("B: p") + tok("\\n") + tok(prompt), score = logit("Yes") at the last token.
+- jina-reranker-v3: the authors' modeling.py (``JinaForRanking.rerank`` / ``_compute_single_batch``): the
+  query and the list of documents in one prompt (``format_docs_prompts_func``), the last hidden states at each
+  ``<|embed_token|>`` and at the ``<|rerank_token|>`` through the projector, score = their cosine. Pairs that
+  share a query consecutively are one list (one block: the authors split lists past 125 documents).
+- llama-nemotron-rerank: the model card's transformers recipe (NVIDIA's bidirectional Llama):
+  tok("question:q \\n \\n passage:p") with its BOS, attention without the causal mask, the mean of the last
+  hidden states, score = the 1-label head's logit.
 - cross-encoders (BERT, XLM-R, ModernBERT, GTE): sentence-transformers ``CrossEncoder.predict``.
 - embedding models: cosine of sentence-transformers' own pooled, normalised embeddings.
 
@@ -56,6 +63,44 @@ GEMMA_PROMPT = (
 )
 
 
+JINA_V3_PREFIX = (
+    "<|im_start|>system\n"
+    "You are a search relevance expert who can determine a ranking of the passages based on how relevant they are "
+    "to the query. If the query is a question, how relevant a passage is depends on how well it answers the "
+    "question. If not, try to analyze the intent of the query and assess how well each passage satisfies the "
+    "intent. If an instruction is provided, you should follow the instruction when determining the ranking."
+    "<|im_end|>\n<|im_start|>user\n"
+)
+JINA_V3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+JINA_V3_DOC_TOKEN, JINA_V3_QUERY_TOKEN = "<|embed_token|>", "<|rerank_token|>"
+JINA_V3_DOC_ID, JINA_V3_QUERY_ID = 151670, 151671
+
+
+def jina_v3_prompt(query: str, documents: Sequence[str], instruction: str | None = None) -> str:
+    """jina-reranker-v3's prompt for a query and its list of documents (modeling.py ``format_docs_prompts_func``,
+    no_thinking=True): the marker tokens are removed from the texts, each document ends in ``<|embed_token|>``,
+    the query (after the documents) in ``<|rerank_token|>``."""
+
+    def clean(text: str) -> str:
+        return text.replace(JINA_V3_QUERY_TOKEN, "").replace(JINA_V3_DOC_TOKEN, "")
+
+    query = clean(query)
+    prompt = (
+        f"I will provide you with {len(documents)} passages, each indicated by a numerical identifier. "
+        f"Rank the passages based on their relevance to query: {query}\n"
+    )
+    if instruction:
+        prompt += f"<instruct>\n{clean(instruction)}\n</instruct>\n"
+    passages = [f'<passage id="{i}">\n{clean(d)}{JINA_V3_DOC_TOKEN}\n</passage>' for i, d in enumerate(documents)]
+    prompt += "\n".join(passages) + "\n" + f"<query>\n{query}{JINA_V3_QUERY_TOKEN}\n</query>"
+    return JINA_V3_PREFIX + prompt + JINA_V3_SUFFIX
+
+
+def nemotron_prompt(query: str, document: str) -> str:
+    """llama-nemotron-rerank's model card ``prompt_template``."""
+    return f"question:{query} \n \n passage:{document}"
+
+
 def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
@@ -78,6 +123,12 @@ class Reference:
         import torch
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+        if self.family == "jina-reranker-v3":
+            self._tokenizer, self._model = AutoTokenizer.from_pretrained(self.path), _load_jina_v3(self.path)
+            return
+        if self.family == "nemotron-rerank":
+            self._tokenizer, self._model = AutoTokenizer.from_pretrained(self.path), _load_nemotron(self.path)
+            return
         if self.score_kind in ("cross-encoder", "cosine"):
             return  # sentence-transformers loads its own
         self._tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -104,6 +155,10 @@ class Reference:
     def token_ids(self, query: str, document: str, instruction: str | None = None) -> list[int]:
         """The exact token ids the reference implementation scores for one pair."""
         tok = self._load_tokenizer()
+        if self.family == "jina-reranker-v3":
+            return list(tok(jina_v3_prompt(query, [document], instruction))["input_ids"])
+        if self.family == "nemotron-rerank":
+            return list(tok(nemotron_prompt(query, document))["input_ids"])
         if self.score_kind == "cross-encoder":
             return list(tok(query, document, truncation=True)["input_ids"])
         if self.family == "mxbai-rerank-v2":
@@ -136,6 +191,10 @@ class Reference:
 
     def scores(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[float]:
         """Raw reference scores (logits, or cosine similarity for embedding models), in pair order."""
+        if self.family == "jina-reranker-v3":
+            return self._listwise_scores(pairs, instruction)
+        if self.family == "nemotron-rerank":
+            return self._nemotron_scores(pairs)
         if self.score_kind == "cross-encoder":
             return self._cross_encoder_scores(pairs)
         if self.score_kind == "cosine":
@@ -164,7 +223,44 @@ class Reference:
 
     def activate(self, raw: Sequence[float]) -> list[float]:
         """Map raw scores to vLLM's default /rerank scores (sigmoid for classifiers, cosine as is)."""
-        return list(raw) if self.score_kind == "cosine" else [sigmoid(x) for x in raw]
+        return list(raw) if self.score_kind in ("cosine", "listwise") else [sigmoid(x) for x in raw]
+
+    def _listwise_scores(self, pairs: Sequence[tuple[str, str]], instruction: str | None) -> list[float]:
+        """jina-reranker-v3: each run of pairs with the same query is one list, scored in one forward pass."""
+        import torch
+
+        self._load()
+        backbone, projector = self._model
+        out: list[float] = []
+        start = 0
+        while start < len(pairs):
+            query = pairs[start][0]
+            end = start
+            while end < len(pairs) and pairs[end][0] == query:
+                end += 1
+            documents = [d for _, d in pairs[start:end]]
+            ids = torch.tensor([self._tokenizer(jina_v3_prompt(query, documents, instruction))["input_ids"]])
+            with torch.no_grad():
+                hidden = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+                docs = projector(hidden[ids[0] == JINA_V3_DOC_ID])
+                queries = projector(hidden[ids[0] == JINA_V3_QUERY_ID])
+                if queries.shape[0] != 1 or docs.shape[0] != len(documents):
+                    raise ConfigError("jina-reranker-v3: a text holds a marker token the prompt could not remove")
+                scores = torch.nn.functional.cosine_similarity(docs, queries.expand_as(docs), dim=-1)
+            out += [float(x) for x in scores]
+            start = end
+        return out
+
+    def _nemotron_scores(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        import torch
+
+        self._load()
+        out = []
+        for query, document in pairs:
+            ids = torch.tensor([self.token_ids(query, document)])
+            with torch.no_grad():
+                out.append(float(self._model(ids)))
+        return out
 
     def _cross_encoder_scores(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         import torch
@@ -186,10 +282,72 @@ class Reference:
         return [float((q * d).sum()) for q, d in zip(queries, docs, strict=True)]
 
 
+def _safetensors(path: str, prefix: str) -> dict[str, Any]:
+    """The tensors of the checkpoint in ``path`` whose names start with ``prefix`` (prefix removed)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    found = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            found.update({k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
+    return found
+
+
+def _load_jina_v3(path: str) -> tuple[Any, Any]:
+    """modeling.py's JinaForRanking as its two parts: the Qwen3 decoder (final norm applied: the
+    ``hidden_states[-1]`` it reads) and the projector (hidden -> hidden/2 -> ReLU -> 512, no biases)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    config = Qwen3Config.from_pretrained(path)
+    backbone = Qwen3Model.from_pretrained(path, config=config, dtype=torch.float32).eval()
+    weights = _safetensors(path, "projector.")
+    projector = torch.nn.Sequential(
+        torch.nn.Linear(config.hidden_size, config.hidden_size // 2, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Linear(config.hidden_size // 2, weights["2.weight"].shape[0], bias=False),
+    )
+    projector.load_state_dict(weights)
+    return backbone, projector.float().eval()
+
+
+def _load_nemotron(path: str) -> Any:
+    """NVIDIA's LlamaBidirectionalForSequenceClassification: a Llama whose attention has no causal mask, the
+    mean of the last hidden states over the (unpadded) sequence, then the 1-label head."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(path)
+    model = LlamaForSequenceClassification.from_pretrained(
+        path, config=config, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    inner = model.model
+    for layer in inner.layers:
+        layer.self_attn.is_causal = False
+
+    def score(ids: Any) -> Any:
+        # eager attention with no mask: every token attends to every token (the bidirectional mask of one
+        # unpadded sequence)
+        hidden = inner.embed_tokens(ids)
+        positions = torch.arange(ids.shape[1]).unsqueeze(0)
+        rotary = inner.rotary_emb(hidden, position_ids=positions)
+        for layer in inner.layers:
+            hidden = layer(hidden, attention_mask=None, position_embeddings=rotary, position_ids=positions)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        pooled = inner.norm(hidden).mean(dim=1)
+        return model.score(pooled)[0, 0]
+
+    return score
+
+
 def load_reference(family: str, path: str, score_kind: str | None = None) -> Reference:
     """A reference scorer for ``family`` backed by the weights in directory ``path``."""
     from rerank_kit.recipes import FAMILIES
 
     if family not in FAMILIES:
         raise ConfigError(f"unknown family {family!r}. Known families: {', '.join(FAMILIES)}")
+    if FAMILIES[family].score_kind == "maxsim":
+        raise ConfigError(f"no reference for {family} here: PyLate's ColBERT.encode is the authors' code path")
     return Reference(family=family, path=path, score_kind=score_kind or FAMILIES[family].score_kind)

@@ -104,6 +104,59 @@ class VllmFeatures:
         )
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A family that no vLLM release up to ``through`` serves right: why, and the vLLM issue that tracks it."""
+
+    why: str
+    issue: str
+    through: str
+
+
+# Families rerank-kit refuses to serve, with the newest release each was checked on: 0.32.0 run here on the CPU
+# with tiny models of the architecture, 0.33.0 read from its wheel (no CPU build). A recipe records how the family
+# would be served once a release can; a release newer than `through` starts with a warning instead.
+REFUSED_FAMILIES: dict[str, Refusal] = {
+    "colbert": Refusal(
+        why="vLLM embeds the raw query and document texts: no [Q]/[D] marker tokens, no [MASK] padding of the query "
+        "to the model's query length, no punctuation skiplist on documents, so its MaxSim is not the model's "
+        "(PyLate, stanford ColBERT); an HF_ColBERT config that names its 'dim' does not even load (vLLM's "
+        "ColBERTModel builds its projection before nn.Module.__init__)",
+        issue="vLLM issue 42234, open fix PR 44530",
+        through="0.33.0",
+    ),
+    "deberta-v3-cross-encoder": Refusal(
+        why="vLLM has no DeBERTa-v2 class, and its Transformers backend refuses DebertaV2ForSequenceClassification "
+        "('not compatible with vLLM': DeBERTa's disentangled attention bypasses transformers' attention interface)",
+        issue="vLLM issue 42091, open PR 42094",
+        through="0.33.0",
+    ),
+}
+
+
+def family_note(family: str, version: str, *, what: str) -> str | None:
+    """Refuse ``what`` when its family is one ``version`` cannot serve right (ConfigError with the reason and the
+    vLLM issue); a warning (returned) on a release newer than the newest one checked.
+
+    >>> family_note("colbert", "0.40.0", what="answerdotai/answerai-colbert-small-v1")[:40]
+    'vLLM 0.40.0 is newer than 0.33.0, the ne'
+    """
+    from rerank_kit.errors import ConfigError
+
+    refusal = REFUSED_FAMILIES.get(family)
+    if refusal is None:
+        return None
+    if version_tuple(version) <= version_tuple(refusal.through):
+        raise ConfigError(
+            f"vLLM {version} cannot serve {what} ({family}) right: {refusal.why} ({refusal.issue}). rerank-kit "
+            "refuses rather than start a server with wrong scores"
+        )
+    return (
+        f"vLLM {version} is newer than {refusal.through}, the newest release checked for {family}, which served it "
+        f"wrong ({refusal.issue}): check its scores with `rerank-kit verify` before relying on them"
+    )
+
+
 def upgrade_command(minimum: str, *, gpu: bool) -> str:
     """The pip command that installs a supported vLLM (CUDA wheel or the CPU build)."""
     if gpu:
