@@ -117,14 +117,20 @@ def test_limits_return_413_with_a_message(secured):
     assert huge.status_code == 413
 
 
-def test_long_documents_are_truncated_not_rejected(secured):
+def test_long_documents_are_truncated_or_read_in_windows_not_rejected(secured):
     server, _ = secured
     long_doc = "the model reads only the start of this document " * 300  # far past 512 tokens
+    body = {"query": "q", "documents": [long_doc, "short"], "max_chunks_per_doc": 1}  # 1: truncation
+    ok = httpx.post(server.url + "/v1/rerank", headers=AUTH, timeout=120, json=body)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["usage"]["prompt_tokens"] <= 2 * 512
+    # the default: the long document in at most 8 windows of the model's 512 tokens (server.chunking)
     ok = httpx.post(
         server.url + "/v1/rerank", headers=AUTH, timeout=120, json={"query": "q", "documents": [long_doc, "short"]}
     )
     assert ok.status_code == 200, ok.text
-    assert ok.json()["usage"]["prompt_tokens"] <= 2 * 512
+    assert ok.headers["x-rerank-kit-chunks"] == "pairs=9; max=8"
+    assert 8 * 256 < ok.json()["usage"]["prompt_tokens"] <= 9 * 512
 
 
 # --- every route the running server registers ----------------------------------------------------------

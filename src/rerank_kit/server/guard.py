@@ -22,6 +22,9 @@ What it does, in order, for each HTTP request:
    at any depth) must hold at most ``max_documents`` items per list and ``max_document_chars``
    characters per string (413). Forms and other bodies are bounded by size only. The app then
    receives the exact bytes the client sent.
+4. Long documents, on the rerank and score routes: a document longer than fits beside the query is sent
+   as windows and its answer merged back to one result per document (``server.chunking``; the response
+   says so in ``x-rerank-kit-chunks``). Bodies whose documents all fit go to the app as they came.
 
 Configuration comes from the server's environment, set by the launcher (never from argv, which
 ``ps`` shows to every user). ``Limits.to_env()`` writes it and ``Limits.from_env()`` reads it; the names
@@ -33,6 +36,7 @@ are spelled only in ``rerank_kit._contract``:
 - ``RERANK_KIT_MAX_BODY_BYTES``: request body size, default 32 MiB.
 - ``RERANK_KIT_MAX_IN_FLIGHT``: requests in flight per API server process; unset or 0 = unbounded
   (the launcher sets it from the machine: ``machine.max_in_flight_choice``).
+- ``RERANK_KIT_MAX_CHUNKS_PER_DOC``: windows per long document when a request does not say, default 8 (1: truncate).
 - ``RERANK_KIT_STRICT_LENGTH``: ``1`` makes rerank-kit's vLLM plugin reject over-long pairs (vLLM's 400)
   instead of truncating them.
 
