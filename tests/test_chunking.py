@@ -128,6 +128,7 @@ def test_windows_of_a_real_tokenizer_fit_and_cover_the_document(minilm_tokenizer
     assert long.startswith(texts[0]) and long.endswith(texts[-1])
     for a, b in itertools.pairwise(cuts[1]):
         assert b[0] < a[1]  # windows overlap: nothing between them is skipped
+    assert chunker.cuts(["q"], [long], None, max_chunks=1, strict=False) == [None]  # 1: truncation
     # max_chunks caps the windows; --strict-length refuses instead of reading a document in part
     assert len(chunker.cuts(["q"], [long], None, max_chunks=2, strict=False)[0]) == 2
     with pytest.raises(RejectedRequest, match=r"document 0 needs \d+ windows of 64 tokens") as caught:

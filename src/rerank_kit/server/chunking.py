@@ -260,6 +260,8 @@ class Chunker:
         windows is refused (400) instead of being read in part."""
         fits: dict[str, int] = {}  # query -> document tokens that fit beside it
         cuts: list[list[tuple[int, int]] | None] = [None] * len(documents)
+        if max_chunks <= 1 and not strict:
+            return cuts  # truncation, as without chunking: nothing to tokenize here
         todo: list[tuple[int, int]] = []  # (document index, what fits)
         for i, (query, document) in enumerate(zip(queries, documents, strict=True)):
             if not isinstance(document, str) or not isinstance(query, str):
