@@ -220,10 +220,11 @@ def test_a_long_document_scores_as_its_best_window_and_a_short_one_as_before(fam
         return
     short = _rerank(family_server, query, DOCUMENTS, **extra)
     truncated = _rerank(family_server, query, DOCUMENTS, max_chunks_per_doc=1, **extra)
-    assert [r["index"] for r in short["results"]] == [r["index"] for r in truncated["results"]]
-    assert [r["relevance_score"] for r in short["results"]] == pytest.approx(
-        [r["relevance_score"] for r in truncated["results"]], abs=1e-6
-    )
+    # the same prompts; float32 logits move by a few ulps with how the engine batches them, hence TOLERANCE
+    by_index = {r["index"]: r["relevance_score"] for r in truncated["results"]}
+    assert len(short["results"]) == len(DOCUMENTS)
+    for r in short["results"]:
+        assert r["relevance_score"] == pytest.approx(by_index[r["index"]], abs=TOLERANCE), r["index"]
     assert not any("chunk" in r for r in short["results"])
     max_len = httpx.get(f"{family_server.url}/v1/models", timeout=30).json()["data"][0]["max_model_len"]
     document = FILLER * (3 * max_len // 10) + DOCUMENTS[0]  # about 15 tokens a sentence: 4 windows or more
