@@ -51,6 +51,7 @@ class Plan:
     owners: list[int] = field(default_factory=list)  # expanded position -> original document index
     spans: list[tuple[int, int] | None] = field(default_factory=list)  # its character span; None: the whole
     counts: list[int] = field(default_factory=list)  # windows per original document
+    firsts: list[int] = field(default_factory=list)  # each original document's first expanded position
 
     @property
     def pairs(self) -> int:
@@ -137,6 +138,7 @@ def expand(
     plan = Plan()
     texts: list[Any] = []
     for index, (document, cut) in enumerate(zip(documents, cuts, strict=True)):
+        plan.firsts.append(len(plan.owners))
         for span in cut or [None]:
             plan.owners.append(index)
             plan.spans.append(span)
@@ -202,8 +204,7 @@ def _with_chunk(result: dict[str, Any], plan: Plan, owner: int, position: int) -
     count = plan.counts[owner]
     span = plan.spans[position]
     if count > 1 and span is not None:
-        first = plan.owners.index(owner)
-        result["chunk"] = {"index": position - first, "count": count, "start": span[0], "end": span[1]}
+        result["chunk"] = {"index": position - plan.firsts[owner], "count": count, "start": span[0], "end": span[1]}
     return result
 
 
@@ -284,8 +285,8 @@ class Chunker:
             if n <= limit:
                 continue  # fits whole: sent as it came
             window = limit - MARGIN
-            if strict and len(plan_windows(n, window, n, self.overlap_percent) or ()) > max_chunks:
-                needed = len(plan_windows(n, window, n, self.overlap_percent) or ())
+            needed = len(plan_windows(n, window, n, self.overlap_percent) or ()) if strict else 0
+            if needed > max_chunks:
                 raise RejectedRequest(
                     400,
                     f"document {i} needs {needed} windows of {window} tokens beside its query and {FIELD} is "

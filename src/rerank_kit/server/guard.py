@@ -404,12 +404,13 @@ class RerankKitGuard:
             raise
         except Exception:  # a query or template vLLM refuses: vLLM answers with its own error
             return None
+        if not any(cuts):  # nothing to cut: the body as it came
+            said = [(CHUNKS_HEADER.encode(), f"pairs={len(documents)}; max={requested}".encode())]
+            return lambda send: (None, _with_headers(send, said))
         expanded, plan = chunking.expand(
             body, queries_field, documents_field, cuts, limit=self.limits.max_documents, requested=requested
         )
         header = [(CHUNKS_HEADER.encode(), f"pairs={plan.pairs}; max={requested}".encode())]
-        if plan.pairs == len(documents):  # nothing to cut: the body as it came
-            return lambda send: (None, _with_headers(send, header))
         if queries_field is None:
             top_n = body.get("top_n") if type(body.get("top_n")) is int else None
             merge = functools.partial(chunking.collapse_rerank, plan=plan, documents=documents, top_n=top_n)
