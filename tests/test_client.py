@@ -497,19 +497,25 @@ def test_a_call_that_succeeds_on_the_third_try_within_the_deadline_succeeds(kind
 def test_the_chunks_of_one_call_share_its_deadline(kind):
     fake = FakeVLLM()
 
-    def slow(request):  # 0.3 s per answer, and a read timeout honoured as a real transport would
+    def slow(request):  # 0.4 s per answer, and a read timeout honoured as a real transport would
         limit = request.extensions["timeout"]["read"]
-        time.sleep(min(0.3, limit))
-        if limit < 0.3:
+        time.sleep(min(0.4, limit))
+        if limit < 0.4:
             raise httpx.ReadTimeout("slow", request=request)
         return fake(request)
 
-    # four chunks one after another: 1.2 s in all, so with a deadline per chunk the call would succeed
+    # four chunks one after another: 1.6 s in all, so with a deadline per chunk the call would succeed. How many
+    # chunks fit in the shared 1.0 s depends on the machine's speed (two answered at 0.8 s, and a third attempt
+    # with the 0.2 s left, on an idle one; a CI run under load had no time left for that attempt), so the test
+    # checks what holds on any machine: not all four answered, and the attempts counted and named.
     docs = ["a", "b", "c", "d"]
     error, elapsed = call_client(kind, slow, docs=docs, max_docs_per_request=1, max_concurrency=1, deadline=1.0)
     assert isinstance(error, APITimeoutError) and elapsed < 1.0 + 0.5
-    assert len(fake.requests) == 3 and error.attempts == {"http://server:8000": 4}
-    assert "4 attempts" in str(error) and "ReadTimeout" in str(error)
+    answered, attempts = len(fake.requests), error.attempts["http://server:8000"]
+    assert 1 <= answered <= 2 and attempts in (answered, answered + 1)
+    assert f"{attempts} attempt" in str(error)
+    if attempts > answered:
+        assert "ReadTimeout" in str(error)
 
 
 @both_clients
