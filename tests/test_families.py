@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -17,12 +18,13 @@ import pytest
 
 from conftest import SERVER_FIXTURES, SERVER_SPECS, TINY_FAMILIES, queued_server
 from rerank_kit import RerankClient
+from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV
 from rerank_kit.errors import SelfCheckError
 from rerank_kit.launcher import machine
 from rerank_kit.launcher.reference import load_reference
 from rerank_kit.launcher.selfcheck import self_check
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
-from rerank_kit.server.plugin import BATCHED_MESSAGE
+from rerank_kit.server.plugin import BATCHED_MESSAGE, FORK_MESSAGE
 from startup_log import START_UP_END, Context, unexplained
 
 pytestmark = pytest.mark.vllm
@@ -283,6 +285,16 @@ def test_start_up_log_has_no_unexplained_warning(family_server):
     flagged = unexplained(text, context)
     assert not flagged, "\n".join(flagged)
     assert "Chat template warmup failed" not in text.split(START_UP_END, 1)[0]
+
+
+def test_the_engine_core_was_forked_from_the_api_server(family_server):
+    """The launcher asks for a forked engine core on this one-worker CPU server, and the plugin forked it (said
+    once, by the API server): every score this module compares came from a forked engine core."""
+    assert family_server.command.env[ENGINE_START_ENV] == ENGINE_FORK
+    said = re.findall(
+        r"\((\w+) pid=\d+\)[^\n]*" + re.escape(FORK_MESSAGE), family_server.log.read_text(errors="replace")
+    )
+    assert said == ["APIServer"]
 
 
 def test_prompts_are_built_per_request(family_server):

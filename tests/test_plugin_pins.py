@@ -29,7 +29,7 @@ import pytest
 
 from conftest import server_options, spawn_server
 from rerank_kit import RerankClient, launcher
-from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_PIECEWISE
+from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV, PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_PIECEWISE
 from rerank_kit.errors import DocumentsTruncatedWarning, ServerStartError
 from rerank_kit.launcher import machine
 from rerank_kit.launcher.vllm_source import SourceTree
@@ -185,6 +185,55 @@ def test_piecewise_asked_for_and_not_verified_raises_naming_the_release_and_the_
     assert "parse_score_data is not a body rerank-kit was verified on" in result["raised"]
     assert "pip install" in result["raised"]
     assert _register_in_a_fresh_process(PLUGIN_PIECEWISE)["raised"] is None  # the installed vLLM is verified
+
+
+ENGINE_SCENARIOS = """
+import json, logging, os
+from rerank_kit.server import compat, plugin
+from vllm.platforms import cpu
+original, table = vars(cpu.CpuPlatform)["check_and_update_config"], compat.REQUIREMENTS
+logged = []
+handler = logging.Handler()
+handler.emit = lambda record: logged.append(record.getMessage())
+plugin.logger.addHandler(handler)
+plugin.logger.setLevel(logging.INFO)  # a server logs vLLM's INFO lines; a bare import leaves WARNING
+results = {}
+for name, env, unpin in SCENARIOS:
+    cpu.CpuPlatform.check_and_update_config, compat.REQUIREMENTS = original, tuple(
+        dataclasses.replace(r, pins=(("0" * 16, "none"),)) if r.key in unpin else r for r in table)
+    os.environ.update(env)
+    del logged[:]
+    plugin._engine_start()
+    wrapped = vars(cpu.CpuPlatform)["check_and_update_config"]
+    results[name] = {"forked": getattr(wrapped.__func__, "rerank_kit", False), "logged": list(logged)}
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.vllm
+def test_the_engine_core_is_forked_only_where_asked_and_on_a_body_it_ran_forked():
+    """``_engine_start`` (one interpreter, each case from vLLM's own CpuPlatform.check_and_update_config): the
+    launcher's setting with the uni-process executor wraps it; vLLM's spawn is kept when the setting says spawn,
+    when the engine core would fork again (a worker process per rank), and when the body is not one it ran."""
+    asked = {ENGINE_START_ENV: ENGINE_FORK, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    scenarios = [
+        ("asked", asked, ()),
+        ("spawn", {**asked, ENGINE_START_ENV: "spawn"}, ()),
+        ("workers", {**asked, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}, ()),
+        ("unpinned", asked, ("plugin.cpu_engine_start",)),
+    ]
+    script = f"import dataclasses\nSCENARIOS = {scenarios!r}\n" + ENGINE_SCENARIOS
+    env = {k: v for k, v in os.environ.items() if k not in (ENGINE_START_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["asked"] == {"forked": True, "logged": []}  # said when it forks (a real server: test_families)
+    assert results["spawn"] == {"forked": False, "logged": []}
+    assert not results["workers"]["forked"] and "needs the uni-process executor" in results["workers"]["logged"][0]
+    [why] = results["unpinned"]["logged"]
+    assert not results["unpinned"]["forked"]
+    assert why.startswith("rerank-kit: engine core spawned as vLLM does: CpuPlatform.check_and_update_config is "
+                          "not a body rerank-kit was verified on")  # fmt: skip
 
 
 # A different parse_score_data in every process of the server (sitecustomize runs before vLLM loads plugins):

@@ -70,6 +70,11 @@ PIECEWISE_KEY = "rerank_kit_piecewise"
 PLUGIN_ENV = "RERANK_KIT_PLUGIN"
 PLUGIN_ON = "on"
 PLUGIN_PIECEWISE = "piecewise"
+# How vLLM's CPU engine core is started (rerank_kit.server.plugin._engine_start): ENGINE_FORK, which the launcher
+# asks for on a one-worker CPU server, forks it from the API server, which has imported vLLM already; anything
+# else leaves vLLM's CPU platform to spawn a fresh interpreter that imports it all again.
+ENGINE_START_ENV = "RERANK_KIT_ENGINE_START"
+ENGINE_FORK = "fork"
 
 DEFAULT_MAX_DOCUMENTS = 1000
 DEFAULT_MAX_DOCUMENT_CHARS = 200_000

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rerank_kit._contract import (
+    ENGINE_START_ENV,
     GUARD_MIDDLEWARE,
     PIECEWISE_KEY,
     PLUGIN_ENV,
@@ -242,6 +243,7 @@ def build_command(
                 executor=options.cpu_executor,
                 workers=options.tensor_parallel_size * options.data_parallel_size,
                 compiled=not options.eager,
+                engine_start=os.environ.get(ENGINE_START_ENV),
             )
         elif options.dtype or recipe.dtype:
             choices = [Choice("arg", "--dtype", str(options.dtype or recipe.dtype), "asked for")]

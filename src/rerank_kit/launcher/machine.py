@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rerank_kit._contract import Limits
+from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV, Limits
 from rerank_kit.launcher.host import Machine, detect  # noqa: F401 - the facts the choices are made from
 
 GiB = 1 << 30
@@ -84,11 +84,13 @@ def cpu_choices(
     workers: int = 1,
     preload: bool = True,
     compiled: bool = True,
+    engine_start: str | None = None,
 ) -> list[Choice]:
     """The CPU-backend defaults for ``machine``, each with its reason; explicit arguments win.
 
     ``workers`` is tensor x data parallel size; ``executor`` is "auto", "uni" (the model runs in
-    the engine process) or "mp" (vLLM's default: a separate worker process per rank).
+    the engine process) or "mp" (vLLM's default: a separate worker process per rank). ``engine_start`` is
+    ``RERANK_KIT_ENGINE_START`` from the user's environment, if set.
     """
     choices: list[Choice] = []
     if executor == "auto":
@@ -122,6 +124,19 @@ def cpu_choices(
         choices.append(
             Choice("env", "OMP_NUM_THREADS", str(machine.cpu_count), "all cores for the model's OpenMP threads")
         )
+        if engine_start is not None:
+            choices.append(Choice("env", ENGINE_START_ENV, engine_start, "asked for"))
+        else:
+            choices.append(
+                Choice(
+                    "env",
+                    ENGINE_START_ENV,
+                    ENGINE_FORK,
+                    "vLLM's CPU platform spawns its engine core, which imports vLLM again; forked from the API "
+                    "server it starts at once (tiny bge-reranker, 2-core Xeon: healthy 36.0 -> 20.1 s, "
+                    "bench/RESULTS.md 8.7)",
+                )
+            )
     if reserved_cpus is not None:
         choices.append(Choice("env", "VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved_cpus), "asked for"))
     elif executor == "mp" and machine.cpu_count <= SMALL_MACHINE_CORES:

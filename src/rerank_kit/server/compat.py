@@ -155,6 +155,12 @@ REQUIREMENTS: tuple[Requirement, ...] = (
        note="the plugin renders a scoring request's pairs at once instead of one task per pair",
        body="vllm.entrypoints.pooling.base.serving:PoolingBaseServing._preprocessing",
        pins="83abc4b111bc4552=0.27.1-0.33.0"),
+    _r("plugin.cpu_engine_start", "signature", "vllm.platforms.cpu", "CpuPlatform.check_and_update_config",
+       "vllm_config", "plugin", "0.20.0",
+       note="sets VLLM_WORKER_MULTIPROC_METHOD=spawn; with RERANK_KIT_ENGINE_START=fork the plugin forks the engine "
+            "core instead, on the bodies it ran forked (each release's differs)",
+       body="vllm.platforms.cpu:CpuPlatform.check_and_update_config",
+       pins="f816ea6e47dd6591=0.31.0 130180b09f4e55ed=0.32.0"),
     _r("plugin.bi_encoder_factory", "signature", SCORING, f"{BI}.get_request_factory_online", "ctx *",
        "plugin", "0.27.0", body=f"{SCORING}:BiEncoderIOProcessor.get_request_factory_online",
        pins="6391199ab376df31=0.27.1-0.33.0"),

@@ -45,7 +45,7 @@ import logging
 import os
 from typing import Any
 
-from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE
+from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV, PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE
 from rerank_kit.server import batching
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.checks import (
@@ -66,6 +66,10 @@ logger = logging.getLogger("vllm.rerank_kit")
 # whole-string path.
 ACTIVE_MESSAGE = "rerank-kit: piecewise score-prompt tokenization active for this model"
 BATCHED_MESSAGE = "rerank-kit: score prompts built per request (one render, one tokenizer call per distinct text)"
+FORK_MESSAGE = (
+    "rerank-kit: vLLM's engine core forked from this API server instead of spawned (no second import of vLLM; "
+    f"{ENGINE_START_ENV}=spawn to restore vLLM's own start)"
+)
 
 
 def _can_check_requests(base: type, factory_key: str) -> bool:
@@ -356,6 +360,10 @@ def register() -> None:
         _register()
     except Exception as exc:  # any vLLM: never let the plugin stop a server that can do without it
         _OFF.append(f"plugin inactive ({type(exc).__name__}: {exc})")
+    try:
+        _engine_start()
+    except Exception as exc:  # a faster start is not worth a server that does not start
+        logger.info("rerank-kit: engine core started as vLLM does (%s: %s)", type(exc).__name__, exc)
     if mode == PLUGIN_PIECEWISE and not _STATE["piecewise"]:
         raise PiecewiseUnavailableError(_piecewise_refusal())
     if _OFF:
@@ -399,3 +407,45 @@ def _register() -> None:
             _STATE["piecewise"] = True  # wrapped by an earlier register() in this process
         elif isinstance(base, type) and not getattr(base, "rerank_kit", False):
             processors[name] = wrap(base)
+
+
+def _engine_start() -> None:
+    """Fork vLLM's CPU engine core from the API server instead of spawning it, where the launcher asks for it.
+
+    vLLM's CPU platform sets ``VLLM_WORKER_MULTIPROC_METHOD=spawn`` in ``check_and_update_config``, so its
+    engine core process starts a new interpreter and imports vLLM, torch and transformers a second time: about a
+    third of a start on a 2-core machine (tiny bge-reranker: healthy 36.0 -> 20.1 s, bench/RESULTS.md 8.7). On
+    GPUs vLLM forks the engine core from the API server at the same point by default; the CPU platform does not
+    say why it spawns. What a fork needs, checked here: one process under the engine core (the uni-process
+    executor, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: nothing forks again from the child) and a platform body
+    rerank-kit ran forked (``plugin.cpu_engine_start`` pins); anything else keeps vLLM's spawn, said once.
+    """
+    if os.environ.get(ENGINE_START_ENV) != ENGINE_FORK:
+        return
+    from rerank_kit.server.compat import pinned
+
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+        logger.info("rerank-kit: engine core spawned as vLLM does: %s=%s needs the uni-process executor "
+                    "(VLLM_ENABLE_V1_MULTIPROCESSING=0)", ENGINE_START_ENV, ENGINE_FORK)  # fmt: skip
+        return
+    from vllm.platforms import cpu
+
+    method = vars(cpu.CpuPlatform).get("check_and_update_config")
+    if not isinstance(method, classmethod) or getattr(method.__func__, "rerank_kit", False):
+        return
+    if (changed := pinned("plugin.cpu_engine_start", method.__func__)) is not None:
+        logger.info("rerank-kit: engine core spawned as vLLM does: %s", changed)
+        return
+    original = method.__func__
+
+    @functools.wraps(original)
+    def check_and_update_config(cls: type, vllm_config: Any) -> None:
+        original(cls, vllm_config)
+        if os.environ.get("VLLM_WORKER_MULTIPROC_METHOD") == "spawn":
+            os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
+            if not _STATE.get("forked"):  # said by the API server; its forked engine core inherits the flag
+                _STATE["forked"] = True
+                logger.info(FORK_MESSAGE)
+
+    check_and_update_config.rerank_kit = True  # type: ignore[attr-defined]
+    cpu.CpuPlatform.check_and_update_config = classmethod(check_and_update_config)  # type: ignore[assignment]
