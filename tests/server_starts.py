@@ -35,7 +35,17 @@ class _Counter:
                 except OSError:
                     continue
                 if len(argv) > 2 and argv[1] == b"-m" and argv[2].startswith(_ENTRY_POINTS) and self._ours(pid):
-                    self.seen[pid] = self.module
+                    # an engine core forked from its API server (RERANK_KIT_ENGINE_START=fork) has the same
+                    # command line until vLLM renames it: part of that server's start, not another one
+                    self.seen[pid] = "" if self._parent(pid) in self.seen else self.module
+
+    @staticmethod
+    def _parent(pid: str) -> str:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return ""
+        return next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
 
     @staticmethod
     def _ours(pid: str) -> bool:
@@ -62,7 +72,7 @@ def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     _counter.stop.set()
-    counts = collections.Counter(_counter.seen.values())
+    counts = collections.Counter(module for module in _counter.seen.values() if module)
     if not counts:
         return
     terminalreporter.write_sep("=", f"vLLM server starts: {sum(counts.values())}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import httpx
 import psutil
@@ -42,7 +43,12 @@ def _api_server_pids(log: str, message: str) -> set[int]:
 
 def test_started_through_vllm_serve_with_two_api_servers(server):
     assert server.command.argv[1:4] == ["-m", "rerank_kit.launcher.vllm_cli", "serve"]
-    assert len(_api_server_pids(server.log.read_text(), ACTIVE_MESSAGE)) == 2, "the plugin loads in each process"
+    # /health answers once the first of the two processes listens on the shared socket (the other takes no
+    # connection until it is ready): give the second the time a start-up takes
+    deadline = time.monotonic() + 120
+    while len(pids := _api_server_pids(server.log.read_text(), ACTIVE_MESSAGE)) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(pids) == 2, "the plugin loads in each process"
 
 
 def test_self_check_passes_on_every_process(server):

@@ -20,7 +20,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
@@ -114,119 +113,129 @@ def test_every_pinned_body_of_the_installed_vllm_is_known_the_same_way_at_run_ti
         assert fingerprint.of_object(obj) == static, req.key
 
 
-def _register_in_a_fresh_process(mode: str | None, unpin: tuple[str, ...] = ()) -> dict:
-    """register() in a new interpreter with RERANK_KIT_PLUGIN=mode and the pins of ``unpin`` replaced by a body
-    no vLLM has; what it changed, what it logged, what it raised."""
-    script = textwrap.dedent(
-        f"""
-        import dataclasses, json, logging, sys
-        from rerank_kit.server import compat, plugin
-        unpin = {list(unpin)!r}
-        compat.REQUIREMENTS = tuple(
-            dataclasses.replace(r, pins=(("0" * 16, "none"),)) if r.key in unpin else r for r in compat.REQUIREMENTS
-        )
-        from vllm.entrypoints.pooling.scoring import io_processor
-        from vllm.entrypoints.pooling.scoring.serving import ServingScores
-        before = dict(io_processor.ScoringIOProcessors), ServingScores._preprocessing
-        logged = []
-        handler = logging.Handler()
-        handler.emit = lambda record: logged.append(record.getMessage())
-        plugin.logger.addHandler(handler)
-        raised = None
-        try:
-            plugin.register()
-        except Exception as exc:
-            raised = f"{{type(exc).__name__}}: {{exc}}"
-        after = io_processor.ScoringIOProcessors
-        print(json.dumps({{
-            "wrapped": sorted(k for k in after if after[k] is not before[0][k]),
-            "batched": ServingScores._preprocessing is not before[1],
-            "checks": getattr(after["cross-encoder"], "rerank_kit", False),
-            "piecewise": getattr(after["cross-encoder"], "rerank_kit_piecewise", False),
-            "logged": logged,
-            "raised": raised,
-        }}))
-        """
-    )
-    env = {k: v for k, v in os.environ.items() if k != PLUGIN_ENV}
-    if mode is not None:
-        env[PLUGIN_ENV] = mode
+# Every case of register() and _engine_start() the tests below look at, run in one new interpreter (importing vLLM
+# takes 10-20 s here): each case from vLLM's own objects, restored before the next.
+REGISTER_CASES = {
+    "off": (None, ()),
+    "on": ("on", ()),
+    "render unpinned": ("on", ("plugin.render",)),
+    "factories unpinned": ("on", ("plugin.cross_encoder_factory", "plugin.bi_encoder_factory")),
+    "piecewise, parse_score_data unpinned": (PLUGIN_PIECEWISE, ("plugin.parse_score_data",)),
+    "piecewise": (PLUGIN_PIECEWISE, ()),
+}
+ASKED = {ENGINE_START_ENV: ENGINE_FORK, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+ENGINE_CASES = {
+    "asked": (ASKED, ()),
+    "spawn": ({**ASKED, ENGINE_START_ENV: "spawn"}, ()),
+    "workers": ({**ASKED, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}, ()),
+    "unpinned": (ASKED, ("plugin.cpu_engine_start",)),
+}
+CASES_SCRIPT = """
+import dataclasses, json, logging, os
+from rerank_kit.server import compat, plugin
+from vllm.entrypoints.pooling.scoring import io_processor
+from vllm.entrypoints.pooling.scoring.serving import ServingScores
+from vllm.platforms import cpu
+
+table, processors = compat.REQUIREMENTS, dict(io_processor.ScoringIOProcessors)
+preprocessing, own = ServingScores._preprocessing, "_preprocessing" in vars(ServingScores)
+platform_config = vars(cpu.CpuPlatform)["check_and_update_config"]
+logged = []
+handler = logging.Handler()
+handler.emit = lambda record: logged.append(record.getMessage())
+plugin.logger.addHandler(handler)
+
+def fresh(unpin, env):
+    compat.REQUIREMENTS = tuple(dataclasses.replace(r, pins=(("0" * 16, "none"),)) if r.key in unpin else r
+                                for r in table)
+    io_processor.ScoringIOProcessors.clear()
+    io_processor.ScoringIOProcessors.update(processors)
+    if own:
+        ServingScores._preprocessing = preprocessing
+    else:
+        vars(ServingScores).get("_preprocessing") and delattr(ServingScores, "_preprocessing")
+    cpu.CpuPlatform.check_and_update_config = platform_config
+    for name in (PLUGIN_ENV, *ENGINE_ENV):
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    del logged[:]
+
+results = {"register": {}, "engine": {}}
+for name, (mode, unpin) in REGISTER_CASES.items():
+    fresh(unpin, {PLUGIN_ENV: mode} if mode else {})
+    raised = None
+    try:
+        plugin.register()
+    except Exception as exc:
+        raised = f"{type(exc).__name__}: {exc}"
+    after = io_processor.ScoringIOProcessors
+    results["register"][name] = {
+        "wrapped": sorted(k for k in after if after[k] is not processors[k]),
+        "batched": ServingScores._preprocessing is not preprocessing,
+        "checks": getattr(after["cross-encoder"], "rerank_kit", False),
+        "piecewise": getattr(after["cross-encoder"], "rerank_kit_piecewise", False),
+        "logged": list(logged),
+        "raised": raised,
+    }
+plugin.logger.setLevel(logging.INFO)  # a server logs vLLM's INFO lines; a bare import leaves WARNING
+for name, (env, unpin) in ENGINE_CASES.items():
+    fresh(unpin, env)
+    plugin._engine_start()
+    wrapped = vars(cpu.CpuPlatform)["check_and_update_config"].__func__
+    results["engine"][name] = {"forked": getattr(wrapped, "rerank_kit", False), "logged": list(logged)}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict:
+    """What each case changed, logged and raised (REGISTER_CASES, ENGINE_CASES)."""
+    names = {"REGISTER_CASES": REGISTER_CASES, "ENGINE_CASES": ENGINE_CASES, "PLUGIN_ENV": PLUGIN_ENV,
+             "ENGINE_ENV": (ENGINE_START_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING")}  # fmt: skip
+    script = "".join(f"{k} = {v!r}\n" for k, v in names.items()) + CASES_SCRIPT
+    env = {k: v for k, v in os.environ.items() if k not in (PLUGIN_ENV, *names["ENGINE_ENV"])}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.vllm
-def test_without_the_launchers_setting_the_plugin_changes_nothing():
-    result = _register_in_a_fresh_process(None)
+def test_without_the_launchers_setting_the_plugin_changes_nothing(cases):
+    result = cases["register"]["off"]
     assert result == {"wrapped": [], "batched": False, "checks": False, "piecewise": False, "logged": [],
                       "raised": None}  # fmt: skip
-    assert _register_in_a_fresh_process("on")["wrapped"] == ["bi-encoder", "cross-encoder"]
+    assert cases["register"]["on"]["wrapped"] == ["bi-encoder", "cross-encoder"]
 
 
 @pytest.mark.vllm
-def test_a_body_it_was_not_verified_on_steps_aside_and_is_named_once():
-    result = _register_in_a_fresh_process("on", unpin=("plugin.render",))
+def test_a_body_it_was_not_verified_on_steps_aside_and_is_named_once(cases):
+    result = cases["register"]["render unpinned"]
     assert result["piecewise"] and result["checks"] and not result["batched"]  # per pair, vLLM's own render
     [warning] = [m for m in result["logged"] if "off on this vLLM" in m]
     assert "CrossEncoderIOProcessor.render is not a body rerank-kit was verified on" in warning
     assert "(4d2db42f4e05e810; verified: none)" in warning  # the body found, the pins of the (edited) table
-    factory = _register_in_a_fresh_process("on", unpin=("plugin.cross_encoder_factory", "plugin.bi_encoder_factory"))
+    factory = cases["register"]["factories unpinned"]
     assert not factory["checks"] and not factory["batched"] and factory["piecewise"]
 
 
 @pytest.mark.vllm
-def test_piecewise_asked_for_and_not_verified_raises_naming_the_release_and_the_function():
+def test_piecewise_asked_for_and_not_verified_raises_naming_the_release_and_the_function(cases):
     import vllm
 
-    result = _register_in_a_fresh_process(PLUGIN_PIECEWISE, unpin=("plugin.parse_score_data",))
+    result = cases["register"]["piecewise, parse_score_data unpinned"]
     assert result["raised"].startswith("PiecewiseUnavailableError: rerank-kit: this model needs piecewise")
     assert f"vLLM {vllm.__version__} does not let rerank-kit apply them" in result["raised"]
     assert "parse_score_data is not a body rerank-kit was verified on" in result["raised"]
     assert "pip install" in result["raised"]
-    assert _register_in_a_fresh_process(PLUGIN_PIECEWISE)["raised"] is None  # the installed vLLM is verified
-
-
-ENGINE_SCENARIOS = """
-import json, logging, os
-from rerank_kit.server import compat, plugin
-from vllm.platforms import cpu
-original, table = vars(cpu.CpuPlatform)["check_and_update_config"], compat.REQUIREMENTS
-logged = []
-handler = logging.Handler()
-handler.emit = lambda record: logged.append(record.getMessage())
-plugin.logger.addHandler(handler)
-plugin.logger.setLevel(logging.INFO)  # a server logs vLLM's INFO lines; a bare import leaves WARNING
-results = {}
-for name, env, unpin in SCENARIOS:
-    cpu.CpuPlatform.check_and_update_config, compat.REQUIREMENTS = original, tuple(
-        dataclasses.replace(r, pins=(("0" * 16, "none"),)) if r.key in unpin else r for r in table)
-    os.environ.update(env)
-    del logged[:]
-    plugin._engine_start()
-    wrapped = vars(cpu.CpuPlatform)["check_and_update_config"]
-    results[name] = {"forked": getattr(wrapped.__func__, "rerank_kit", False), "logged": list(logged)}
-print(json.dumps(results))
-"""
+    assert cases["register"]["piecewise"]["raised"] is None  # the installed vLLM is verified
 
 
 @pytest.mark.vllm
-def test_the_engine_core_is_forked_only_where_asked_and_on_a_body_it_ran_forked():
-    """``_engine_start`` (one interpreter, each case from vLLM's own CpuPlatform.check_and_update_config): the
-    launcher's setting with the uni-process executor wraps it; vLLM's spawn is kept when the setting says spawn,
-    when the engine core would fork again (a worker process per rank), and when the body is not one it ran."""
-    asked = {ENGINE_START_ENV: ENGINE_FORK, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    scenarios = [
-        ("asked", asked, ()),
-        ("spawn", {**asked, ENGINE_START_ENV: "spawn"}, ()),
-        ("workers", {**asked, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}, ()),
-        ("unpinned", asked, ("plugin.cpu_engine_start",)),
-    ]
-    script = f"import dataclasses\nSCENARIOS = {scenarios!r}\n" + ENGINE_SCENARIOS
-    env = {k: v for k, v in os.environ.items() if k not in (ENGINE_START_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING")}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+def test_the_engine_core_is_forked_only_where_asked_and_on_a_body_it_ran_forked(cases):
+    """``_engine_start``: the launcher's setting with the uni-process executor wraps vLLM's
+    CpuPlatform.check_and_update_config; vLLM's spawn is kept when the setting says spawn, when the engine core
+    would fork again (a worker process per rank), and when the body is not one it ran forked."""
+    results = cases["engine"]
     assert results["asked"] == {"forked": True, "logged": []}  # said when it forks (a real server: test_families)
     assert results["spawn"] == {"forked": False, "logged": []}
     assert not results["workers"]["forked"] and "needs the uni-process executor" in results["workers"]["logged"][0]

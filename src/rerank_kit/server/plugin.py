@@ -67,8 +67,8 @@ logger = logging.getLogger("vllm.rerank_kit")
 ACTIVE_MESSAGE = "rerank-kit: piecewise score-prompt tokenization active for this model"
 BATCHED_MESSAGE = "rerank-kit: score prompts built per request (one render, one tokenizer call per distinct text)"
 FORK_MESSAGE = (
-    "rerank-kit: vLLM's engine core forked from this API server instead of spawned (no second import of vLLM; "
-    f"{ENGINE_START_ENV}=spawn to restore vLLM's own start)"
+    "rerank-kit: vLLM's engine core is forked from the process that starts it, not spawned (no second import of "
+    f"vLLM; {ENGINE_START_ENV}=spawn restores vLLM's own start)"
 )
 
 
