@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV, Limits
+from rerank_kit._contract import ENGINE_START_ENV, Limits
 from rerank_kit.launcher.host import Machine, detect  # noqa: F401 - the facts the choices are made from
 
 GiB = 1 << 30
@@ -90,7 +90,7 @@ def cpu_choices(
 
     ``workers`` is tensor x data parallel size; ``executor`` is "auto", "uni" (the model runs in
     the engine process) or "mp" (vLLM's default: a separate worker process per rank). ``engine_start`` is
-    ``RERANK_KIT_ENGINE_START`` from the user's environment, if set.
+    ``RERANK_KIT_ENGINE_START`` from the user's environment, if set (passed on; nothing is chosen otherwise).
     """
     choices: list[Choice] = []
     if executor == "auto":
@@ -125,18 +125,8 @@ def cpu_choices(
             Choice("env", "OMP_NUM_THREADS", str(machine.cpu_count), "all cores for the model's OpenMP threads")
         )
         if engine_start is not None:
+            # Not a default: a forked engine core stalled for minutes in one test run (rerank_kit.server.plugin).
             choices.append(Choice("env", ENGINE_START_ENV, engine_start, "asked for"))
-        else:
-            choices.append(
-                Choice(
-                    "env",
-                    ENGINE_START_ENV,
-                    ENGINE_FORK,
-                    "vLLM's CPU platform spawns its engine core, which imports vLLM again; forked from the API "
-                    "server it starts at once (tiny bge-reranker, 2-core Xeon: healthy 36.0 -> 20.1 s, "
-                    "bench/RESULTS.md 8.7)",
-                )
-            )
     if reserved_cpus is not None:
         choices.append(Choice("env", "VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved_cpus), "asked for"))
     elif executor == "mp" and machine.cpu_count <= SMALL_MACHINE_CORES:

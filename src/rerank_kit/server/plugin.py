@@ -410,15 +410,21 @@ def _register() -> None:
 
 
 def _engine_start() -> None:
-    """Fork vLLM's CPU engine core from the API server instead of spawning it, where the launcher asks for it.
+    """Fork vLLM's CPU engine core from the API server instead of spawning it, where ``RERANK_KIT_ENGINE_START=fork``
+    asks for it (an opt-in, off by default).
 
     vLLM's CPU platform sets ``VLLM_WORKER_MULTIPROC_METHOD=spawn`` in ``check_and_update_config``, so its
     engine core process starts a new interpreter and imports vLLM, torch and transformers a second time: about a
-    third of a start on a 2-core machine (tiny bge-reranker: healthy 36.0 -> 20.1 s, bench/RESULTS.md 8.7). On
+    third of a start on a 2-core machine (tiny bge-reranker: healthy 36.0 -> 20.1 s, bench/RESULTS.md section 11). On
     GPUs vLLM forks the engine core from the API server at the same point by default; the CPU platform does not
-    say why it spawns. What a fork needs, checked here: one process under the engine core (the uni-process
-    executor, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: nothing forks again from the child) and a platform body
-    rerank-kit ran forked (``plugin.cpu_engine_start`` pins); anything else keeps vLLM's spawn, said once.
+    say why it spawns. Why it is not the default: in tests/test_gateway.py's switch (a second server started
+    while the first serves a benchmark) a forked engine core stayed for minutes in ``vllm/_custom_ops.py``'s
+    import (``torch.library.register_fake`` -> ``inspect.getmodule``, py-spy) and never became healthy, in both
+    runs of that test alone (run in the suite, one benchmark request timed out instead); spawned, it passed when run
+    alone today. Cause not found. What a fork needs, checked here: one process under the
+    engine core (the uni-process executor, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: nothing forks again from the
+    child) and a platform body rerank-kit ran forked (``plugin.cpu_engine_start`` pins); anything else keeps
+    vLLM's spawn, said once.
     """
     if os.environ.get(ENGINE_START_ENV) != ENGINE_FORK:
         return
