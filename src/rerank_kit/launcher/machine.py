@@ -125,7 +125,7 @@ def cpu_choices(
             Choice("env", "OMP_NUM_THREADS", str(machine.cpu_count), "all cores for the model's OpenMP threads")
         )
         if engine_start is not None:
-            # Not a default: a forked engine core stalled for minutes in one test run (rerank_kit.server.plugin).
+            # Not a default: a forked engine core stalled in the gateway switch test (rerank_kit.server.plugin).
             choices.append(Choice("env", ENGINE_START_ENV, engine_start, "asked for"))
     if reserved_cpus is not None:
         choices.append(Choice("env", "VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved_cpus), "asked for"))
