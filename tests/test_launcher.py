@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from rerank_kit import launcher
+from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV
 from rerank_kit.errors import ConfigError, PortInUseError, ServerStartError
 from rerank_kit.launcher import ServeOptions, VllmFeatures, build_command
 from rerank_kit.launcher.machine import GiB, Machine, cpu_choices
@@ -346,6 +347,21 @@ def test_cpu_choices_preload_what_vllm_asks_for_when_found():
     assert {c.name: c.value for c in cpu_choices(only_iomp)}["LD_PRELOAD"] == "/venv/lib/libiomp5.so"
     assert "LD_PRELOAD" not in {c.name for c in cpu_choices(OLD_CPU)}
     assert "LD_PRELOAD" not in {c.name for c in cpu_choices(libs, preload=False)}
+
+
+def test_the_engine_core_is_forked_only_with_intel_openmp_preloaded_and_its_affinity_set():
+    """Forked where Intel OpenMP is preloaded, with KMP_AFFINITY=none beside it (unset, it pins the forked engine
+    core to CPU 0: rerank_kit.server.engine_start); vLLM's spawn where it is not preloaded or there are workers."""
+    small = dataclasses.replace(OLD_CPU, cpu_count=2)  # one worker on 2 cores: the uni-process executor
+    iomp = dataclasses.replace(small, iomp="/venv/lib/libiomp5.so")
+    env = {c.name: c.value for c in cpu_choices(iomp) if c.kind == "env"}
+    assert env[ENGINE_START_ENV] == ENGINE_FORK and env["KMP_AFFINITY"] == "none"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    for spawned in (cpu_choices(small), cpu_choices(iomp, preload=False), cpu_choices(iomp, workers=2)):
+        assert ENGINE_START_ENV not in {c.name for c in spawned}
+    assert "KMP_AFFINITY" not in {c.name for c in cpu_choices(iomp, preload=False)}
+    [asked] = [c for c in cpu_choices(iomp, engine_start="spawn") if c.name == ENGINE_START_ENV]
+    assert (asked.value, asked.reason) == ("spawn", "asked for")
 
 
 def test_gpu_server_with_spare_cores_gets_several_api_servers_through_vllm_serve():

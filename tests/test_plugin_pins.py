@@ -123,16 +123,18 @@ REGISTER_CASES = {
     "piecewise, parse_score_data unpinned": (PLUGIN_PIECEWISE, ("plugin.parse_score_data",)),
     "piecewise": (PLUGIN_PIECEWISE, ()),
 }
-ASKED = {ENGINE_START_ENV: ENGINE_FORK, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+ASKED = {ENGINE_START_ENV: ENGINE_FORK, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "KMP_AFFINITY": "none"}
+ENGINE_ENV = tuple(ASKED)
 ENGINE_CASES = {
     "asked": (ASKED, ()),
+    "affinity unset": ({k: v for k, v in ASKED.items() if k != "KMP_AFFINITY"}, ()),
     "spawn": ({**ASKED, ENGINE_START_ENV: "spawn"}, ()),
     "workers": ({**ASKED, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}, ()),
     "unpinned": (ASKED, ("plugin.cpu_engine_start",)),
 }
 CASES_SCRIPT = """
 import dataclasses, json, logging, os
-from rerank_kit.server import compat, plugin
+from rerank_kit.server import compat, engine_start, plugin
 from vllm.entrypoints.pooling.scoring import io_processor
 from vllm.entrypoints.pooling.scoring.serving import ServingScores
 from vllm.platforms import cpu
@@ -180,9 +182,10 @@ for name, (mode, unpin) in REGISTER_CASES.items():
 plugin.logger.setLevel(logging.INFO)  # a server logs vLLM's INFO lines; a bare import leaves WARNING
 for name, (env, unpin) in ENGINE_CASES.items():
     fresh(unpin, env)
-    plugin._engine_start()
+    engine_start.install()
     wrapped = vars(cpu.CpuPlatform)["check_and_update_config"].__func__
     results["engine"][name] = {"forked": getattr(wrapped, "rerank_kit", False), "logged": list(logged)}
+results["intel_openmp"] = engine_start.intel_openmp_loaded()
 print(json.dumps(results))
 """
 
@@ -191,9 +194,11 @@ print(json.dumps(results))
 def cases() -> dict:
     """What each case changed, logged and raised (REGISTER_CASES, ENGINE_CASES)."""
     names = {"REGISTER_CASES": REGISTER_CASES, "ENGINE_CASES": ENGINE_CASES, "PLUGIN_ENV": PLUGIN_ENV,
-             "ENGINE_ENV": (ENGINE_START_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING")}  # fmt: skip
+             "ENGINE_ENV": ENGINE_ENV}  # fmt: skip
     script = "".join(f"{k} = {v!r}\n" for k, v in names.items()) + CASES_SCRIPT
-    env = {k: v for k, v in os.environ.items() if k not in (PLUGIN_ENV, *names["ENGINE_ENV"])}
+    env = {k: v for k, v in os.environ.items() if k not in (PLUGIN_ENV, *ENGINE_ENV)}
+    if iomp := machine.detect().iomp:  # as the launcher preloads it: the KMP_AFFINITY case is then a real one
+        env["LD_PRELOAD"] = iomp
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -232,9 +237,10 @@ def test_piecewise_asked_for_and_not_verified_raises_naming_the_release_and_the_
 
 @pytest.mark.vllm
 def test_the_engine_core_is_forked_only_where_asked_and_on_a_body_it_ran_forked(cases):
-    """``_engine_start``: the launcher's setting with the uni-process executor wraps vLLM's
+    """``engine_start.install``: the launcher's settings with the uni-process executor wrap vLLM's
     CpuPlatform.check_and_update_config; vLLM's spawn is kept when the setting says spawn, when the engine core
-    would fork again (a worker process per rank), and when the body is not one it ran forked."""
+    would fork again (a worker process per rank), when Intel OpenMP would pin the child to CPU 0 (KMP_AFFINITY
+    unset), and when the body is not one it ran forked."""
     results = cases["engine"]
     assert results["asked"] == {"forked": True, "logged": []}  # said when it forks (a real server: test_families)
     assert results["spawn"] == {"forked": False, "logged": []}
@@ -243,6 +249,13 @@ def test_the_engine_core_is_forked_only_where_asked_and_on_a_body_it_ran_forked(
     assert not results["unpinned"]["forked"]
     assert why.startswith("rerank-kit: engine core spawned as vLLM does: CpuPlatform.check_and_update_config is "
                           "not a body rerank-kit was verified on")  # fmt: skip
+    unset = results["affinity unset"]
+    if cases["intel_openmp"]:  # preloaded as the launcher does, where this machine has it
+        assert not unset["forked"]
+        [why] = unset["logged"]
+        assert "KMP_AFFINITY is unset" in why and "set KMP_AFFINITY=none" in why
+    else:
+        assert unset == {"forked": True, "logged": []}
 
 
 # A different parse_score_data in every process of the server (sitecustomize runs before vLLM loads plugins):
@@ -405,3 +418,19 @@ def test_a_plain_server_answers_byte_for_byte_as_without_the_plugin(tiny_model, 
     assert with_plugin == without
     # vLLM's own answers: the instruction reaches its template, the over-long pair is refused (no truncation)
     assert [status for status, _ in with_plugin[:4]] == [200, 200, 400, 200]
+
+
+def test_a_forked_engine_core_gets_the_settings_vllm_gives_a_spawned_one(monkeypatch):
+    """vLLM's CPU platform sets Inductor's variables after the API server imported Inductor's config; a forked
+    engine core gets them on the config itself. A variable only a new process reads (LD_PRELOAD) means spawn."""
+    from rerank_kit.server import engine_start
+
+    config = pytest.importorskip("torch._inductor.config")
+    monkeypatch.setattr(config.cpp, "dynamic_threads", False)
+    monkeypatch.setattr(config, "compile_threads", 4)
+    set_by_vllm = {"TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1",
+                   "NUMEXPR_MAX_THREADS": "2", "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}  # fmt: skip
+    assert engine_start.carry_over(set_by_vllm) is None
+    assert config.cpp.dynamic_threads is True and config.compile_threads == 1
+    why = engine_start.carry_over({**set_by_vllm, "LD_PRELOAD": "/venv/vllm/libs/libtcmalloc_minimal.so.4"})
+    assert why == "vLLM's CPU platform set LD_PRELOAD for a new process; a forked one would not read it"

@@ -35,6 +35,9 @@ was verified against (``server.compat`` pins, ``server.fingerprint``); an unknow
 step aside to vLLM's own code, said once. Fail closed: where the recipe needs piecewise prompts
 (``RERANK_KIT_PLUGIN=piecewise``) and they cannot be applied, ``register()`` raises and the server does not
 start, instead of serving plausible, wrong scores.
+
+On the CPU backend it also forks vLLM's engine core from the API server instead of spawning a second interpreter,
+where the launcher asks for it and it is safe (``rerank_kit.server.engine_start``).
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ import logging
 import os
 from typing import Any
 
-from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV, PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE
-from rerank_kit.server import batching
+from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE
+from rerank_kit.server import batching, engine_start
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.checks import (
     PIECE_SEP_KWARG,
@@ -66,10 +69,6 @@ logger = logging.getLogger("vllm.rerank_kit")
 # whole-string path.
 ACTIVE_MESSAGE = "rerank-kit: piecewise score-prompt tokenization active for this model"
 BATCHED_MESSAGE = "rerank-kit: score prompts built per request (one render, one tokenizer call per distinct text)"
-FORK_MESSAGE = (
-    "rerank-kit: vLLM's engine core is forked from the process that starts it, not spawned (no second import of "
-    f"vLLM; {ENGINE_START_ENV}=spawn restores vLLM's own start)"
-)
 
 
 def _can_check_requests(base: type, factory_key: str) -> bool:
@@ -361,7 +360,7 @@ def register() -> None:
     except Exception as exc:  # any vLLM: never let the plugin stop a server that can do without it
         _OFF.append(f"plugin inactive ({type(exc).__name__}: {exc})")
     try:
-        _engine_start()
+        engine_start.install()
     except Exception as exc:  # a faster start is not worth a server that does not start
         logger.info("rerank-kit: engine core started as vLLM does (%s: %s)", type(exc).__name__, exc)
     if mode == PLUGIN_PIECEWISE and not _STATE["piecewise"]:
@@ -407,51 +406,3 @@ def _register() -> None:
             _STATE["piecewise"] = True  # wrapped by an earlier register() in this process
         elif isinstance(base, type) and not getattr(base, "rerank_kit", False):
             processors[name] = wrap(base)
-
-
-def _engine_start() -> None:
-    """Fork vLLM's CPU engine core from the API server instead of spawning it, where ``RERANK_KIT_ENGINE_START=fork``
-    asks for it (an opt-in, off by default).
-
-    vLLM's CPU platform sets ``VLLM_WORKER_MULTIPROC_METHOD=spawn`` in ``check_and_update_config``, so its
-    engine core process starts a new interpreter and imports vLLM, torch and transformers a second time: about a
-    third of a start on a 2-core machine (tiny bge-reranker: healthy 36.0 -> 20.1 s, bench/RESULTS.md section 11). On
-    GPUs vLLM forks the engine core from the API server at the same point by default; the CPU platform does not
-    say why it spawns. Why it is not the default: in tests/test_gateway.py's switch (a second server started
-    while the first serves a benchmark) a forked engine core stayed for minutes in ``vllm/_custom_ops.py``'s
-    import (``torch.library.register_fake`` -> ``inspect.getmodule``, py-spy) and never became healthy, in both
-    runs of that test alone (run in the suite, one benchmark request timed out instead); spawned, it passed when run
-    alone today. Cause not found. What a fork needs, checked here: one process under the
-    engine core (the uni-process executor, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: nothing forks again from the
-    child) and a platform body rerank-kit ran forked (``plugin.cpu_engine_start`` pins); anything else keeps
-    vLLM's spawn, said once.
-    """
-    if os.environ.get(ENGINE_START_ENV) != ENGINE_FORK:
-        return
-    from rerank_kit.server.compat import pinned
-
-    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
-        logger.info("rerank-kit: engine core spawned as vLLM does: %s=%s needs the uni-process executor "
-                    "(VLLM_ENABLE_V1_MULTIPROCESSING=0)", ENGINE_START_ENV, ENGINE_FORK)  # fmt: skip
-        return
-    from vllm.platforms import cpu
-
-    method = vars(cpu.CpuPlatform).get("check_and_update_config")
-    if not isinstance(method, classmethod) or getattr(method.__func__, "rerank_kit", False):
-        return
-    if (changed := pinned("plugin.cpu_engine_start", method.__func__)) is not None:
-        logger.info("rerank-kit: engine core spawned as vLLM does: %s", changed)
-        return
-    original = method.__func__
-
-    @functools.wraps(original)
-    def check_and_update_config(cls: type, vllm_config: Any) -> None:
-        original(cls, vllm_config)
-        if os.environ.get("VLLM_WORKER_MULTIPROC_METHOD") == "spawn":
-            os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
-            if not _STATE.get("forked"):  # said by the API server; its forked engine core inherits the flag
-                _STATE["forked"] = True
-                logger.info(FORK_MESSAGE)
-
-    check_and_update_config.rerank_kit = True  # type: ignore[attr-defined]
-    cpu.CpuPlatform.check_and_update_config = classmethod(check_and_update_config)  # type: ignore[assignment]
