@@ -158,9 +158,10 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     _r("plugin.cpu_engine_start", "signature", "vllm.platforms.cpu", "CpuPlatform.check_and_update_config",
        "vllm_config", "plugin", "0.20.0",
        note="sets VLLM_WORKER_MULTIPROC_METHOD=spawn; with RERANK_KIT_ENGINE_START=fork the plugin forks the engine "
-            "core instead, on the bodies it ran forked (each release's differs)",
+            "core instead, on the bodies it ran forked (each release's differs; 0.33.0, read, not run: no CPU "
+            "build, differs from 0.32.0 only in the KV cache's default block size)",
        body="vllm.platforms.cpu:CpuPlatform.check_and_update_config",
-       pins="f816ea6e47dd6591=0.31.0 130180b09f4e55ed=0.32.0"),
+       pins="f816ea6e47dd6591=0.31.0 130180b09f4e55ed=0.32.0 00f9a6726507d003=0.33.0"),
     _r("plugin.bi_encoder_factory", "signature", SCORING, f"{BI}.get_request_factory_online", "ctx *",
        "plugin", "0.27.0", body=f"{SCORING}:BiEncoderIOProcessor.get_request_factory_online",
        pins="6391199ab376df31=0.27.1-0.33.0"),
