@@ -25,13 +25,19 @@ def _config(argv: tuple[str, ...]):
     return EngineArgs(**kwargs).create_engine_config()
 
 
-def _listwise_ids(argv: tuple[str, ...], query: str, document: str, instruction: str | None) -> list[int]:
-    from vllm.entrypoints.pooling.scoring.io_processor import JinaRankingIOProcessorMixin
+@cache
+def _tokenizer(argv: tuple[str, ...]):
+    """The server's tokenizer, loaded once per command (a new renderer loads it again from disk)."""
     from vllm.renderers import renderer_from_config
 
+    return renderer_from_config(_config(argv)).get_tokenizer()
+
+
+def _listwise_ids(argv: tuple[str, ...], query: str, document: str, instruction: str | None) -> list[int]:
+    from vllm.entrypoints.pooling.scoring.io_processor import JinaRankingIOProcessorMixin
+
     prompt = JinaRankingIOProcessorMixin.format_docs_prompts_func(query, [document], instruction=instruction)
-    tokenizer = renderer_from_config(_config(argv)).get_tokenizer()
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    return list(_tokenizer(argv)(prompt, add_special_tokens=True)["input_ids"])
 
 
 @cache
