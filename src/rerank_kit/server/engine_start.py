@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from typing import Any
 
 from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV
@@ -81,8 +82,6 @@ def carry_over(set_now: dict[str, str]) -> str | None:
     unknown = sorted(k for k in set_now if k not in READ_WHEN_USED and k not in INDUCTOR_CONFIG)
     if unknown:
         return f"vLLM's CPU platform set {', '.join(unknown)} for a new process; a forked one would not read it"
-    import sys
-
     config = sys.modules.get("torch._inductor.config")
     for name, (section, key, parse) in INDUCTOR_CONFIG.items():
         if name in set_now and config is not None:
