@@ -89,12 +89,16 @@ def carry_over(set_now: dict[str, str]) -> str | None:
     return None
 
 
+def _spawned(why: str) -> None:
+    logger.info("rerank-kit: engine core spawned as vLLM does: %s", why)
+
+
 def install() -> None:
     """Fork vLLM's CPU engine core where ``RERANK_KIT_ENGINE_START=fork`` asks for it and it is safe (module doc)."""
     if os.environ.get(ENGINE_START_ENV) != ENGINE_FORK:
         return
     if (why := why_not_fork()) is not None:
-        logger.info("rerank-kit: engine core spawned as vLLM does: %s", why)
+        _spawned(why)
         return
     from vllm.platforms import cpu
 
@@ -104,7 +108,7 @@ def install() -> None:
     if not isinstance(method, classmethod) or getattr(method.__func__, "rerank_kit", False):
         return
     if (changed := pinned("plugin.cpu_engine_start", method.__func__)) is not None:
-        logger.info("rerank-kit: engine core spawned as vLLM does: %s", changed)
+        _spawned(changed)
         return
     original = method.__func__
 
@@ -118,7 +122,7 @@ def install() -> None:
         if (why := carry_over(set_now)) is not None:
             if not _STATE["said"]:
                 _STATE["said"] = True
-                logger.info("rerank-kit: engine core spawned as vLLM does: %s", why)
+                _spawned(why)
             return
         os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
         if not _STATE["forked"]:  # said by the API server; its forked engine core inherits the flag
