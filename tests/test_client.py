@@ -12,6 +12,7 @@ import json
 import math
 import random
 import socket
+import threading
 import time
 
 import httpx
@@ -27,6 +28,7 @@ from rerank_kit.errors import (
     AuthenticationError,
     BadRequestError,
     ConfigError,
+    ConnectionClosedError,
     InternalServerError,
     InvalidInputError,
     NotFoundError,
@@ -473,6 +475,101 @@ def silent_server():
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+class ClosingServer:
+    """A real HTTP/1.1 server on a socket that keeps connections alive and, for the request numbers in
+    ``close``, reads the request and closes the connection without answering: what a client sees
+    when a gateway reloading its configuration (Caddy) closes a kept-alive connection as a request goes
+    out on it. That race cannot be made to happen on demand with the real gateway."""
+
+    def __init__(self, close: set[int]):
+        self.close, self.seen = close, 0
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn, conn.makefile("rb") as reader:
+            while head := _read_head(reader):
+                body = json.loads(reader.read(int(head.get("content-length", "0"))) or b"{}")
+                self.seen += 1
+                if self.seen in self.close:
+                    return  # read, never answered: the connection closes under the request
+                results = [{"index": i, "relevance_score": fake_score(d)} for i, d in enumerate(body["documents"])]
+                answer = json.dumps({"model": body["model"], "results": results, "usage": {"prompt_tokens": 1}})
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(answer)}\r\n\r\n{answer}".encode()
+                )
+
+
+def _read_head(reader) -> dict[str, str] | None:
+    if not reader.readline():  # the request line; b"" when the client closed
+        return None
+    head = {}
+    while (line := reader.readline().decode().strip()) != "":
+        name, _, value = line.partition(":")
+        head[name.lower()] = value.strip()
+    return head
+
+
+def _transports():
+    from rerank_kit.bench.runner import load_transport
+
+    yield pytest.param(lambda: None, id="httpx")
+    pytest.importorskip("httpx_aiohttp")
+    yield pytest.param(lambda: load_transport("aiohttp", 2), id="aiohttp")  # the bench's stack
+
+
+@pytest.mark.parametrize("transport", list(_transports()))
+def test_a_request_whose_kept_alive_connection_closes_unanswered_is_sent_once_more_even_with_retries_off(transport):
+    server = ClosingServer(close={2})
+
+    async def calls():
+        async with AsyncRerankClient(server.url, model=MODEL, max_retries=0, transport=transport()) as client:
+            first = await client.rerank("q", ["a", "b"])
+            second = await client.rerank("q", ["a", "b"])  # request 2 goes out on the kept-alive connection
+            return first, second, client.replay_count(), client.retry_count()
+
+    first, second, replays, retries = asyncio.run(calls())
+    assert [r.index for r in second.results] == [r.index for r in first.results]
+    assert (server.seen, server.connections, replays, retries) == (3, 2, 1, 0)
+    # the sync client the same way (httpx's own transport)
+    server = ClosingServer(close={2})
+    with RerankClient(server.url, model=MODEL, max_retries=0) as client:
+        client.rerank("q", ["a"])
+        assert len(client.rerank("q", ["a"]).results) == 1
+        assert (server.seen, client.replay_count(), client.retry_count()) == (3, 1, 0)
+
+
+@pytest.mark.parametrize("transport", list(_transports()))
+def test_a_second_unanswered_close_in_one_call_is_an_error_with_retries_off_and_a_retry_with_them(transport, sleeps):
+    server = ClosingServer(close={1, 2, 3, 4})
+
+    async def call(retries):
+        async with AsyncRerankClient(server.url, model=MODEL, max_retries=retries, transport=transport()) as client:
+            try:
+                return (await client.rerank("q", ["a"])), client.replay_count(), client.retry_count()
+            except ConnectionClosedError as error:
+                return error, client.replay_count(), client.retry_count()
+
+    error, replays, retries = asyncio.run(call(0))
+    assert isinstance(error, ConnectionClosedError) and "closed the connection before answering" in str(error)
+    assert (server.seen, replays, retries) == (2, 1, 0)  # sent twice, then said why
+    answer, replays, retries = asyncio.run(call(1))  # 3 closed: sent once more; 4 closed: retried; 5 answered
+    assert len(answer.results) == 1 and (server.seen, replays, retries) == (5, 1, 1)
+    assert sleeps[:2] == [0.0, 0.0] and len(sleeps) == 3 and sleeps[2] > 0  # replays at once, the retry backs off
 
 
 @both_clients

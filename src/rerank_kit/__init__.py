@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _ERRORS = (
     "APIConnectionError APIError APIStatusError APITimeoutError AuthenticationError BadRequestError ConfigError "
+    "ConnectionClosedError "
     "DocumentsTruncatedWarning "
     "InstructionNotSupportedError InternalServerError InvalidInputError ModelNotServedError NotFoundError "
     "RateLimitError RequestTooLargeError RerankKitError ServeError ServerStartError UnknownModelError "
@@ -46,6 +47,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConfigError",
+    "ConnectionClosedError",
     "DocumentsTruncatedWarning",
     "HealthStatus",
     "InstructionNotSupportedError",
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
         AuthenticationError,
         BadRequestError,
         ConfigError,
+        ConnectionClosedError,
         DocumentsTruncatedWarning,
         InstructionNotSupportedError,
         InternalServerError,

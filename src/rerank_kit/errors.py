@@ -9,7 +9,9 @@
     │   └── ServerStartError        the server died or never became healthy (carries its log tail)
     └── APIError                    talking to a rerank endpoint
         ├── APIConnectionError      refused, reset, DNS...           (retried)
-        │   └── APITimeoutError     no answer in time, or the call's deadline passed (retried until it)
+        │   ├── APITimeoutError     no answer in time, or the call's deadline passed (retried until it)
+        │   └── ConnectionClosedError   the connection closed before the answer (sent once more even
+        │                               with retries off, then retried)
         └── APIStatusError          the server answered non-2xx; .status_code, .message, .type, .param
             ├── BadRequestError 400, AuthenticationError 401, NotFoundError 404,
             │   └── ModelNotServedError     no server the client was given serves the model asked for
@@ -99,6 +101,18 @@ class APIConnectionError(APIError):
     """The request never got an HTTP answer (refused, reset, DNS, ...)."""
 
     retryable = True
+
+
+class ConnectionClosedError(APIConnectionError):
+    """The connection closed before the answer came: most often a kept-alive connection that the server
+    closed as the request went out on it (a gateway reloading its configuration closes its idle
+    connections; so does a server whose keep-alive time ran out), else a server that died.
+
+    The request never got an answer, and a rerank or score request gives the same answer when sent
+    twice, so the clients send it once more at once on a new connection, not counted as a retry and
+    also when retries are off, as Go's net/http and curl do for a reused connection (RFC 9110 9.2.2
+    allows it for idempotent requests). A second one for the same request is retried like any connection error.
+    """
 
 
 class APITimeoutError(APIConnectionError):

@@ -51,6 +51,8 @@ def summary_table(report: dict[str, Any]) -> Table:
 def _row(report: dict[str, Any], s: dict[str, Any], lat: dict[str, Any]) -> list[str]:
     load = report["load"]
     errors = ", ".join(f"{k}: {v}" for k, v in s["errors"].items()) or "0"
+    if report.get("replays"):  # see ConnectionClosedError: answered, but only on a second send
+        errors += f" ({report['replays']} sent twice: connection closed unanswered)"
     return [
         str(load["concurrency"]) if not load.get("rate") else "-",
         _fmt(load.get("rate")),

@@ -182,6 +182,7 @@ async def run_bench(
         result = await run_load(client, workload, load, on_progress=on_progress, stop=stop)
         replicas = client.replica_counts()
         retries = client.retry_count()
+        replays = client.replay_count()
     # the key the client sent, by the client's own rule (the argument, else $RERANK_KIT_API_KEY): a keyed server
     # answers /version with 401
     api_key = resolve_config(config.urls, api_key=config.api_key).api_key
@@ -201,4 +202,5 @@ async def run_bench(
         "quality": run_quality(workload, result),
         "replicas": replicas,
         "retries": retries,
+        "replays": replays,  # requests whose connection closed unanswered, sent once more (not retries)
     }

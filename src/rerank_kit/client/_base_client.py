@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import random
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -24,16 +25,37 @@ from rerank_kit.client._config import (
 )
 from rerank_kit.client._retry import Call, error_from_response, is_model_missing
 from rerank_kit.client.replicas import Discovery, Replica, Replicas, RetryLoop, Route
-from rerank_kit.errors import APIConnectionError, APIError, APITimeoutError, NotFoundError
+from rerank_kit.errors import APIConnectionError, APIError, APITimeoutError, ConnectionClosedError, NotFoundError
 
 _Transport = TypeVar("_Transport", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
 def translate_error(exc: httpx.HTTPError, url: str) -> APIError:
     """The one boundary where httpx exceptions become rerank-kit's."""
+    if closed_unanswered(exc):
+        return ConnectionClosedError(f"{url} closed the connection before answering ({exc or type(exc).__name__})")
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(f"no answer from {url} in time ({type(exc).__name__})")
     return APIConnectionError(f"cannot reach {url}: {exc or type(exc).__name__}")
+
+
+def closed_unanswered(exc: httpx.HTTPError) -> bool:
+    """The connection closed under the request before its answer came (see ConnectionClosedError).
+
+    httpx says so as a write or read error, or "Server disconnected without sending a response";
+    httpx-aiohttp (the bench's transport) calls aiohttp's ServerDisconnectedError and its failed
+    request-body write ClientOSError a ConnectTimeout, so its cause is what tells."""
+    if isinstance(exc, (httpx.WriteError, httpx.ReadError)):
+        return True
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "without sending a response" in str(exc)
+    aiohttp = sys.modules.get("aiohttp")  # only the aiohttp transport raises its errors, and it imports it
+    cause = exc.__cause__
+    return (
+        aiohttp is not None
+        and isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError))
+        and not isinstance(cause, aiohttp.ClientConnectorError)  # could not connect: nothing was sent
+    )
 
 
 def httpx_timeout(limit: float) -> httpx.Timeout:
@@ -194,3 +216,8 @@ class BaseClient(Generic[_Transport]):
     def retry_count(self) -> int:
         """Requests retried (or failed over) since the client was created."""
         return self._replicas.retries
+
+    def replay_count(self) -> int:
+        """Requests sent once more because their connection closed before the answer (not retries: see
+        :class:`~rerank_kit.errors.ConnectionClosedError`) since the client was created."""
+        return self._replicas.replays

@@ -113,6 +113,10 @@ def log_retry(method: str, url: str, error: APIError, delay: float, attempt: int
     logger.warning("rerank-kit: retrying %s %s in %.2f s (retry %s): %s", method, url, delay, count, error)
 
 
+def log_replay(method: str, url: str, error: APIError) -> None:
+    logger.info("rerank-kit: sending %s %s once more (not a retry): %s", method, url, error)
+
+
 class Call:
     """One client call (a rerank, a score): the timeout of each request and the retries each may
     make, the deadline shared by every request the call sends (each chunk of a long list, the model

@@ -29,8 +29,23 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from rerank_kit.client._config import MIN_ATTEMPT_TIME, MODELS_PATH, MODELS_TIMEOUT
-from rerank_kit.client._retry import Call, is_model_missing, is_replica_failure, log_retry, retry_delay, went_away
-from rerank_kit.errors import APIConnectionError, APIError, ConfigError, ModelNotServedError, NotFoundError
+from rerank_kit.client._retry import (
+    Call,
+    is_model_missing,
+    is_replica_failure,
+    log_replay,
+    log_retry,
+    retry_delay,
+    went_away,
+)
+from rerank_kit.errors import (
+    APIConnectionError,
+    APIError,
+    ConfigError,
+    ConnectionClosedError,
+    ModelNotServedError,
+    NotFoundError,
+)
 
 
 @dataclass
@@ -71,6 +86,7 @@ class Replicas:
         self.replicas = [Replica(u) for u in urls]
         self.cooldown = cooldown
         self.retries = 0  # retries decided so far (failovers included); see count_retry
+        self.replays = 0  # requests sent again after their connection closed unanswered; see RetryLoop.failed
         self._lock = threading.Lock()
         self._rng = rng or random.Random()
         self.table = _Table({}, (), tuple(self.replicas))
@@ -115,6 +131,10 @@ class Replicas:
         """One more request retried or failed over (what ``retries`` counts)."""
         with self._lock:
             self.retries += 1
+
+    def count_replay(self) -> None:
+        with self._lock:
+            self.replays += 1
 
     def counts(self) -> dict[str, int]:
         """Successful requests per replica URL."""
@@ -203,6 +223,7 @@ class RetryLoop:
         self.among = among  # the replicas serving the request's model (its Route); None: any
         self.attempt = 0
         self._avoid: Replica | None = None
+        self._replayed = False
 
     def acquire(self) -> Replica:
         if self.call.remaining() < MIN_ATTEMPT_TIME:  # e.g. a chunk that waited for its turn
@@ -227,7 +248,19 @@ class RetryLoop:
 
         Raises ``error`` when it is final (a 4xx, or the retries are spent), and the deadline's
         :class:`APITimeoutError` when the next attempt could not start before it: never sleeps past it.
+        The first :class:`ConnectionClosedError` of a request is sent again at once, retries off or not.
         """
+        if (
+            isinstance(error, ConnectionClosedError)
+            and not self._replayed
+            and self.call.remaining() >= MIN_ATTEMPT_TIME
+        ):
+            self._replayed = True
+            self.replicas.release(replica, ok=None)  # a closed kept-alive connection is no fault of the server's
+            self.call.failed(error)
+            self.replicas.count_replay()
+            log_replay(self.method, replica.url + self.path, error)
+            return 0.0
         replica_failed = is_replica_failure(error)
         self.replicas.release(replica, ok=False if replica_failed else None)
         self.call.failed(error)
