@@ -4,16 +4,16 @@
 compiled model under VLLM_CACHE_ROOT and tries to load it on the next start; on vLLM 0.32 with torch 2.13 that
 load fails ("'function' object has no attribute 'finalize_loading'"), so rerank-kit sets
 VLLM_USE_AOT_COMPILE=0 and the repeat start reuses Inductor's cache (issue 14). Issue 25: vLLM's CPU platform
-spawns its engine core, a new interpreter that imports vLLM again; RERANK_KIT_ENGINE_START=fork (an opt-in;
-rerank_kit.server.engine_start says why it is not the default) forks it instead. Each setting gets its
+spawns its engine core, a new interpreter that imports vLLM again; rerank-kit's launcher forks it instead where
+Intel OpenMP is preloaded (RERANK_KIT_ENGINE_START=fork, rerank_kit.server.engine_start). Each setting gets its
 own empty cache directory, is started twice (first start fills the cache, the repeat start should use it), and
 is then measured for throughput, because a setting that starts fast but serves slower is no win. Each start's
 log gives its steps: spawn to the API server's first line (imports), to the engine core's first line (its
 start), to healthy.
 
-  compiled                          rerank-kit's defaults (engine core spawned, as vLLM does)
-  compiled, engine core forked      the same with RERANK_KIT_ENGINE_START=fork
-  eager / eager, forked             --enforce-eager: no compile at all
+  compiled                          rerank-kit's defaults (engine core forked where Intel OpenMP is preloaded)
+  compiled, engine core spawned     the same with RERANK_KIT_ENGINE_START=spawn (vLLM's own start)
+  eager / eager, spawned            --enforce-eager: no compile at all
   compiled, VLLM_USE_AOT_COMPILE=1  vLLM's AOT compile (its "mega" artefact), as issue 14 measured it
 
     .venv/bin/python bench/warm_start.py --rounds 1 --duration 30 --out bench/results/warm_start.json
@@ -40,12 +40,12 @@ from rerank_kit.launcher import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-FORKED = {ENGINE_START_ENV: "fork"}
+SPAWNED = {ENGINE_START_ENV: "spawn"}
 SETTINGS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "compiled": ({}, ()),
-    "compiled, engine core forked": (FORKED, ()),
+    "compiled, engine core spawned": (SPAWNED, ()),
     "eager": ({}, ("--enforce-eager",)),
-    "eager, engine core forked": (FORKED, ("--enforce-eager",)),
+    "eager, engine core spawned": (SPAWNED, ("--enforce-eager",)),
     "compiled, VLLM_USE_AOT_COMPILE=1": ({"VLLM_USE_AOT_COMPILE": "1"}, ()),
 }
 DEFAULT_SETTINGS = list(SETTINGS)[:4]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ import pytest
 
 from conftest import SERVER_FIXTURES, SERVER_SPECS, TINY_FAMILIES, queued_server
 from rerank_kit import RerankClient
-from rerank_kit._contract import ENGINE_START_ENV
+from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV
 from rerank_kit.errors import SelfCheckError
 from rerank_kit.launcher import machine
 from rerank_kit.launcher.reference import load_reference
@@ -287,11 +288,16 @@ def test_start_up_log_has_no_unexplained_warning(family_server):
     assert "Chat template warmup failed" not in text.split(START_UP_END, 1)[0]
 
 
-def test_the_engine_core_is_spawned_as_vllm_does_unless_asked(family_server):
-    """Forking the engine core is an opt-in (RERANK_KIT_ENGINE_START=fork; tests/test_plugin_pins.py): the
-    launcher does not ask for it, and this server's engine core was spawned as vLLM's CPU platform does."""
-    assert ENGINE_START_ENV not in family_server.command.env
-    assert FORK_MESSAGE not in family_server.log.read_text(errors="replace")
+def test_the_engine_core_was_forked_from_the_api_server(family_server):
+    """On this one-worker CPU server with Intel OpenMP preloaded the launcher asks for a forked engine core, and
+    the plugin forked it (said once, by the API server): every score this module compares came from one."""
+    if family_server.command.env.get(ENGINE_START_ENV) != ENGINE_FORK:
+        pytest.skip("Intel OpenMP not found here: the launcher keeps vLLM's spawn (tests/test_launcher.py)")
+    assert family_server.command.env["KMP_AFFINITY"] == "none"
+    said = re.findall(
+        r"\((\w+) pid=\d+\)[^\n]*" + re.escape(FORK_MESSAGE), family_server.log.read_text(errors="replace")
+    )
+    assert said == ["APIServer"]
 
 
 def test_prompts_are_built_per_request(family_server):

@@ -349,18 +349,19 @@ def test_cpu_choices_preload_what_vllm_asks_for_when_found():
     assert "LD_PRELOAD" not in {c.name for c in cpu_choices(libs, preload=False)}
 
 
-def test_the_engine_core_start_is_passed_on_when_asked_and_intel_openmp_gets_its_affinity_setting():
-    """A forked engine core is an opt-in (RERANK_KIT_ENGINE_START, passed on as asked); KMP_AFFINITY=none goes
-    beside a preloaded Intel OpenMP (unset, it pins a forked engine core to CPU 0: rerank_kit.server.engine_start)."""
+def test_the_engine_core_is_forked_only_with_intel_openmp_preloaded_and_its_affinity_set():
+    """Forked where Intel OpenMP is preloaded, with KMP_AFFINITY=none beside it (unset, it pins the forked engine
+    core to CPU 0: rerank_kit.server.engine_start); vLLM's spawn where it is not preloaded or there are workers."""
     small = dataclasses.replace(OLD_CPU, cpu_count=2)  # one worker on 2 cores: the uni-process executor
     iomp = dataclasses.replace(small, iomp="/venv/lib/libiomp5.so")
     env = {c.name: c.value for c in cpu_choices(iomp) if c.kind == "env"}
-    assert env["KMP_AFFINITY"] == "none" and env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
-    assert ENGINE_START_ENV not in env  # vLLM's spawn unless asked
+    assert env[ENGINE_START_ENV] == ENGINE_FORK and env["KMP_AFFINITY"] == "none"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    for spawned in (cpu_choices(small), cpu_choices(iomp, preload=False), cpu_choices(iomp, workers=2)):
+        assert ENGINE_START_ENV not in {c.name for c in spawned}
     assert "KMP_AFFINITY" not in {c.name for c in cpu_choices(iomp, preload=False)}
-    [asked] = [c for c in cpu_choices(iomp, engine_start=ENGINE_FORK) if c.name == ENGINE_START_ENV]
-    assert (asked.value, asked.reason) == (ENGINE_FORK, "asked for")
-    assert ENGINE_START_ENV not in {c.name for c in cpu_choices(iomp, workers=2, engine_start=ENGINE_FORK)}
+    [asked] = [c for c in cpu_choices(iomp, engine_start="spawn") if c.name == ENGINE_START_ENV]
+    assert (asked.value, asked.reason) == ("spawn", "asked for")
 
 
 def test_gpu_server_with_spare_cores_gets_several_api_servers_through_vllm_serve():

@@ -70,9 +70,9 @@ PIECEWISE_KEY = "rerank_kit_piecewise"
 PLUGIN_ENV = "RERANK_KIT_PLUGIN"
 PLUGIN_ON = "on"
 PLUGIN_PIECEWISE = "piecewise"
-# How vLLM's CPU engine core is started (rerank_kit.server.engine_start): ENGINE_FORK, an opt-in for a one-worker
-# CPU server, forks it from the API server, which has imported vLLM already; unset or anything else leaves vLLM's
-# CPU platform to spawn a fresh interpreter that imports it all again (the default).
+# How vLLM's CPU engine core is started (rerank_kit.server.engine_start): ENGINE_FORK, the launcher's default for a
+# one-worker CPU server with Intel OpenMP preloaded, forks it from the API server, which has imported vLLM already;
+# unset or anything else leaves vLLM's CPU platform to spawn a fresh interpreter that imports it all again.
 ENGINE_START_ENV = "RERANK_KIT_ENGINE_START"
 ENGINE_FORK = "fork"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rerank_kit._contract import ENGINE_START_ENV, Limits
+from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV, Limits
 from rerank_kit.launcher.host import Machine, detect  # noqa: F401 - the facts the choices are made from
 
 GiB = 1 << 30
@@ -90,7 +90,8 @@ def cpu_choices(
 
     ``workers`` is tensor x data parallel size; ``executor`` is "auto", "uni" (the model runs in
     the engine process) or "mp" (vLLM's default: a separate worker process per rank). ``engine_start`` is
-    ``RERANK_KIT_ENGINE_START`` from the user's environment, if set (passed on; nothing is chosen otherwise).
+    ``RERANK_KIT_ENGINE_START`` from the user's environment, if set; otherwise the engine core is forked where
+    Intel OpenMP is preloaded (rerank_kit.server.engine_start says what a fork needs).
     """
     choices: list[Choice] = []
     if executor == "auto":
@@ -125,8 +126,17 @@ def cpu_choices(
             Choice("env", "OMP_NUM_THREADS", str(machine.cpu_count), "all cores for the model's OpenMP threads")
         )
         if engine_start is not None:
-            # Not a default: with it, test_gateway's switch lost requests under load (rerank_kit.server.engine_start).
             choices.append(Choice("env", ENGINE_START_ENV, engine_start, "asked for"))
+        elif preload and machine.iomp:  # forked under Intel OpenMP with KMP_AFFINITY set, as below
+            choices.append(
+                Choice(
+                    "env",
+                    ENGINE_START_ENV,
+                    ENGINE_FORK,
+                    "vLLM's CPU platform spawns its engine core, which imports vLLM a second time; forked from the "
+                    "API server it starts without (default model, repeat start: bench/RESULTS.md section 11)",
+                )
+            )
     if reserved_cpus is not None:
         choices.append(Choice("env", "VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved_cpus), "asked for"))
     elif executor == "mp" and machine.cpu_count <= SMALL_MACHINE_CORES:
@@ -178,7 +188,7 @@ def cpu_choices(
                     "KMP_AFFINITY",
                     "none",
                     "Intel OpenMP's own default said out loud: left unset, it pins a process forked from one that "
-                    "loaded it (an engine core forked on request) to CPU 0; vLLM binds its OpenMP threads itself",
+                    "loaded it (the engine core) to CPU 0; vLLM binds its OpenMP threads itself",
                 )
             )
     if "avx512_bf16" in machine.cpu_flags:

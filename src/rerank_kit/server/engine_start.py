@@ -1,16 +1,12 @@
-"""How vLLM's CPU engine core process starts: forked from the API server instead of spawned, where asked for.
+"""How vLLM's CPU engine core process starts: forked from the API server instead of spawned.
 
 vLLM's CPU platform sets ``VLLM_WORKER_MULTIPROC_METHOD=spawn`` in ``CpuPlatform.check_and_update_config``, so its
 engine core is a new interpreter that imports vLLM, torch and transformers a second time: about a third of a start
 on a 2-core machine (bench/RESULTS.md section 11). On GPUs vLLM forks the engine core at the same point. With
-``RERANK_KIT_ENGINE_START=fork`` (``_contract.ENGINE_START_ENV``, an opt-in the launcher passes on) the plugin
-restores fork after vLLM chose spawn.
-
-Why it is not the default: with it, tests/test_gateway.py's switch (a second server started while the first
-serves a benchmark through Caddy) lost two requests (ConnectTimeout to the gateway at the moment Caddy took its
-new configuration) in the full suite and in one run under two CPU burners; spawned, the same test under the same
-burners lost none. Cause not found. (An earlier stall of the same test, a forked engine core starved on CPU 0,
-is found and fixed: KMP_AFFINITY below.)
+``RERANK_KIT_ENGINE_START=fork`` (``_contract.ENGINE_START_ENV``; the launcher's default on a one-worker CPU
+server, printed with its reason) the plugin restores fork after vLLM chose spawn. (It was an opt-in for a day, after
+tests/test_gateway.py's switch lost two requests with it; the cause was Caddy closing kept-alive connections at
+its reload, which the client now answers by sending such a request once more: errors.ConnectionClosedError.)
 
 What a fork needs, each checked here; anything else keeps vLLM's spawn, said once at INFO:
 - one process under the engine core: the uni-process executor (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so nothing

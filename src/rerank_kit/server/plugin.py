@@ -37,7 +37,8 @@ step aside to vLLM's own code, said once. Fail closed: where the recipe needs pi
 start, instead of serving plausible, wrong scores.
 
 On the CPU backend it also forks vLLM's engine core from the API server instead of spawning a second interpreter,
-where ``RERANK_KIT_ENGINE_START=fork`` asks for it (an opt-in) and it is safe (``rerank_kit.server.engine_start``).
+where ``RERANK_KIT_ENGINE_START=fork`` asks for it (the launcher's default on a one-worker CPU server) and it is
+safe (``rerank_kit.server.engine_start``).
 """
 
 from __future__ import annotations
