@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +82,16 @@ class Load:
             t.join(timeout=300)
 
 
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:  # e.g. a timeout: the port is held by something that does not answer
+        return False
+    return False
+
+
 def _wait_for(predicate, timeout=60.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -95,6 +106,9 @@ def test_kill_9_one_replica_mid_run_loses_nothing(replicas):
     with Load(client) as load:
         _wait_for(lambda: load.ok >= 20)
         os.kill(victim.pid, signal.SIGKILL)  # the API server dies mid-request, like an OOM kill
+        # its port goes with it, though its engine core lives on: new connections are refused at once (a forked
+        # engine core that kept the inherited listening socket left them waiting for their timeout)
+        _wait_for(lambda: _refused(victim.port), timeout=10)
         served_before = client.replica_counts()[survivor.url]
         _wait_for(lambda: client.replica_counts()[survivor.url] >= served_before + 40)
     assert load.errors == []
@@ -179,7 +193,14 @@ class SlowProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def __exit__(self, *exc):
-        self.loop.call_soon_threadsafe(self.server.close)
+        async def shutdown():  # the pipes end on the loop, before it stops (else they are destroyed pending)
+            self.server.close()
+            pipes = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pipes:
+                task.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 

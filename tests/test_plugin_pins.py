@@ -420,6 +420,48 @@ def test_a_plain_server_answers_byte_for_byte_as_without_the_plugin(tiny_model, 
     assert [status for status, _ in with_plugin[:4]] == [200, 200, 400, 200]
 
 
+def test_a_forked_child_lets_go_of_the_listening_tcp_sockets_it_inherited_and_the_parent_keeps_them():
+    """The forked engine core must not hold the API server's HTTP port: a port whose API server died would keep
+    taking connections nobody answers (rerank_kit.server.engine_start.release_listeners)."""
+    import socket
+
+    from rerank_kit.server.engine_start import release_listeners
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    bound = socket.socket()  # bound before the fork, listening after it, as vLLM's HTTP port
+    bound.bind(("127.0.0.1", 0))
+    left, right = socket.socketpair()  # not TCP: kept
+    report, done = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it replaced, stay alive until told, then go
+        try:
+            replaced = release_listeners()
+            os.write(report[1], json.dumps([replaced, listener.fileno(), bound.fileno(), left.fileno()]).encode())
+            os.read(done[0], 1)
+        finally:
+            os._exit(0)
+    try:
+        replaced, listener_fd, bound_fd, left_fd = json.loads(os.read(report[0], 4096))
+        assert listener_fd in replaced and bound_fd in replaced and left_fd not in replaced
+        bound.listen()
+        for sock in (listener, bound):
+            with socket.create_connection(sock.getsockname(), timeout=5):  # the parent still listens
+                sock.accept()[0].close()
+        addresses = [address, bound.getsockname()]
+        listener.close(), bound.close()  # the parent dies (kill -9); the child lives on, as vLLM's engine core does
+        for where in addresses:
+            with pytest.raises(ConnectionRefusedError):  # refused at once, not taken into a backlog nobody reads
+                socket.create_connection(where, timeout=5)
+    finally:
+        os.write(done[1], b"x")
+        os.waitpid(pid, 0)
+        for f in (left, right):
+            f.close()
+        for fd in (*report, *done):
+            os.close(fd)
+
+
 def test_a_forked_engine_core_gets_the_settings_vllm_gives_a_spawned_one(monkeypatch):
     """vLLM's CPU platform sets Inductor's variables after the API server imported Inductor's config; a forked
     engine core gets them on the config itself. A variable only a new process reads (LD_PRELOAD) means spawn."""

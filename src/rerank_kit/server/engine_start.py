@@ -19,7 +19,11 @@ What a fork needs, each checked here; anything else keeps vLLM's spawn, said onc
 - the same settings a spawned engine core would start with: the platform sets environment variables for it, and
   a forked one has read some of them already (torch Inductor's config, at import). ``carry_over`` applies those
   (forked without it: 3-4 % fewer pairs/s, kernels built without vLLM's thread setting) and spawns where one
-  only a new process reads is among them (LD_PRELOAD).
+  only a new process reads is among them (LD_PRELOAD);
+- no listening socket of the API server: vLLM binds the HTTP port before it starts the engine core (and listens
+  on it after), so a forked one inherits it; ``release_listeners`` puts /dev/null in its place in the child.
+  Left open, the port of an API server that died (kill -9) kept taking connections that nobody answered, and
+  clients waited for their timeout instead of being refused at once (tests/test_faults.py's kill -9: 61 s).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import sys
 from typing import Any
 
@@ -38,7 +43,7 @@ FORK_MESSAGE = (
     "rerank-kit: vLLM's engine core is forked from the process that starts it, not spawned (no second import of "
     f"vLLM; {ENGINE_START_ENV}=spawn restores vLLM's own start)"
 )
-_STATE = {"forked": False, "said": False}
+_STATE = {"forked": False, "said": False, "hooked": False}
 
 
 def intel_openmp_loaded() -> bool:
@@ -85,6 +90,40 @@ def carry_over(set_now: dict[str, str]) -> str | None:
     return None
 
 
+def release_listeners() -> list[int]:
+    """In a forked child: /dev/null in place of every TCP socket it inherited that has no peer: a listener, or one
+    bound to listen on later (vLLM binds its port, forks the engine core, then listens). The parent keeps its own;
+    closing the number outright could close an unrelated file that reuses it. Returns the fds replaced."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # not Linux
+        return []
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        replaced = [fd for fd in fds if fd != null and _tcp_without_peer(fd)]
+        for fd in replaced:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+    return replaced
+
+
+def _tcp_without_peer(fd: int) -> bool:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:  # not a socket, or already closed
+        return False
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+            return False
+        sock.getpeername()
+        return False  # connected: somebody else's conversation, not a port
+    except OSError:  # ENOTCONN: listening, or bound to listen later
+        return True
+    finally:
+        sock.detach()  # the fd stays open: this object only looked
+
+
 def _spawned(why: str) -> None:
     logger.info("rerank-kit: engine core spawned as vLLM does: %s", why)
 
@@ -121,6 +160,9 @@ def install() -> None:
                 _spawned(why)
             return
         os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
+        if not _STATE["hooked"]:
+            _STATE["hooked"] = True
+            os.register_at_fork(after_in_child=release_listeners)
         if not _STATE["forked"]:  # said by the API server; its forked engine core inherits the flag
             _STATE["forked"] = True
             logger.info(FORK_MESSAGE)
