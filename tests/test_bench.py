@@ -311,11 +311,16 @@ def test_reranked_ndcg_matches_in_process_minilm(minilm_server, tmp_path):
     model = SentenceTransformer(
         str(minilm_server.command.argv[minilm_server.command.argv.index("--model") + 1]), device="cpu"
     )
-    in_process = {}
-    for case in wl.cases:
-        q = model.encode([case.query], normalize_embeddings=True)
-        d = model.encode(case.documents, normalize_embeddings=True, batch_size=64)
-        in_process[case.qid] = dict(zip(case.doc_ids, (d @ q[0]).tolist(), strict=True))
+    # Each passage once (3,041 distinct among the 4,300 pairs), in one call that batches them by length: half the
+    # time of encoding every case's list (97 s), the same embeddings.
+    texts = dict(kv for case in wl.cases for kv in zip(case.doc_ids, case.documents, strict=True))
+    encoded = model.encode(list(texts.values()), normalize_embeddings=True, batch_size=64)
+    vectors = dict(zip(texts, encoded, strict=True))
+    queries = model.encode([case.query for case in wl.cases], normalize_embeddings=True)
+    in_process = {
+        case.qid: {doc_id: float(vectors[doc_id] @ q) for doc_id in case.doc_ids}
+        for case, q in zip(wl.cases, queries, strict=True)
+    }
     expected = retrieval_metrics(wl.qrels, in_process)
     print(
         f"DL19: BM25 nDCG@10 {quality['first_stage']['ndcg@10']:.4f} -> reranked {quality['reranked']['ndcg@10']:.4f}"
