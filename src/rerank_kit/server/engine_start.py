@@ -43,7 +43,7 @@ FORK_MESSAGE = (
     "rerank-kit: vLLM's engine core is forked from the process that starts it, not spawned (no second import of "
     f"vLLM; {ENGINE_START_ENV}=spawn restores vLLM's own start)"
 )
-_STATE = {"forked": False, "said": False, "hooked": False}
+_STATE = {"forked": False, "said": False}
 
 
 def intel_openmp_loaded() -> bool:
@@ -160,11 +160,9 @@ def install() -> None:
                 _spawned(why)
             return
         os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
-        if not _STATE["hooked"]:
-            _STATE["hooked"] = True
-            os.register_at_fork(after_in_child=release_listeners)
-        if not _STATE["forked"]:  # said by the API server; its forked engine core inherits the flag
+        if not _STATE["forked"]:  # done by the API server; its forked engine core inherits the flag
             _STATE["forked"] = True
+            os.register_at_fork(after_in_child=release_listeners)
             logger.info(FORK_MESSAGE)
 
     check_and_update_config.rerank_kit = True  # type: ignore[attr-defined]
