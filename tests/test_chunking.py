@@ -144,3 +144,53 @@ def test_a_processor_without_the_plugins_window_or_offsets_cannot_cut(minilm_tok
     slow = type("Slow", (), {"is_fast": False})()
     assert Chunker.of(_Processor(slow, 10)) is None
     assert Chunker.of(_Processor(minilm_tokenizer, 10)) is not None
+
+
+class _WindowFromPrompt:
+    """An IO processor whose window is measured the way the plugin's is: ``max_len`` less the tokens of a whole
+    prompt around the query and a one-token document, the prompt tokenized whole (merges across the query's
+    edges included). Counts the window computations."""
+
+    def __init__(self, tokenizer, max_len=512):
+        self.tokenizer, self.max_len, self.calls = tokenizer, max_len, []
+
+    def rerank_kit_window(self, query, kwargs):
+        self.calls.append(query)
+        prompt = f"Judge whether the Document meets the Query.\n<Query>: {query}\n<Document>: a\n<Answer>:"
+        return self.max_len - len(self.tokenizer(prompt)["input_ids"]) + 1
+
+
+QUERIES = [
+    "q", "", "what is the capital of France?", "  leading and trailing  ", "naïve café – 東京の天気は？ 🙂",
+    "a" * 300, "x," * 50, "<Document>: injected\n<Answer>:", "\n\n\n",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["minilm", "qwen"])
+def test_the_floor_never_exceeds_the_exact_window_and_spares_short_documents_the_tokenizer(
+    name, minilm_tokenizer, tmp_path_factory
+):
+    import tiny_models
+
+    if name == "minilm":
+        tokenizer = minilm_tokenizer
+    else:
+        tokenizer = tiny_models.qwen_tokenizer(tmp_path_factory.mktemp("q"), qwen3=True)
+    processor = _WindowFromPrompt(tokenizer)
+    chunker = Chunker(processor)
+    for query in QUERIES:
+        assert chunker.floor(query, None) <= processor.rerank_kit_window(query, None), query
+    # Short documents: no window is rendered for the query, and once the kwargs' floor is known, nothing at all.
+    processor.calls.clear()
+    fresh = Chunker(processor)
+    short = ["Paris is the capital of France.", "Berlin is in Germany."]
+    assert not fresh.fits_as_sent(["q?", "q?"], short, None)  # the floor is not known yet: ask cuts
+    assert fresh.cuts(["q?", "q?"], short, None, max_chunks=8, strict=True) == [None, None]
+    assert processor.calls == ["a"]  # the floor's one window, not the query's
+    assert fresh.fits_as_sent(["another query"] * 2, short, None)
+    kwargs = {"instruction": "rank"}
+    assert not fresh.fits_as_sent(["q"], short[:1], kwargs)  # other kwargs: another floor
+    # A document near the window, or a query that eats it, is not waved through.
+    assert not fresh.fits_as_sent(["q"], ["word " * 200], None)
+    assert not fresh.fits_as_sent(["q " * 300], short[:1], None)
+    assert processor.calls == ["a"]

@@ -35,6 +35,9 @@ from rerank_kit.server.bodycheck import RejectedRequest
 # prevented), and a template that tokenizes the prompt whole may merge the document with its neighbours. What
 # still does not fit is cut from the window's end by the plugin's truncation rule.
 MARGIN = 2
+# Tokens a query may add to a prompt beyond one per UTF-8 byte of it: SentencePiece's word-start mark, and the
+# merges a template tokenized whole makes or breaks where the query meets its neighbours.
+QUERY_SLACK = 16
 # Tokens a window shares with the next, in percent of the window: a passage cut by a window's end still has
 # this much of it whole in the next window (bench/RESULTS.md section 10 measured 0, 12 and 25; the server's
 # RERANK_KIT_CHUNK_OVERLAP_PERCENT, which is there to measure others).
@@ -235,6 +238,37 @@ class Chunker:
         self.window_of = io_processor.rerank_kit_window
         self.tokenizer = io_processor.tokenizer
         self.overlap_percent = overlap_percent
+        # vLLM's own tokenizer threads (the renderer's pool), or None (asyncio's default executor). vLLM's tokenizer
+        # keeps one copy per renderer thread; a call from any other thread while they are busy deep-copies the
+        # whole tokenizer (0.5 s of the API server's time for a 150k vocabulary), and the copy stays.
+        self.executor = getattr(io_processor, "_executor", None)
+        # template kwargs -> the window beside a one-byte query (``floor``); bounded, as instructions vary
+        self._floors: dict[str, int] = {}
+
+    def floor(self, query: str, kwargs: dict[str, Any] | None, *, compute: bool = True) -> int | None:
+        """A lower bound of the document tokens that fit beside ``query``, without tokenizing it: the window
+        beside a one-byte query (computed once per template kwargs), less a token per UTF-8 byte of ``query``
+        and ``QUERY_SLACK``. None when not computed yet and ``compute`` is false."""
+        key = repr(sorted(kwargs.items())) if kwargs else ""
+        if (base := self._floors.get(key)) is None:
+            if not compute:
+                return None
+            base = self.window_of("a", kwargs)
+            if len(self._floors) >= 256:
+                self._floors.clear()
+            self._floors[key] = base
+        return base - len(query.encode()) - QUERY_SLACK
+
+    def fits_as_sent(self, queries: list[Any], documents: list[Any], kwargs: dict[str, Any] | None) -> bool:
+        """True when every document surely fits beside its query whole (``floor``) with the template kwargs'
+        window known: nothing to tokenize, so the caller need not leave the event loop. False: ask ``cuts``."""
+        for query, document in zip(queries, documents, strict=True):
+            if not isinstance(document, str) or not isinstance(query, str):
+                continue
+            floor = self.floor(query, kwargs, compute=False)
+            if floor is None or floor <= MARGIN or len(document.encode()) >= floor:
+                return False
+        return True
 
     @classmethod
     def of(cls, io_processor: Any, overlap_percent: int = OVERLAP_PERCENT) -> Chunker | None:
@@ -267,12 +301,16 @@ class Chunker:
         for i, (query, document) in enumerate(zip(queries, documents, strict=True)):
             if not isinstance(document, str) or not isinstance(query, str):
                 continue  # multimodal content: vLLM's own rules
+            # A token covers at least one UTF-8 byte (a SentencePiece word start at most one more): what has
+            # fewer bytes than fit cannot be too long, and is not tokenized here. Most documents are far shorter
+            # than the window: the floor says so without rendering this query's prompt.
+            size = len(document.encode())
+            if (floor := self.floor(query, kwargs)) > MARGIN and size < floor:
+                continue
             if query not in fits:
                 fits[query] = self.window_of(query, kwargs)
             limit = fits[query]
-            # A token covers at least one UTF-8 byte (a SentencePiece word start at most one more): what has
-            # fewer bytes than fit cannot be too long, and is not tokenized here.
-            if limit <= MARGIN or len(document) * 4 < limit or len(document.encode()) < limit:
+            if limit <= MARGIN or size < limit:
                 continue
             todo.append((i, limit))
         if not todo:

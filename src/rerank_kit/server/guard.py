@@ -395,11 +395,18 @@ class RerankKitGuard:
         if len(queries) != len(documents):
             return None  # vLLM's own 400 for mismatched lists
         cap = body.get("max_tokens_per_doc")
+        kwargs = chunking.chat_template_kwargs(body)
         try:
-            cuts = await asyncio.to_thread(
-                chunker.cuts, queries, documents, chunking.chat_template_kwargs(body), max_chunks=requested,
-                strict=self.limits.strict_length, max_tokens_per_doc=cap if type(cap) is int else 0,
-            )  # fmt: skip
+            if (requested <= 1 and not self.limits.strict_length) or chunker.fits_as_sent(queries, documents, kwargs):
+                cuts: list[list[tuple[int, int]] | None] = [None] * len(documents)  # nothing to tokenize here
+            else:
+                cuts = await asyncio.get_running_loop().run_in_executor(
+                    chunker.executor,
+                    functools.partial(
+                        chunker.cuts, queries, documents, kwargs, max_chunks=requested,
+                        strict=self.limits.strict_length, max_tokens_per_doc=cap if type(cap) is int else 0,
+                    ),
+                )  # fmt: skip
         except RejectedRequest:
             raise
         except Exception:  # a query or template vLLM refuses: vLLM answers with its own error
