@@ -24,6 +24,7 @@ from rerank_kit.launcher import machine
 from rerank_kit.launcher.reference import load_reference
 from rerank_kit.launcher.selfcheck import self_check
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
+from rerank_kit.server.batching import HANDOFF_MESSAGE
 from rerank_kit.server.engine_start import FORK_MESSAGE
 from rerank_kit.server.plugin import BATCHED_MESSAGE
 from startup_log import START_UP_END, Context, unexplained
@@ -308,7 +309,9 @@ def test_prompts_are_built_per_request(family_server):
         pytest.skip("vLLM builds a listwise request's one prompt itself (jina-reranking-scoring): no pairs to batch")
     with RerankClient(family_server.url, model=family_server.model) as client:
         client.rerank("What is vLLM?", ["vLLM is an inference engine.", "Paris is in France."])
-    assert BATCHED_MESSAGE in family_server.log.read_text(errors="replace")
+    log = family_server.log.read_text(errors="replace")
+    assert BATCHED_MESSAGE in log
+    assert HANDOFF_MESSAGE in log  # and handed to the engine at once: the parity tests above ran through it
 
 
 # --- negative controls: each comparison above can fail ----------------------------------------------

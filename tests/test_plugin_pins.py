@@ -122,6 +122,7 @@ REGISTER_CASES = {
     "factories unpinned": ("on", ("plugin.cross_encoder_factory", "plugin.bi_encoder_factory")),
     "piecewise, parse_score_data unpinned": (PLUGIN_PIECEWISE, ("plugin.parse_score_data",)),
     "piecewise": (PLUGIN_PIECEWISE, ()),
+    "encode unpinned": ("on", ("plugin.async_llm_encode",)),
 }
 ASKED = {ENGINE_START_ENV: ENGINE_FORK, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "KMP_AFFINITY": "none"}
 ENGINE_ENV = tuple(ASKED)
@@ -141,6 +142,7 @@ from vllm.platforms import cpu
 
 table, processors = compat.REQUIREMENTS, dict(io_processor.ScoringIOProcessors)
 preprocessing, own = ServingScores._preprocessing, "_preprocessing" in vars(ServingScores)
+prepare, own_prepare = ServingScores._prepare_generators, "_prepare_generators" in vars(ServingScores)
 platform_config = vars(cpu.CpuPlatform)["check_and_update_config"]
 logged = []
 handler = logging.Handler()
@@ -156,6 +158,10 @@ def fresh(unpin, env):
         ServingScores._preprocessing = preprocessing
     else:
         vars(ServingScores).get("_preprocessing") and delattr(ServingScores, "_preprocessing")
+    if own_prepare:
+        ServingScores._prepare_generators = prepare
+    else:
+        vars(ServingScores).get("_prepare_generators") and delattr(ServingScores, "_prepare_generators")
     cpu.CpuPlatform.check_and_update_config = platform_config
     for name in (PLUGIN_ENV, *ENGINE_ENV):
         os.environ.pop(name, None)
@@ -174,6 +180,7 @@ for name, (mode, unpin) in REGISTER_CASES.items():
     results["register"][name] = {
         "wrapped": sorted(k for k in after if after[k] is not processors[k]),
         "batched": ServingScores._preprocessing is not preprocessing,
+        "handoff": ServingScores._prepare_generators is not prepare,
         "checks": getattr(after["cross-encoder"], "rerank_kit", False),
         "piecewise": getattr(after["cross-encoder"], "rerank_kit_piecewise", False),
         "logged": list(logged),
@@ -207,8 +214,8 @@ def cases() -> dict:
 @pytest.mark.vllm
 def test_without_the_launchers_setting_the_plugin_changes_nothing(cases):
     result = cases["register"]["off"]
-    assert result == {"wrapped": [], "batched": False, "checks": False, "piecewise": False, "logged": [],
-                      "raised": None}  # fmt: skip
+    assert result == {"wrapped": [], "batched": False, "handoff": False, "checks": False, "piecewise": False,
+                      "logged": [], "raised": None}  # fmt: skip
     assert cases["register"]["on"]["wrapped"] == ["bi-encoder", "cross-encoder"]
 
 
@@ -221,6 +228,11 @@ def test_a_body_it_was_not_verified_on_steps_aside_and_is_named_once(cases):
     assert "(4d2db42f4e05e810; verified: none)" in warning  # the body found, the pins of the (edited) table
     factory = cases["register"]["factories unpinned"]
     assert not factory["checks"] and not factory["batched"] and factory["piecewise"]
+    assert cases["register"]["on"]["handoff"] and not result["handoff"]  # the handoff comes with the batched path
+    encode = cases["register"]["encode unpinned"]
+    assert encode["batched"] and not encode["handoff"]  # prompts at once, pairs handed to vLLM's encode
+    [warning] = [m for m in encode["logged"] if "off on this vLLM" in m]
+    assert "pairs handed to the engine at once: AsyncLLM.encode is not a body rerank-kit was verified on" in warning
 
 
 @pytest.mark.vllm

@@ -166,6 +166,7 @@ def _piecewise_cross_encoder(base: type) -> type:
         _OFF.extend(f"prompts built per request: {c}" for c in changed)
     elif checked is not base and accepts("plugin.render", getattr(base, "render", None)) and batching.install(_OFF):
         batched = True
+        batching.install_handoff(_OFF)
     else:
         _OFF.append("prompts built per request instead of per pair (vLLM >= 0.27)")
     _STATE["piecewise"] = True
