@@ -275,3 +275,25 @@ def test_a_template_without_a_skeleton_still_fits(qwen):
     ids = per_pair_ids(qwen, branched, long_query, "", frame=([], []), max_length=20)
     whole = per_pair_ids(qwen, branched, long_query, "", frame=([], []), max_length=None)
     assert ids == whole[:20]
+
+
+@pytest.mark.parametrize("name", ["qwen", "bert"])
+@pytest.mark.parametrize("special", [False, True])
+def test_ids_straight_from_the_rust_tokenizer_are_the_tokenizer_calls_and_a_configured_backend_is_not_used(
+    name, special, request, monkeypatch
+):
+    tokenizer = request.getfixturevalue(name)
+    texts = [*QUERIES, *DOCUMENTS, "<|im_start|>system", "[CLS] [SEP] [MASK]"]
+    expected = tokenizer(texts, add_special_tokens=special)["input_ids"]
+    calls = []
+    monkeypatch.setattr(type(tokenizer), "__call__", lambda self, *a, **k: calls.append(a) or {"input_ids": []})
+    assert score_prompts._ids(tokenizer, texts, special) == expected  # and not from the (now broken) tokenizer call
+    assert calls == []
+    monkeypatch.undo()
+    # A backend set to truncate (transformers would unset it for this call): the tokenizer call, same ids.
+    backend = tokenizer._tokenizer
+    backend.enable_truncation(8)
+    try:
+        assert score_prompts._ids(tokenizer, texts, special) == expected
+    finally:
+        backend.no_truncation()

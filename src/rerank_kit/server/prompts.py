@@ -29,6 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+try:
+    from tokenizers import Tokenizer as RustTokenizer
+except ImportError:  # no Hugging Face tokenizers: every call goes through the tokenizer object
+    RustTokenizer = None
+
 # Private-use code points: no tokenizer or template ever sees them (texts that contain one are not
 # batched, see ``batchable``).
 PIECE_SEP = "\U000f8a5e"
@@ -96,12 +101,31 @@ def fill(shape: str, query: str, document: str) -> str:
     return shape.replace(QUERY_MARK, query).replace(DOC_MARK, document)
 
 
-def _encode_unique(tokenizer: Any, texts: list[str], **kwargs: Any) -> list[list[int]]:
-    """Token ids of each text (no special tokens unless kwargs say so), one tokenizer call for the distinct ones."""
+def _encode_unique(tokenizer: Any, texts: list[str], *, add_special_tokens: bool) -> list[list[int]]:
+    """Token ids of each text, one tokenizer call for the distinct ones."""
     unique = list(dict.fromkeys(texts))
-    ids = tokenizer(unique, **kwargs)["input_ids"] if unique else []
+    ids = _ids(tokenizer, unique, add_special_tokens) if unique else []
     by_text = dict(zip(unique, ids, strict=True))
     return [list(by_text[t]) for t in texts]
+
+
+def _ids(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """``tokenizer(texts, add_special_tokens=...)["input_ids"]``, straight from its Rust tokenizer where that call
+    would come to the same: transformers builds a dict of lists per text around the same ``encode_batch`` (no
+    truncation, padding or special-token splitting set: transformers would first unset them), and the ids need no
+    character offsets (``encode_batch_fast``). A third of the tokenizer's time per document. Read-only: safe from
+    several threads (vLLM's own calls go to copies of the tokenizer)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if (
+        RustTokenizer is not None
+        and isinstance(backend, RustTokenizer)
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+        return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
+    return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def _from_encoding(encoding: Any) -> list[Prompt]:
