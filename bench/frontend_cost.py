@@ -140,7 +140,14 @@ def fold_profile(raw: Path) -> dict[str, float]:
 
 
 def measure(
-    family: str, mode: str, duration: float, workload, concurrency: int, profile: bool, before: Path | None
+    family: str,
+    mode: str,
+    duration: float,
+    workload,
+    concurrency: int,
+    profile: bool,
+    before: Path | None,
+    gil: bool = False,
 ) -> dict:
     port = launcher.free_port()
     command = command_for(family, mode, port, before)
@@ -156,7 +163,7 @@ def measure(
             raw = OUT / f"frontend-{family}-{mode}.pyspy"
             spy = subprocess.Popen(
                 [pyspy(), "record", "--pid", str(proc.pid), "--duration", str(int(duration)), "--rate", "250",
-                 "--format", "raw", "--nonblocking", "--output", str(raw)],
+                 "--format", "raw", "--nonblocking", "--output", str(raw), *(["--gil"] if gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         idle_before = cpu_seconds(api)
@@ -207,6 +214,10 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=64, help="documents per request")
     parser.add_argument("--doc-tokens", type=int, default=120)
     parser.add_argument("--profile", action="store_true", help="py-spy profile of the API server, folded by stage")
+    parser.add_argument(
+        "--gil", action="store_true",
+        help="with --profile: sample only the thread holding the GIL (a thread waiting for it is not counted busy)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=OUT / "frontend_cost.json")
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
@@ -223,7 +234,14 @@ def main() -> None:
             for mode in args.modes:
                 print(f"round {r + 1}/{args.rounds}: {family} / {mode} ...", flush=True)
                 result = measure(
-                    family, mode, args.duration, workloads[family], args.concurrency, args.profile, args.before
+                    family,
+                    mode,
+                    args.duration,
+                    workloads[family],
+                    args.concurrency,
+                    args.profile,
+                    args.before,
+                    args.gil,
                 )
                 result["round"] = r + 1
                 print("  " + json.dumps(result), flush=True)
