@@ -93,20 +93,44 @@ def test_whole_string_template_prompts_equal_per_pair(qwen):
         assert prompt.token_ids == qwen(render(query, document), **kwargs)["input_ids"]
 
 
-def test_pair_prompts_equal_per_pair_with_token_types(bert):
-    kwargs = {"truncation": True, "max_length": 48, "add_special_tokens": True}
+@pytest.fixture(scope="module")
+def xlmr():
+    return tiny_models.xlmr_tokenizer()
+
+
+# (truncation, max_length): none, one that cuts most pairs, one that cuts a few
+TRUNCATIONS = [(False, None), (True, 48), (True, 200)]
+
+
+@pytest.mark.parametrize("name", ["bert", "xlmr"])
+@pytest.mark.parametrize(("truncation", "max_length"), TRUNCATIONS)
+@pytest.mark.parametrize("rust", [False, True])
+def test_pair_prompts_equal_per_pair_with_token_types(name, truncation, max_length, rust, request):
+    """``rust``: straight from the Rust tokenizer (a truncating copy kept in ``copies``); else transformers' call."""
+    tokenizer = request.getfixturevalue(name)
+    kwargs = {"truncation": truncation, "max_length": max_length, "add_special_tokens": True}
     queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
-    batched = score_prompts.pair_prompts(bert, queries, documents, kwargs)
+    copies = {} if rust else None
+    if rust:
+        before = (tokenizer._tokenizer.truncation, tokenizer._tokenizer.padding)
+        score_prompts.pair_prompts(tokenizer, queries[:1], documents[:1], kwargs, copies)
+        assert (tokenizer._tokenizer.truncation, tokenizer._tokenizer.padding) == before  # the shared one untouched
+    batched = score_prompts.pair_prompts(tokenizer, queries, documents, kwargs, copies)
+    if rust:
+        assert len(copies) == 1  # the Rust path ran, with a copy of its own set as transformers sets it
     for (query, document), prompt in zip(PAIRS, batched, strict=True):
-        one = bert(text=query, text_pair=document, **kwargs)
+        one = tokenizer(text=query, text_pair=document, **kwargs)  # transformers' call, per pair, as vLLM's
         assert prompt.token_ids == one["input_ids"]
-        assert prompt.token_type_ids == one["token_type_ids"]
+        assert prompt.token_type_ids == one.get("token_type_ids")
 
 
-def test_joined_prompts_equal_per_pair(qwen):
-    kwargs = {"truncation": False, "max_length": None, "add_special_tokens": True}
+@pytest.mark.parametrize(("truncation", "max_length"), TRUNCATIONS)
+def test_joined_prompts_equal_per_pair(qwen, truncation, max_length):
+    kwargs = {"truncation": truncation, "max_length": max_length, "add_special_tokens": True}
     queries, documents = [q for q, _ in PAIRS], [d for _, d in PAIRS]
-    batched = score_prompts.joined_prompts(qwen, queries, documents, kwargs)
+    copies: dict = {}
+    batched = score_prompts.joined_prompts(qwen, queries, documents, kwargs, copies)
+    assert len(copies) == 1
     for (query, document), prompt in zip(PAIRS, batched, strict=True):
         assert prompt.token_ids == qwen(query + document, **kwargs)["input_ids"]
 

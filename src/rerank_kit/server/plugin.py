@@ -196,6 +196,7 @@ def _piecewise_cross_encoder(base: type) -> type:
             # rendered skeleton per (template, template kwargs); None: not verbatim, build prompts per pair
             self._shapes: dict[tuple[str, str], str | None] = {}
             self._batched_said = False
+            self._truncating: dict[Any, Any] = {}  # (max_length, side) -> a truncating copy of the Rust tokenizer
             if batched and getattr(self, "_executor", None) is not None:
                 self.rerank_kit_render_all = self._render_all
 
@@ -234,7 +235,7 @@ def _piecewise_cross_encoder(base: type) -> type:
                 if sep is None:
                     return None
                 build = score_prompts.pair_prompts if sep else score_prompts.joined_prompts
-                return build(self.tokenizer, queries, documents, encode_kwargs)
+                return build(self.tokenizer, queries, documents, encode_kwargs, self._truncating)
             kwargs = merged or {}
             check_template_kwargs(kwargs)  # raises: the per-pair path answers with the error
             piecewise = self._piecewise and first["chat_template"] is not None

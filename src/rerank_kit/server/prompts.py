@@ -110,22 +110,59 @@ def _encode_unique(tokenizer: Any, texts: list[str], *, add_special_tokens: bool
 
 
 def _ids(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-    """``tokenizer(texts, add_special_tokens=...)["input_ids"]``, straight from its Rust tokenizer where that call
-    would come to the same: transformers builds a dict of lists per text around the same ``encode_batch`` (no
-    truncation, padding or special-token splitting set: transformers would first unset them), and the ids need no
-    character offsets (``encode_batch_fast``). A third of the tokenizer's time per document. Read-only: safe from
-    several threads (vLLM's own calls go to copies of the tokenizer)."""
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if (
-        RustTokenizer is not None
-        and isinstance(backend, RustTokenizer)
-        and backend.truncation is None
-        and backend.padding is None
-        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
-    ):
-        encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-        return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
+    """``tokenizer(texts, add_special_tokens=...)["input_ids"]``, from ``_rust_encodings`` where it can."""
+    encodings = _rust_encodings(tokenizer, texts, {"add_special_tokens": add_special_tokens}, None)
+    if encodings is not None:
+        return [e.ids for e in encodings]
     return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+
+
+def _rust_encodings(tokenizer: Any, inputs: list[Any], encode_kwargs: dict, copies: dict | None) -> list[Any] | None:
+    """What ``tokenizer(inputs, **encode_kwargs)`` encodes, straight from its Rust tokenizer, or None where that call
+    might differ. Transformers wraps the same ``encode_batch`` and builds a dict of lists per text around it; the
+    ids need no character offsets (``encode_batch_fast``): a third of the tokenizer's time per document.
+
+    For a Hugging Face fast tokenizer. Transformers first sets its Rust tokenizer's truncation and padding for the
+    call (none, or ``truncation=True`` to ``max_length``); with ``copies`` (a dict the caller keeps) that is done
+    once, on a private copy per setting. Without, only a Rust tokenizer that needs no setting is used, as it is.
+    Read-only on the shared tokenizer: safe from several threads (vLLM's own calls go to copies of it)."""
+    shared = getattr(tokenizer, "_tokenizer", None)
+    if RustTokenizer is None or not isinstance(shared, RustTokenizer):
+        return None
+    if not set(encode_kwargs) <= {"add_special_tokens", "truncation", "max_length"}:
+        return None
+    truncation, max_length = encode_kwargs.get("truncation", False), encode_kwargs.get("max_length")
+    if truncation is True and isinstance(max_length, int) and max_length > 0:
+        limit: int | None = max_length
+    elif truncation is False or truncation is None:
+        limit = None
+    else:
+        return None
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    side = getattr(tokenizer, "truncation_side", "right")
+    if copies is not None:
+        if (backend := copies.get((limit, side, split))) is None:
+            backend = RustTokenizer.from_str(shared.to_str())
+            backend.no_padding()
+            if limit is None:
+                backend.no_truncation()
+            else:
+                backend.enable_truncation(limit, stride=0, strategy="longest_first", direction=side)
+            backend.encode_special_tokens = split
+            copies[(limit, side, split)] = backend
+    elif limit is None and (shared.truncation, shared.padding, shared.encode_special_tokens) == (None, None, split):
+        backend = shared
+    else:
+        return None
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    return encode(inputs, add_special_tokens=encode_kwargs.get("add_special_tokens", True))
+
+
+def _from_rust(tokenizer: Any, encodings: list[Any]) -> list[Prompt]:
+    """Prompts from Rust encodings, token types where transformers returns them (the model takes them)."""
+    if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
+        return [Prompt(e.ids, e.type_ids) for e in encodings]
+    return [Prompt(e.ids, None) for e in encodings]
 
 
 def _from_encoding(encoding: Any) -> list[Prompt]:
@@ -135,13 +172,20 @@ def _from_encoding(encoding: Any) -> list[Prompt]:
     ]
 
 
-def pair_prompts(tokenizer: Any, queries: list[str], documents: list[str], encode_kwargs: dict) -> list[Prompt]:
-    """BERT-style cross-encoders: ``tokenizer(text=query, text_pair=document)`` for every pair, in one call.
+def pair_prompts(
+    tokenizer: Any, queries: list[str], documents: list[str], encode_kwargs: dict, copies: dict | None = None
+) -> list[Prompt]:
+    """BERT-style cross-encoders: ``tokenizer(text=query, text_pair=document)`` for every pair, in one call
+    (``_rust_encodings``; ``copies``: its truncating tokenizers, kept by the caller).
 
     Except pairs with an empty text: alone, transformers treats an empty ``text_pair`` as no pair (one
     [SEP]); in a batch it is an empty second sequence (two). Those are tokenized one by one, as vLLM does.
     """
-    prompts = _from_encoding(tokenizer(text=queries, text_pair=documents, **encode_kwargs))
+    encodings = _rust_encodings(tokenizer, list(zip(queries, documents, strict=True)), encode_kwargs, copies)
+    if encodings is not None:
+        prompts = _from_rust(tokenizer, encodings)
+    else:
+        prompts = _from_encoding(tokenizer(text=queries, text_pair=documents, **encode_kwargs))
     for i, (query, document) in enumerate(zip(queries, documents, strict=True)):
         if not (query and document):
             one = tokenizer(text=query, text_pair=document, **encode_kwargs)
@@ -150,9 +194,14 @@ def pair_prompts(tokenizer: Any, queries: list[str], documents: list[str], encod
     return prompts
 
 
-def joined_prompts(tokenizer: Any, queries: list[str], documents: list[str], encode_kwargs: dict) -> list[Prompt]:
+def joined_prompts(
+    tokenizer: Any, queries: list[str], documents: list[str], encode_kwargs: dict, copies: dict | None = None
+) -> list[Prompt]:
     """vLLM's "LLM as reranker" default without a template: query + document as one text."""
-    return _from_encoding(tokenizer([q + d for q, d in zip(queries, documents, strict=True)], **encode_kwargs))
+    texts = [q + d for q, d in zip(queries, documents, strict=True)]
+    if (encodings := _rust_encodings(tokenizer, texts, encode_kwargs, copies)) is not None:
+        return _from_rust(tokenizer, encodings)
+    return _from_encoding(tokenizer(texts, **encode_kwargs))
 
 
 def special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
