@@ -64,7 +64,10 @@ API_CPU, ENGINE_CPU = 0, 1
 # py-spy frames -> stage. First match wins, checked from the innermost frame outwards, so a tokenizer
 # call inside the template path counts as tokenization.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("tokenization", ("tokenizers", "tokenization_utils", "_batch_encode_plus", "_encode_plus", "encode_batch")),
+    (
+        "tokenization",
+        ("tokenizers", "tokenization_utils", "_batch_encode_plus", "_encode_plus", "encode_batch", "_rust_encodings"),
+    ),
     ("template render", ("jinja2", "chat_utils", "apply_chat_template", "safe_apply_chat_template")),
     ("guard", ("rerank_kit/server/guard", "rerank_kit/server/bodycheck", "rerank_kit/server/normalize")),
     ("rerank-kit plugin", ("rerank_kit/server/plugin",)),
