@@ -321,3 +321,13 @@ def test_ids_straight_from_the_rust_tokenizer_are_the_tokenizer_calls_and_a_conf
         assert score_prompts._ids(tokenizer, texts, special) == expected
     finally:
         backend.no_truncation()
+
+
+def test_the_private_truncating_tokenizers_are_bounded(bert):
+    """A client varying truncate_prompt_tokens must not make the server copy its tokenizer without end."""
+    copies: dict = {}
+    for max_length in range(20, 40):
+        kwargs = {"truncation": True, "max_length": max_length, "add_special_tokens": True}
+        [prompt] = score_prompts.pair_prompts(bert, ["a query"], ["a document " * 20], kwargs, copies)
+        assert prompt.token_ids == bert(text="a query", text_pair="a document " * 20, **kwargs)["input_ids"]
+    assert len(copies) == score_prompts.MAX_TOKENIZER_COPIES

@@ -196,7 +196,7 @@ def _piecewise_cross_encoder(base: type) -> type:
             # rendered skeleton per (template, template kwargs); None: not verbatim, build prompts per pair
             self._shapes: dict[tuple[str, str], str | None] = {}
             self._batched_said = False
-            self._truncating: dict[Any, Any] = {}  # (max_length, side) -> a truncating copy of the Rust tokenizer
+            self._truncating: dict[Any, Any] = {}  # prompts._rust_encodings: its Rust tokenizers, one per setting
             if batched and getattr(self, "_executor", None) is not None:
                 self.rerank_kit_render_all = self._render_all
 

@@ -34,6 +34,9 @@ try:
 except ImportError:  # no Hugging Face tokenizers: every call goes through the tokenizer object
     RustTokenizer = None
 
+# Private Rust tokenizers ``_rust_encodings`` keeps per truncation setting (each holds the whole vocabulary).
+MAX_TOKENIZER_COPIES = 4
+
 # Private-use code points: no tokenizer or template ever sees them (texts that contain one are not
 # batched, see ``batchable``).
 PIECE_SEP = "\U000f8a5e"
@@ -142,6 +145,8 @@ def _rust_encodings(tokenizer: Any, inputs: list[Any], encode_kwargs: dict, copi
     side = getattr(tokenizer, "truncation_side", "right")
     if copies is not None:
         if (backend := copies.get((limit, side, split))) is None:
+            if len(copies) >= MAX_TOKENIZER_COPIES:  # a client varying truncate_prompt_tokens: transformers' call
+                return None
             backend = RustTokenizer.from_str(shared.to_str())
             backend.no_padding()
             if limit is None:
