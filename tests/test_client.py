@@ -220,6 +220,43 @@ def test_identical_documents_are_scored_once_and_all_returned():
     assert len({r.relevance_score for r in response.results if r.document == "same"}) == 1
 
 
+@pytest.mark.parametrize(
+    ("model", "whole_lists", "whole"),
+    [
+        ("jinaai/jina-reranker-v3", None, True),  # a listwise recipe: its list as given, in one request
+        ("jinaai/jina-reranker-v3", False, False),  # said otherwise
+        ("/models/my-listwise", True, True),  # a path the table does not know: said by the caller
+        ("BAAI/bge-reranker-base", None, False),  # pairwise: split and deduplicated
+    ],
+)
+def test_a_listwise_models_list_goes_whole_with_its_duplicates(model, whole_lists, whole):
+    fake = FakeVLLM()
+    docs = ["same", "other", "same", *(f"doc {i}" for i in range(5))]
+    with make(fake, model=model, max_docs_per_request=3, whole_lists=whole_lists) as client:
+        response = client.rerank("q", docs, top_n=4)
+    sent = fake.posted()
+    if whole:
+        assert [s["documents"] for s in sent] == [docs] and response.requests == 1
+    else:
+        assert len(sent) == 3 and sorted(d for s in sent for d in s["documents"]) == sorted(set(docs))
+    assert len(response.results) == 4
+
+
+def test_the_async_client_sends_a_listwise_models_list_whole_too():
+    fake = FakeVLLM()
+    docs = ["same", "other", "same", "third"]
+
+    async def run():
+        async with AsyncRerankClient(
+            "http://server:8000", model="jinaai/jina-reranker-v3", max_docs_per_request=2,
+            transport=httpx.MockTransport(fake),
+        ) as client:  # fmt: skip
+            return await client.rerank("q", docs)
+
+    response = asyncio.run(run())
+    assert [s["documents"] for s in fake.posted()] == [docs] and len(response.results) == 4
+
+
 def test_async_chunks_are_sent_concurrently_and_merged_identically():
     fake = FakeVLLM()
     docs = [f"doc {i}" for i in range(45)]

@@ -314,6 +314,30 @@ def test_prompts_are_built_per_request(family_server):
     assert HANDOFF_MESSAGE in log  # and handed to the engine at once: the parity tests above ran through it
 
 
+def test_a_listwise_list_goes_whole_through_the_client(family_server):
+    """A listwise model scores each document against the whole list: the client sends it as given, in one
+    request, duplicates included, and its scores are that request's. Split and deduplicated (the pairwise
+    rule), they are not (the control)."""
+    if family_server.recipe.score_kind != "listwise":
+        pytest.skip("pairwise: splitting a list or scoring a duplicate once changes no score")
+    query, documents = QUERIES[0], [*DOCUMENTS, DOCUMENTS[0]]
+    whole = {r["index"]: r["relevance_score"] for r in _rerank(family_server, query, documents)["results"]}
+
+    def client_scores(whole_lists):
+        with RerankClient(family_server.url, model=family_server.model, max_docs_per_request=2,
+                          whole_lists=whole_lists) as client:  # fmt: skip
+            response = client.rerank(query, documents)
+        return response.requests, {r.index: r.relevance_score for r in response.results}
+
+    requests, scores = client_scores(True)
+    assert requests == 1 and scores.keys() == whole.keys()
+    for i, score in scores.items():
+        assert score == pytest.approx(whole[i], abs=TOLERANCE), i
+    requests, split = client_scores(False)
+    assert requests == 2  # 3 distinct documents, 2 a request
+    assert max(abs(split[i] - whole[i]) for i in whole) > CONTROL_MARGIN
+
+
 # --- negative controls: each comparison above can fail ----------------------------------------------
 
 

@@ -280,9 +280,9 @@ _JINA_V3 = Recipe(
     # The projector and the pooling stay in full precision; vLLM quantizes the Qwen3 decoder's linear layers.
     # No bitsandbytes: JinaForRanking has no packed_modules_mapping (vLLM 0.32).
     quantization=("fp8", "compressed-tensors"),
-    notes="Listwise: scores equal the authors' rerank() for up to 125 documents per request (one block); longer "
-    "lists are split by the client, and each request is scored on its own, where the authors merge the blocks' "
-    "query embeddings.",
+    notes="Listwise: scores equal the authors' rerank() for up to 125 documents per request (one block); the "
+    "client sends a list whole, duplicates included; past 125 documents vLLM scores one block where the authors "
+    "merge the blocks' query embeddings.",
     verified="parity, tiny JinaForRanking + real Qwen tokenizer vs the authors' modeling.py (<= 125 docs)",
 )
 
@@ -485,3 +485,15 @@ def check_instruction(model: str, instruction: str | None, family: str | None = 
     recipe = FAMILIES[family].with_model(model) if family in FAMILIES else RECIPES.get(model)
     if recipe is not None and not recipe.supports_instruction:
         raise InstructionNotSupportedError(instruction_error(f"{model} ({recipe.family})"))
+
+
+def lists_whole(model: str | None) -> bool:
+    """Whether ``model``'s recipe scores a request's documents as one list (listwise), so a client must send a
+    list whole: looked up exactly, like ``check_instruction`` (a local path or ``--served-model-name`` is not
+    known here; ``RerankClient(whole_lists=True)`` says it).
+
+        >>> lists_whole("jinaai/jina-reranker-v3"), lists_whole("BAAI/bge-reranker-base"), lists_whole("my-alias")
+        (True, False, False)
+    """
+    recipe = RECIPES.get(model) if model is not None else None
+    return recipe is not None and recipe.score_kind == "listwise"

@@ -26,6 +26,7 @@ from rerank_kit.client._config import (
 from rerank_kit.client._retry import Call, error_from_response, is_model_missing
 from rerank_kit.client.replicas import Discovery, Replica, Replicas, RetryLoop, Route
 from rerank_kit.errors import APIConnectionError, APIError, APITimeoutError, ConnectionClosedError, NotFoundError
+from rerank_kit.recipes import lists_whole
 
 _Transport = TypeVar("_Transport", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
@@ -139,6 +140,7 @@ class BaseClient(Generic[_Transport]):
         cooldown: float | None = None,
         headers: Mapping[str, str] | None = None,
         transport: _Transport | None = None,
+        whole_lists: bool | None = None,
     ) -> None:
         self._config = resolve_config(
             base_url,
@@ -153,6 +155,7 @@ class BaseClient(Generic[_Transport]):
             max_concurrency=max_concurrency,
             cooldown=cooldown,
             headers=headers,
+            whole_lists=whole_lists,
         )
         self._replicas = Replicas(self._config.base_urls, self._config.cooldown)
         self._rng = random.Random()
@@ -163,6 +166,10 @@ class BaseClient(Generic[_Transport]):
         # plan_rerank with this client's chunk size; a call passes rerank()'s options in order
         self._plan = functools.partial(_core.plan_rerank, max_docs_per_request=self._config.max_docs_per_request)
         self._open(transport)
+
+    def _whole(self, model: str) -> bool:
+        """Whether a rerank for ``model`` goes as one request, duplicates included (a listwise model)."""
+        return self._config.whole_lists if self._config.whole_lists is not None else lists_whole(model)
 
     def _open(self, transport: _Transport | None) -> None:
         raise NotImplementedError

@@ -151,6 +151,7 @@ class ClientConfig:
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     cooldown: float = REPLICA_COOLDOWN
     headers: Mapping[str, str] = field(default_factory=dict)
+    whole_lists: bool | None = None  # None: as the recipe of the model's name says (a listwise model: True)
 
     def request_headers(self) -> dict[str, str]:
         headers = {"User-Agent": "rerank-kit", **self.headers}
@@ -176,6 +177,7 @@ def resolve_config(
     max_concurrency: int | None = None,
     cooldown: float | None = None,
     headers: Mapping[str, str] | None = None,
+    whole_lists: bool | None = None,
 ) -> ClientConfig:
     """Explicit arguments first; each RERANK_KIT_* variable is read only when its argument is None.
 
@@ -214,4 +216,5 @@ def resolve_config(
         max_concurrency=max_concurrency or DEFAULT_MAX_CONCURRENCY,
         cooldown=REPLICA_COOLDOWN if cooldown is None else cooldown,
         headers=dict(headers or {}),
+        whole_lists=whole_lists,
     )

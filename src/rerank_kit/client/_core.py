@@ -119,10 +119,13 @@ def plan_rerank(
     *,
     max_docs_per_request: int = DEFAULT_MAX_DOCS_PER_REQUEST,
     text_key: str = "text",
+    whole: bool = False,
 ) -> RerankPlan:
     """Validate a rerank call and split it into requests. Identical documents are scored once.
 
-    The options after ``documents`` are ``rerank()``'s, in its order.
+    The options after ``documents`` are ``rerank()``'s, in its order. ``whole``: one request with every
+    document as given, duplicates included (a listwise model scores each document against the whole list:
+    splitting it or leaving out a duplicate changes every score).
     """
     if not isinstance(query, str):
         raise InvalidInputError(f"query must be a string, not {type(query).__name__}")
@@ -144,7 +147,7 @@ def plan_rerank(
     texts = _texts(documents, text_key)
     unique: list[str] = texts
     owners: list[list[int]] | None = None
-    if len(set(texts)) < len(texts):
+    if not whole and len(set(texts)) < len(texts):
         first_seen: dict[str, int] = {}
         unique, owners = [], []
         for i, text in enumerate(texts):
@@ -154,7 +157,7 @@ def plan_rerank(
                 unique.append(text)
                 owners.append([])
             owners[slot].append(i)
-    n_chunks = max(1, math.ceil(len(unique) / max_docs_per_request))
+    n_chunks = 1 if whole else max(1, math.ceil(len(unique) / max_docs_per_request))
     size = math.ceil(len(unique) / n_chunks) if unique else 0  # balanced chunks
     chunks = [list(range(start, min(start + size, len(unique)))) for start in range(0, len(unique), size or 1)]
     extra: dict[str, Any] = {}

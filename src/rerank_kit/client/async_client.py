@@ -167,6 +167,11 @@ class AsyncRerankClient(BaseClient[httpx.AsyncBaseTransport]):
         if not plan.unique_texts:
             return _core.empty_rerank(name)
         check_instruction(name, instruction)
+        if self._whole(name):  # a listwise model: the list as given, in one request
+            plan = self._plan(
+                query, documents, top_n, instruction, max_tokens_per_doc, return_documents, max_chunks_per_doc,
+                whole=True,
+            )  # fmt: skip
         limit = asyncio.Semaphore(self._config.max_concurrency)
 
         async def send(chunk: int) -> Any:

@@ -47,6 +47,9 @@ class RerankClient(BaseClient[httpx.BaseTransport]):
     that refuses connections or answers 5xx is skipped for ``cooldown`` seconds. ``timeout`` bounds
     one request, ``deadline`` one call (retries and backoff included). Arguments left out
     come from RERANK_KIT_* variables, then from the defaults in ``rerank_kit.client._config``.
+    ``whole_lists``: send every rerank list as given, in one request, duplicates included (a listwise model,
+    such as jina-reranker-v3, scores each document against the whole list); None: as the recipe table says for
+    the model's name, False: split at ``max_docs_per_request`` and score duplicates once.
 
         client = RerankClient(["http://gpu-1:8000", "http://gpu-2:8000"], api_key="...")
         top = client.rerank(query, documents, top_n=5).results
@@ -193,6 +196,11 @@ class RerankClient(BaseClient[httpx.BaseTransport]):
         if not plan.unique_texts:
             return _core.empty_rerank(name)
         check_instruction(name, instruction)
+        if self._whole(name):  # a listwise model: the list as given, in one request
+            plan = self._plan(
+                query, documents, top_n, instruction, max_tokens_per_doc, return_documents, max_chunks_per_doc,
+                whole=True,
+            )  # fmt: skip
 
         def send(chunk: int) -> Any:
             return self._post(RERANK_PATH, plan.payload(chunk, name), route, call)
