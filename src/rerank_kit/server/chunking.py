@@ -249,6 +249,11 @@ class Chunker:
         """A lower bound of the document tokens that fit beside ``query``, without tokenizing it: the window
         beside a one-byte query (computed once per template kwargs), less a token per UTF-8 byte of ``query``
         and ``QUERY_SLACK``. None when not computed yet and ``compute`` is false."""
+        base = self._base(kwargs, compute)
+        return None if base is None else base - len(query.encode()) - QUERY_SLACK
+
+    def _base(self, kwargs: dict[str, Any] | None, compute: bool = True) -> int | None:
+        """The window beside a one-byte query for these template kwargs (``floor``), cached."""
         key = repr(sorted(kwargs.items())) if kwargs else ""
         if (base := self._floors.get(key)) is None:
             if not compute:
@@ -257,16 +262,19 @@ class Chunker:
             if len(self._floors) >= 256:
                 self._floors.clear()
             self._floors[key] = base
-        return base - len(query.encode()) - QUERY_SLACK
+        return base
 
     def fits_as_sent(self, queries: list[Any], documents: list[Any], kwargs: dict[str, Any] | None) -> bool:
         """True when every document surely fits beside its query whole (``floor``) with the template kwargs'
         window known: nothing to tokenize, so the caller need not leave the event loop. False: ask ``cuts``."""
+        base = self._base(kwargs, compute=False)
         for query, document in zip(queries, documents, strict=True):
             if not isinstance(document, str) or not isinstance(query, str):
                 continue
-            floor = self.floor(query, kwargs, compute=False)
-            if floor is None or floor <= MARGIN or len(document.encode()) >= floor:
+            if base is None:
+                return False
+            floor = base - len(query.encode()) - QUERY_SLACK
+            if floor <= MARGIN or len(document.encode()) >= floor:
                 return False
         return True
 
@@ -298,6 +306,7 @@ class Chunker:
         if max_chunks <= 1 and not strict:
             return cuts  # truncation, as without chunking: nothing to tokenize here
         todo: list[tuple[int, int]] = []  # (document index, what fits)
+        base: int | None = None  # the kwargs' window beside a one-byte query (``floor``), looked up once
         for i, (query, document) in enumerate(zip(queries, documents, strict=True)):
             if not isinstance(document, str) or not isinstance(query, str):
                 continue  # multimodal content: vLLM's own rules
@@ -305,7 +314,9 @@ class Chunker:
             # fewer bytes than fit cannot be too long, and is not tokenized here. Most documents are far shorter
             # than the window: the floor says so without rendering this query's prompt.
             size = len(document.encode())
-            if (floor := self.floor(query, kwargs)) > MARGIN and size < floor:
+            if base is None:
+                base = self._base(kwargs)
+            if (floor := base - len(query.encode()) - QUERY_SLACK) > MARGIN and size < floor:
                 continue
             if query not in fits:
                 fits[query] = self.window_of(query, kwargs)
