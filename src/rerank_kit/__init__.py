@@ -31,6 +31,7 @@ _ERRORS = (
 _WHERE = {
     "AsyncRerankClient": "rerank_kit.client",
     "RerankClient": "rerank_kit.client",
+    "ImageDocument": "rerank_kit.client",
     **dict.fromkeys(_ERRORS, "rerank_kit.errors"),
     **dict.fromkeys(("FAMILIES", "RECIPES", "Recipe", "get_recipe"), "rerank_kit.recipes"),
     **dict.fromkeys(("HealthStatus", "RerankResponse", "RerankResult", "ScoreResponse", "Usage"), "rerank_kit.types"),
@@ -50,6 +51,7 @@ __all__ = [
     "ConnectionClosedError",
     "DocumentsTruncatedWarning",
     "HealthStatus",
+    "ImageDocument",
     "InstructionNotSupportedError",
     "InternalServerError",
     "InvalidInputError",
@@ -72,7 +74,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from rerank_kit.client import AsyncRerankClient, RerankClient
+    from rerank_kit.client import AsyncRerankClient, ImageDocument, RerankClient
     from rerank_kit.errors import (
         APIConnectionError,
         APIError,

@@ -80,6 +80,9 @@ DEFAULT_MAX_DOCUMENTS = 1000
 DEFAULT_MAX_DOCUMENT_CHARS = 200_000
 DEFAULT_MAX_BODY_MB = 32
 DEFAULT_MAX_BODY_BYTES = DEFAULT_MAX_BODY_MB << 20
+# As many images as the client's default documents per request; 20 MB is a 20-megapixel JPEG.
+DEFAULT_MAX_IMAGES = 100
+DEFAULT_MAX_IMAGE_BYTES = 20 << 20
 # Windows scored per long document unless a request says otherwise (server.chunking; bench/RESULTS.md section 10).
 DEFAULT_MAX_CHUNKS_PER_DOC = 8
 # Limits field -> the environment variable that carries it from the launcher to the server.
@@ -91,6 +94,9 @@ _LIMIT_ENV_NAMES = {
     "max_in_flight": "RERANK_KIT_MAX_IN_FLIGHT",
     "max_chunks_per_doc": "RERANK_KIT_MAX_CHUNKS_PER_DOC",
     "chunk_overlap_percent": "RERANK_KIT_CHUNK_OVERLAP_PERCENT",
+    "max_images": "RERANK_KIT_MAX_IMAGES",
+    "max_image_bytes": "RERANK_KIT_MAX_IMAGE_BYTES",
+    "max_images_per_text": "RERANK_KIT_MAX_IMAGES_PER_TEXT",
 }
 
 
@@ -116,6 +122,12 @@ class Limits:
     max_chunks_per_doc: int = DEFAULT_MAX_CHUNKS_PER_DOC
     # Percent of a window shared with the next one (server.chunking.OVERLAP_PERCENT; set only to measure others).
     chunk_overlap_percent: int = 12
+    # Images in one request (all fields), and decoded bytes per image sent inline (a data: URL); vLLM fetches an
+    # http(s) image with the same cap (the launcher sets VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB from it).
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    # Images one query or one document may carry (the recipe's, for a model that reads one per side); 0: any.
+    max_images_per_text: int = 0
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that carry these settings; a default is left out (readers fall back to it)."""

@@ -77,6 +77,13 @@ class Recipe:
     # Decoder rerankers score N documents behind one shared prompt prefix (system prompt + query):
     # caching that prefix skips recomputing it per document. Encoders cannot use it (bidirectional).
     enable_prefix_caching: bool | None = None
+    # Vision rerankers: documents may be images (the client's ImageDocument). vLLM's vision models import
+    # torchvision; `serve` refuses the family where it cannot be imported.
+    images: bool = False
+    # --mm-processor-kwargs: the image sizes the authors' reference resizes to (so the served pixels are theirs).
+    mm_processor_kwargs: Mapping[str, object] | None = None
+    # Images one query or one document may carry (the guard's 413 past it); None: no limit of the model's.
+    max_images_per_text: int | None = None
     # An installed Python package whose directory holds the weights ("package:subdir"): served
     # from there with no model-hub access, under the hub id as --served-model-name.
     local_package: str | None = None
@@ -112,6 +119,7 @@ class Recipe:
         data: dict[str, object] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["hf_overrides"] = dict(self.hf_overrides)
         data["pooler_config"] = dict(self.pooler_config) if self.pooler_config else None
+        data["mm_processor_kwargs"] = dict(self.mm_processor_kwargs) if self.mm_processor_kwargs else None
         data["template_path"] = str(self.template_path()) if self.template else None
         data["piecewise"] = self.piecewise
         return data
@@ -304,6 +312,29 @@ _NEMOTRON = Recipe(
     verified="parity, tiny bidirectional Llama vs the model card's recipe",
 )
 
+_JINA_M0 = Recipe(
+    family="jina-reranker-m0",
+    model_id="",
+    description="jina-reranker-m0: Qwen2-VL cross-encoder for text and image documents; "
+    "'**Document**:\\n{doc}\\n**Query**:\\n{query}' + token 100, MLP head on that last token",
+    architecture="JinaVLForRanking",
+    score_kind="cross-encoder",
+    # vLLM builds the prompt itself (JinaVLForSequenceClassification.get_score_template, the score token appended).
+    max_model_len=10240,
+    images=True,
+    # The authors' compute_score: AutoProcessor(min_pixels=3136, max_pixels=602112), i.e. 4 to 768 image tokens.
+    mm_processor_kwargs=_frozen({"min_pixels": 3136, "max_pixels": 602112}),
+    # vLLM pairs a query's and a document's images in reverse order (the template is document-first): right for
+    # one image per side only (vLLM 0.32 jina_vl.py).
+    max_images_per_text=1,
+    # The vision tower and the head stay in full precision; vLLM quantizes the Qwen2 decoder's linear layers.
+    quantization=("fp8", "compressed-tensors"),
+    notes="vLLM's score is sigmoid(logit - 2.65), the authors' compute_score. Images need torchvision beside "
+    "torch (tests/compat_env.sh with COMPAT_IMAGES=1 builds such an environment on a CPU machine).",
+    verified="parity, tiny Qwen2-VL + real Qwen tokenizer vs the authors' compute_score recipe (transformers "
+    "Qwen2-VL), text and image documents",
+)
+
 # Two families the installed vLLM cannot serve right: `serve`/`up`/`cmd` refuse them, with the reason and the
 # vLLM issue (rerank_kit.launcher.vllm.REFUSED_FAMILIES). The recipes say how they would be served once it can.
 _COLBERT = Recipe(
@@ -358,6 +389,7 @@ FAMILIES: Mapping[str, Recipe] = MappingProxyType(
             _MODERNBERT,
             _BERT_CROSS_ENCODER,
             _JINA_V3,
+            _JINA_M0,
             _NEMOTRON,
             _COLBERT,
             _DEBERTA_V3,
@@ -394,6 +426,7 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType(
             _model(_BERT_CROSS_ENCODER, "cross-encoder/ms-marco-MiniLM-L-6-v2"),
             _model(_BERT_CROSS_ENCODER, "cross-encoder/ms-marco-MiniLM-L-12-v2"),
             _model(_JINA_V3, "jinaai/jina-reranker-v3"),
+            _model(_JINA_M0, "jinaai/jina-reranker-m0"),
             _model(_NEMOTRON, "nvidia/llama-nemotron-rerank-1b-v2"),
             _model(_COLBERT, "answerdotai/answerai-colbert-small-v1"),
             _model(_COLBERT, "jinaai/jina-colbert-v2", max_model_len=8192, trust_remote_code=True),

@@ -3,6 +3,8 @@
 - ``random``: deterministic synthetic text (seeded) with controlled lengths, in words drawn from a
   list of common English words that are one token each in BERT, XLM-R and Qwen vocabularies, so a
   document of L words is about L tokens. The report states the measured tokens per pair.
+- ``images``: for vision rerankers (jina-reranker-m0), seeded synthetic images (shapes on a coloured ground, PNG,
+  ``side`` x ``side`` pixels) as documents, a random text query; the model resizes each to its own pixel budget.
 - a JSON/JSONL file of ``{query, documents}`` cases (see rerank_kit.client.files).
 - BEIR datasets: queries with first-stage (BM25) candidates and, when qrels exist, judgments, so
   the benchmark can also report retrieval quality. ``build_beir_workload`` writes them as JSONL.
@@ -43,7 +45,7 @@ class Case:
     """One request: a query and its candidate documents (with ids and first-stage scores for BEIR)."""
 
     query: str
-    documents: list[str]
+    documents: list[Any]  # texts, or ImageDocuments (the images workload)
     qid: str | None = None
     doc_ids: list[str] | None = None
     first_stage: list[float] | None = None
@@ -86,6 +88,48 @@ def random_workload(
         params={
             "docs_per_request": docs_per_request,
             "doc_tokens": doc_tokens,
+            "query_tokens": query_tokens,
+            "seed": seed,
+            "cases": cases,
+        },
+    )
+
+
+def image_workload(
+    cases: int = 16, docs_per_request: int = 16, side: int = 448, query_tokens: int = 6, seed: int = 0
+) -> Workload:
+    """``cases`` requests of ``docs_per_request`` distinct images each (four seeded ellipses and rectangles on a
+    coloured ground, ``side`` pixels square, sent inline as PNG), for vision rerankers."""
+    from PIL import Image, ImageDraw
+
+    from rerank_kit.client.images import ImageDocument
+
+    if min(cases, docs_per_request, side, query_tokens) < 1:
+        raise ConfigError("image workload sizes must all be >= 1")
+    rng = random.Random(seed)
+
+    def colour() -> tuple[int, int, int]:
+        return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+    def image() -> ImageDocument:
+        canvas = Image.new("RGB", (side, side), colour())
+        draw = ImageDraw.Draw(canvas)
+        for shape in range(4):
+            x0, y0 = rng.randrange(side // 2), rng.randrange(side // 2)
+            box = (x0, y0, x0 + rng.randrange(8, side // 2), y0 + rng.randrange(8, side // 2))
+            (draw.ellipse if shape % 2 else draw.rectangle)(box, fill=colour())
+        return ImageDocument.of(canvas)
+
+    built = [
+        Case(query=_text(rng, query_tokens), documents=[image() for _ in range(docs_per_request)]) for _ in range(cases)
+    ]
+    return Workload(
+        name="images",
+        cases=built,
+        description=f"{docs_per_request} images of {side}x{side} px, query ~{query_tokens} tokens, seed {seed}",
+        params={
+            "docs_per_request": docs_per_request,
+            "side": side,
             "query_tokens": query_tokens,
             "seed": seed,
             "cases": cases,
@@ -231,13 +275,20 @@ def write_workload(workload: Workload, out: str | Path) -> Path:
 def load_workload(
     spec: str, *, docs_per_request: int = 100, doc_tokens: int = 120, cases: int = 64, seed: int = 0
 ) -> Workload:
-    """``random``, ``beir:DIR_OR_NAME`` or a path to a JSON/JSONL file."""
+    """``random``, ``images`` (``images:SIDE`` for SIDE-pixel images), ``beir:DIR_OR_NAME`` or a path to a JSON/JSONL
+    file."""
     if spec == "random":
         return random_workload(cases=cases, docs_per_request=docs_per_request, doc_tokens=doc_tokens, seed=seed)
+    if spec == "images" or spec.startswith("images:"):
+        side = spec.partition(":")[2] or "448"
+        if not side.isdigit():
+            raise ConfigError(f"workload {spec!r}: images or images:SIDE, SIDE the images' width in pixels (448)")
+        return image_workload(cases=cases, docs_per_request=docs_per_request, side=int(side), seed=seed)
     if spec.startswith("beir:"):
         return build_beir_workload(spec.removeprefix("beir:"), top_k=docs_per_request)
     if not Path(spec).exists():
         raise ConfigError(
-            f"workload {spec!r}: use 'random', 'beir:DIR' (or beir:NAME to download), or a JSON/JSONL file"
+            f"workload {spec!r}: use 'random', 'images[:SIDE]' (vision rerankers), 'beir:DIR' (or beir:NAME to "
+            "download), or a JSON/JSONL file"
         )
     return file_workload(spec, docs_per_request=None)

@@ -37,7 +37,11 @@ def bench(
     ] = None,
     rate: Annotated[float | None, typer.Option(help="Open loop: Poisson arrivals at this many requests/s.")] = None,
     workload: Annotated[
-        str, typer.Option(help="random, a JSON/JSONL file of {query, documents}, or beir:DIR (beir:NAME downloads).")
+        str,
+        typer.Option(
+            help="random, images[:SIDE] (synthetic SIDE-pixel images for vision rerankers, default 448), a JSON/JSONL "
+            "file of {query, documents}, or beir:DIR (beir:NAME downloads)."
+        ),
     ] = "random",
     docs_per_request: Annotated[
         int, typer.Option("--docs-per-request", help="Documents per request (random; top-k for beir:).")

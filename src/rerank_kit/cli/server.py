@@ -22,6 +22,8 @@ from rerank_kit._contract import (
     DEFAULT_MAX_CHUNKS_PER_DOC,
     DEFAULT_MAX_DOCUMENT_CHARS,
     DEFAULT_MAX_DOCUMENTS,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGES,
     RERANK_PATH,
     URL_ENV,
     VLLM_API_KEY_ENV,
@@ -165,6 +167,20 @@ def server(
         float | None,
         typer.Option("--max-body-mb", help=f"Request body size limit in MiB (default {DEFAULT_MAX_BODY_BYTES >> 20})."),
     ] = None,
+    max_images: Annotated[
+        int | None,
+        typer.Option(
+            "--max-images",
+            help=f"Images per request, for vision rerankers (default {DEFAULT_MAX_IMAGES}; more is HTTP 413).",
+        ),
+    ] = None,
+    max_image_mb: Annotated[
+        float | None,
+        typer.Option(
+            "--max-image-mb",
+            help=f"Size limit per image in MiB, inline or fetched by URL (default {DEFAULT_MAX_IMAGE_BYTES >> 20}).",
+        ),
+    ] = None,
     max_in_flight: Annotated[
         int | None,
         typer.Option(
@@ -241,6 +257,8 @@ def server(
         max_documents=max_documents,
         max_document_chars=max_document_chars,
         max_body_mb=max_body_mb,
+        max_images=max_images,
+        max_image_mb=max_image_mb,
         max_in_flight=max_in_flight,
         max_chunks_per_doc=max_chunks_per_doc,
         insecure=insecure,

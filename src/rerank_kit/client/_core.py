@@ -24,6 +24,7 @@ import orjson
 import pydantic
 
 from rerank_kit.client._config import CHUNKS_HEADER, DEFAULT_MAX_DOCS_PER_REQUEST, MODELS_PATH, VERSION_PATH
+from rerank_kit.client.images import ImageDocument, is_image
 from rerank_kit.errors import APIError, DocumentsTruncatedWarning, InvalidInputError
 from rerank_kit.types import (
     HealthStatus,
@@ -72,19 +73,28 @@ def decode_json(content: bytes, url: str) -> Any:
 # --- documents --------------------------------------------------------------------------------------
 
 
-def _texts(documents: Sequence[Any], text_key: str) -> list[str]:
+def _texts(documents: Sequence[Any], text_key: str) -> list[Any]:
+    """Each document as sent: its text, or an image's wire form (``client.images``)."""
     if all(type(doc) is str for doc in documents):  # the common case, without a call per document
         return list(documents)
-    texts = []
+    texts: list[Any] = []
     for i, doc in enumerate(documents):
+        if is_image(doc):
+            texts.append(ImageDocument.of(doc).wire())
+            continue
         try:
             texts.append(document_text(doc, text_key))
         except TypeError as exc:
             raise InvalidInputError(
-                f"document {i} is {exc}: pass a string, a dict with a {text_key!r} string, "
-                "or an object with a .text or .page_content string"
+                f"document {i} is {exc}: pass a string, a dict with a {text_key!r} string, an object with a .text "
+                "or .page_content string, or an image (pathlib.Path, bytes, a PIL image, ImageDocument)"
             ) from None
     return texts
+
+
+def _key(document: Any) -> Any:
+    """What makes two documents as sent the same (an image's wire form is a dict: its URL)."""
+    return document if type(document) is str else document["content"][0]["image_url"]["url"]
 
 
 # --- rerank: prepare, chunk, merge ----------------------------------------------------------------------
@@ -96,7 +106,7 @@ class RerankPlan:
 
     query: str
     documents: Sequence[Any]
-    unique_texts: list[str]
+    unique_texts: list[Any]  # a text, or an image's wire form
     owners: list[list[int]] | None  # unique text index -> indices in the caller's list; None: no duplicates
     chunks: list[list[int]]  # each chunk: unique text indices, in order
     top_n: int | None
@@ -132,7 +142,9 @@ def plan_rerank(
     if not query.strip():
         raise InvalidInputError("query is empty: pass the question to rank the documents against")
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
-        raise InvalidInputError("documents must be a list (of strings, dicts with 'text', or objects with .text)")
+        raise InvalidInputError(
+            "documents must be a list (of strings, dicts with 'text', objects with .text, or images)"
+        )
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
         raise InvalidInputError(f"top_n must be an integer >= 1 (or None for all results), not {top_n!r}")
     if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
@@ -145,15 +157,16 @@ def plan_rerank(
     if instruction is not None and not instruction.strip():
         raise InvalidInputError("instruction is empty: pass None or a task description")
     texts = _texts(documents, text_key)
-    unique: list[str] = texts
+    keys = texts if all(type(t) is str for t in texts) else [_key(t) for t in texts]
+    unique: list[Any] = texts
     owners: list[list[int]] | None = None
-    if not whole and len(set(texts)) < len(texts):
-        first_seen: dict[str, int] = {}
+    if not whole and len(set(keys)) < len(keys):
+        first_seen: dict[Any, int] = {}
         unique, owners = [], []
-        for i, text in enumerate(texts):
-            slot = first_seen.get(text)
+        for i, (text, key) in enumerate(zip(texts, keys, strict=True)):
+            slot = first_seen.get(key)
             if slot is None:
-                first_seen[text] = slot = len(unique)
+                first_seen[key] = slot = len(unique)
                 unique.append(text)
                 owners.append([])
             owners[slot].append(i)

@@ -197,6 +197,12 @@ def build_command(
         args += ["--trust-remote-code"]
     if recipe.pooler_config:
         args += ["--pooler-config", json.dumps(dict(recipe.pooler_config), separators=(",", ":"))]
+    if recipe.mm_processor_kwargs:
+        args += ["--mm-processor-kwargs", json.dumps(dict(recipe.mm_processor_kwargs), separators=(",", ":"))]
+    if recipe.images:
+        # One pair is one query and one document; no video (vLLM then skips profiling video inputs at start-up).
+        per_pair = 2 * recipe.max_images_per_text if recipe.max_images_per_text else 999
+        args += ["--limit-mm-per-prompt", json.dumps({"image": per_pair, "video": 0}, separators=(",", ":"))]
     max_len = options.max_model_len or cap_to_model(recipe.max_model_len, model_path)
     if max_len:
         args += ["--max-model-len", str(max_len)]
@@ -272,6 +278,8 @@ def build_command(
     if key is not None:
         env[VLLM_API_KEY_ENV] = key
     limits = options.limits()
+    if recipe.max_images_per_text and not limits.max_images_per_text:
+        limits = dataclasses.replace(limits, max_images_per_text=recipe.max_images_per_text)
     admission = machine_mod.max_in_flight_choice(machine, gpu=gpu, asked=options.max_in_flight)
     if admission is not None:
         # Printed with the other choices; it reaches the guard through Limits, not argv.
@@ -280,6 +288,9 @@ def build_command(
     asked_chunks = options.max_chunks_per_doc is not None
     choices = [*choices, machine_mod.chunks_choice(limits.max_chunks_per_doc, asked=asked_chunks)]
     env.update(limits.to_env())  # read by the guard and the vLLM plugin in the server (rerank_kit.server)
+    if recipe.images and features.media_download_cap:
+        # An http(s) image vLLM fetches meets the guard's cap on an inline one (whole MB, rounded up).
+        env["VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB"] = str(-(-limits.max_image_bytes // (1 << 20)))
     # the plugin acts only where asked, and refuses to start a piecewise recipe it cannot serve right
     env[PLUGIN_ENV] = PLUGIN_PIECEWISE if recipe.hf_overrides.get(PIECEWISE_KEY) else PLUGIN_ON
 

@@ -20,7 +20,7 @@ from rerank_kit.errors import ConfigError
 from rerank_kit.launcher import machine as machine_mod
 from rerank_kit.launcher.command import Command, ServeOptions, build_command, use_gpu
 from rerank_kit.launcher.machine import Machine
-from rerank_kit.launcher.vllm import DEFAULT_VLLM_VERSION, family_note, support_note, vllm_version
+from rerank_kit.launcher.vllm import DEFAULT_VLLM_VERSION, check_images, family_note, support_note, vllm_version
 from rerank_kit.recipes import Recipe, default_model, get_recipe
 
 
@@ -171,6 +171,9 @@ def commands_for(
     # A family no release serves right is refused even when the command is only printed (for the default release).
     family_notes = [family_note(r.family, version or DEFAULT_VLLM_VERSION, what=r.model_id) for r in recipes]
     notes = [family or note for note, family in zip(notes, family_notes, strict=True)]
+    for r in recipes:
+        if r.images and version is not None:  # where vLLM runs here: the server would die loading the model
+            check_images(r.family, r.model_id)
     commands = model_commands(recipes, options, replicas, vllm_version=version, machine=host)
     return [
         dataclasses.replace(c, notes=(note,)) if (note := notes[i // replicas]) else c for i, c in enumerate(commands)

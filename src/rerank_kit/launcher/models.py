@@ -46,13 +46,16 @@ def resolve_model_path(recipe: Recipe) -> str:
 
 
 def model_position_limit(model_path: str) -> int | None:
-    """The longest sequence a local model's config allows (RoBERTa-style configs reserve 2 positions)."""
+    """The longest sequence a local model's config allows (RoBERTa-style configs reserve 2 positions; a vision
+    model's is its language model's, ``text_config``)."""
     config_file = Path(model_path) / "config.json"
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError):
         return None
     limit = config.get("max_position_embeddings")
+    if limit is None and isinstance(text := config.get("text_config"), dict):
+        limit = text.get("max_position_embeddings")
     if not isinstance(limit, int):
         return None
     if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") and limit > 2:

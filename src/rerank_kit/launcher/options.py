@@ -73,6 +73,8 @@ class ServeOptions:
     max_documents: int | None = None
     max_document_chars: int | None = None
     max_body_mb: float | None = None
+    max_images: int | None = None
+    max_image_mb: float | None = None
     # Requests in flight per API server process before the guard answers 429 (None: chosen for the
     # machine by machine.max_in_flight_choice; 0: unbounded).
     max_in_flight: int | None = None
@@ -122,6 +124,8 @@ class ServeOptions:
             "max_documents": self.max_documents,
             "max_document_chars": self.max_document_chars,
             "max_body_bytes": int(self.max_body_mb * (1 << 20)) if self.max_body_mb else None,
+            "max_images": self.max_images,
+            "max_image_bytes": int(self.max_image_mb * (1 << 20)) if self.max_image_mb else None,
             "max_in_flight": self.max_in_flight,
             "max_chunks_per_doc": self.max_chunks_per_doc,
         }

@@ -19,6 +19,10 @@ Used by `rerank-kit verify` and the parity tests. Each family follows its publis
 - llama-nemotron-rerank: the model card's transformers recipe (NVIDIA's bidirectional Llama):
   tok("question:q \\n \\n passage:p") with its BOS, attention without the causal mask, the mean of the last
   hidden states, score = the 1-label head's logit.
+- jina-reranker-m0: the authors' modeling.py (``JinaVLForRanking.compute_score``, one pair per call):
+  "**Document**:\\n{doc}\\n**Query**:\\n{query}" (an image side is ``<|vision_start|><|image_pad|><|vision_end|>``)
+  through the Qwen2-VL processor (min_pixels=3136, max_pixels=602112), token 100 appended, the MLP head on the
+  last hidden state of that token, score = sigmoid(head - 2.65). A document may be a PIL image.
 - cross-encoders (BERT, XLM-R, ModernBERT, GTE): sentence-transformers ``CrossEncoder.predict``.
 - embedding models: cosine of sentence-transformers' own pooled, normalised embeddings.
 
@@ -74,6 +78,10 @@ JINA_V3_PREFIX = (
 JINA_V3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 JINA_V3_DOC_TOKEN, JINA_V3_QUERY_TOKEN = "<|embed_token|>", "<|rerank_token|>"
 JINA_V3_DOC_ID, JINA_V3_QUERY_ID = 151670, 151671
+# jina-reranker-m0 (modeling.py): the image placeholder, the score token appended to every prompt, the logit bias.
+JINA_M0_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+JINA_M0_SCORE_ID, JINA_M0_LOGIT_BIAS = 100, 2.65
+JINA_M0_PIXELS = {"min_pixels": 3136, "max_pixels": 602112}
 
 
 def jina_v3_prompt(query: str, documents: Sequence[str], instruction: str | None = None) -> str:
@@ -94,6 +102,11 @@ def jina_v3_prompt(query: str, documents: Sequence[str], instruction: str | None
     passages = [f'<passage id="{i}">\n{clean(d)}{JINA_V3_DOC_TOKEN}\n</passage>' for i, d in enumerate(documents)]
     prompt += "\n".join(passages) + "\n" + f"<query>\n{query}{JINA_V3_QUERY_TOKEN}\n</query>"
     return JINA_V3_PREFIX + prompt + JINA_V3_SUFFIX
+
+
+def jina_m0_prompt(query: str, document: str) -> str:
+    """modeling.py's ``formatting_prompts_func``: the document first (an image side is ``JINA_M0_IMAGE``)."""
+    return f"**Document**:\n{document}\n**Query**:\n{query}"
 
 
 def nemotron_prompt(query: str, document: str) -> str:
@@ -129,6 +142,10 @@ class Reference:
         if self.family == "nemotron-rerank":
             self._tokenizer, self._model = AutoTokenizer.from_pretrained(self.path), _load_nemotron(self.path)
             return
+        if self.family == "jina-reranker-m0":
+            self._model = _load_jina_m0(self.path)
+            self._tokenizer = self._model[0].tokenizer
+            return
         if self.score_kind in ("cross-encoder", "cosine"):
             return  # sentence-transformers loads its own
         self._tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -152,11 +169,13 @@ class Reference:
 
     # --- token ids (the prompt the reference feeds the model) -------------------------------------
 
-    def token_ids(self, query: str, document: str, instruction: str | None = None) -> list[int]:
+    def token_ids(self, query: str, document: str, instruction: str | None = None) -> list[int]:  # noqa: PLR0911
         """The exact token ids the reference implementation scores for one pair."""
         tok = self._load_tokenizer()
         if self.family == "jina-reranker-v3":
             return list(tok(jina_v3_prompt(query, [document], instruction))["input_ids"])
+        if self.family == "jina-reranker-m0":
+            return [*self._ids(jina_m0_prompt(query, document)), JINA_M0_SCORE_ID]
         if self.family == "nemotron-rerank":
             return list(tok(nemotron_prompt(query, document))["input_ids"])
         if self.score_kind == "cross-encoder":
@@ -195,6 +214,8 @@ class Reference:
             return self._listwise_scores(pairs, instruction)
         if self.family == "nemotron-rerank":
             return self._nemotron_scores(pairs)
+        if self.family == "jina-reranker-m0":
+            return self._jina_m0_scores(pairs)
         if self.score_kind == "cross-encoder":
             return self._cross_encoder_scores(pairs)
         if self.score_kind == "cosine":
@@ -260,6 +281,28 @@ class Reference:
             ids = torch.tensor([self.token_ids(query, document)])
             with torch.no_grad():
                 out.append(float(self._model(ids)))
+        return out
+
+    def _jina_m0_scores(self, pairs: Sequence[tuple[str, Any]]) -> list[float]:
+        """modeling.py's compute_score for one pair at a time; raw = the head's logit less 2.65 (vLLM's score with
+        use_activation=false). A document that is not a string is an image (PIL)."""
+        import torch
+
+        self._load()
+        processor, model, head = self._model
+        out = []
+        for query, document in pairs:
+            image = not isinstance(document, str)
+            text = jina_m0_prompt(query, JINA_M0_IMAGE if image else document)
+            batch = processor(text=[text], images=[document] if image else None, return_tensors="pt", padding=True)
+            batch["input_ids"] = torch.cat([batch["input_ids"], torch.tensor([[JINA_M0_SCORE_ID]])], dim=1)
+            batch["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones((1, 1), dtype=torch.long)], 1)
+            if "mm_token_type_ids" in batch:
+                types = batch["mm_token_type_ids"]
+                batch["mm_token_type_ids"] = torch.cat([types, torch.zeros((1, 1), dtype=types.dtype)], dim=1)
+            with torch.no_grad():
+                hidden = model(**batch, use_cache=False, output_hidden_states=True).hidden_states[-1]
+                out.append(float(head(hidden[:, -1]).squeeze(-1)[0]) - JINA_M0_LOGIT_BIAS)
         return out
 
     def _cross_encoder_scores(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -340,6 +383,22 @@ def _load_nemotron(path: str) -> Any:
         return model.score(pooled)[0, 0]
 
     return score
+
+
+def _load_jina_m0(path: str) -> tuple[Any, Any, Any]:
+    """modeling.py's JinaVLForRanking as (processor, Qwen2-VL with an identity lm_head, the score MLP); the
+    checkpoint's original names (``model.``, ``visual.``) mapped to transformers 5's."""
+    import torch
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    mapping = {r"^visual\.": "model.visual.", r"^model\.(?!visual\.|language_model\.)": "model.language_model."}
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32, key_mapping=mapping).eval()
+    model.lm_head = torch.nn.Identity()
+    weights = _safetensors(path, "score.")
+    hidden = weights["0.weight"].shape[1]
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    head.load_state_dict(weights)
+    return AutoProcessor.from_pretrained(path, **JINA_M0_PIXELS), model, head.float().eval()
 
 
 def load_reference(family: str, path: str, score_kind: str | None = None) -> Reference:

@@ -87,6 +87,8 @@ class VllmFeatures:
     bitsandbytes: bool = False
     # The CPU platform has FP8 GEMMs (torch._scaled_mm) from 0.15; before, only INT8 (oneDNN).
     cpu_fp8: bool = True
+    # VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB (a cap on each image vLLM fetches) from 0.29.
+    media_download_cap: bool = True
 
     @classmethod
     def for_version(cls, version: str | None) -> VllmFeatures:
@@ -101,6 +103,7 @@ class VllmFeatures:
             online_fp8="fp8_per_tensor" if v >= (0, 20, 0) else "fp8",
             bitsandbytes=v < (0, 28, 0),
             cpu_fp8=v >= (0, 15, 0),
+            media_download_cap=v >= (0, 29, 0),
         )
 
 
@@ -155,6 +158,25 @@ def family_note(family: str, version: str, *, what: str) -> str | None:
         f"vLLM {version} is newer than {refusal.through}, the newest release checked for {family}, which served it "
         f"wrong ({refusal.issue}): check its scores with `rerank-kit verify` before relying on them"
     )
+
+
+def check_images(family: str, what: str) -> None:
+    """Refuse to serve a vision reranker (``Recipe.images``) where torchvision does not import: vLLM's vision models
+    and transformers' image processors import it, so the server would die while loading the model."""
+    from rerank_kit.errors import ConfigError
+
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # ImportError, or a CUDA build's RuntimeError ("operator torchvision::nms does not exist")
+        torch = "the installed torch"
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            torch = f"torch {metadata.version('torch')}"
+        raise ConfigError(
+            f"{what} ({family}) reads images through torchvision, which does not import here ({type(exc).__name__}: "
+            f"{str(exc)[:160]}). Install the torchvision built for {torch}: for a CPU torch (+cpu) from PyTorch's "
+            "index (pip install torchvision --index-url https://download.pytorch.org/whl/cpu); PyPI's torchvision "
+            "is a CUDA build that loads only beside PyPI's torch (tests/compat_env.sh, COMPAT_IMAGES=1)"
+        ) from None
 
 
 def upgrade_command(minimum: str, *, gpu: bool) -> str:

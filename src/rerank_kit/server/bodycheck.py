@@ -81,6 +81,8 @@ def check_body(raw: bytes, limits: Limits, content_type: str | None = "applicati
     if not isinstance(body, dict):
         raise RejectedRequest(400, "the request body must be a JSON object", "BadRequestError")
     _TextCheck(limits, raw).body(body)
+    if b"image_" in raw:  # an image part's type (image_url, image_embeds) names it: no image without these bytes
+        check_images(body, limits)
     return body
 
 
@@ -162,6 +164,66 @@ class _TextCheck:
             "RequestTooLargeError",
             field,
         )
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+# Where vLLM's scoring requests carry queries and documents; each is a string or {"content": [parts]}
+# (vLLM's ScoreMultiModalParam), an image part {"type": "image_url", "image_url": {"url": ...}} or image_embeds.
+_IMAGE_FIELDS = ("query", "queries", "documents", "data_1", "data_2", "text_1", "text_2")
+_IMAGE_PARTS = frozenset({"image_url", "image_embeds"})
+
+
+def check_images(body: dict[str, Any], limits: Limits) -> None:
+    """Raise RejectedRequest (413) for a scoring request with more images than ``limits.max_images``, a query or
+    document with more than ``limits.max_images_per_text``, or an inline (data: URL) image over
+    ``limits.max_image_bytes`` once decoded; each message names which and where."""
+    total = 0
+    for field in _IMAGE_FIELDS:
+        value = body.get(field)
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(parts := item.get("content"), list):
+                continue
+            where = f"{field}[{index}]" if isinstance(value, list) else field
+            images = [p for p in parts if isinstance(p, dict) and p.get("type") in _IMAGE_PARTS]
+            if limits.max_images_per_text and len(images) > limits.max_images_per_text:
+                raise RejectedRequest(
+                    413,
+                    f"{where} has {len(images)} images; this model reads at most {limits.max_images_per_text} per "
+                    "query or document: send each image as a document of its own",
+                    "RequestTooLargeError",
+                    field,
+                )
+            for part in images:
+                size = _inline_bytes(part)
+                if size > limits.max_image_bytes:
+                    raise RejectedRequest(
+                        413,
+                        f"{where} has an image of {size:,} bytes; this server accepts at most "
+                        f"{limits.max_image_bytes:,} per image: downscale or recompress it (the model resizes "
+                        "every image to its own pixel budget anyway)",
+                        "RequestTooLargeError",
+                        field,
+                    )
+            total += len(images)
+    if total > limits.max_images:
+        raise RejectedRequest(
+            413,
+            f"{total} images in one request; this server accepts at most {limits.max_images}: split the documents "
+            "over several requests (rerank-kit's client does it with max_docs_per_request)",
+            "RequestTooLargeError",
+        )
+
+
+def _inline_bytes(part: dict[str, Any]) -> int:
+    """The decoded size of an image sent inline as a base64 data: URL (0 for a URL vLLM fetches, or embeddings)."""
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return 0
+    payload = len(url) - url.find(",") - 1
+    return payload * 3 // 4 - (len(url) - len(url.rstrip("=")))
 
 
 def _numbers(items: list[Any]) -> bool:

@@ -124,6 +124,7 @@ LAUNCHER_FLAGS = (  # (flag, since, until); every flag launcher.command can emit
     ("--middleware", None, None), ("--dtype", None, None), ("--kv-cache-memory-bytes", "0.10.2", None),
     ("--distributed-executor-backend", None, None), ("--api-server-count", None, None),
     ("--quantization", None, None), ("--mamba-ssm-cache-dtype", "0.10.2", None),
+    ("--mm-processor-kwargs", None, None), ("--limit-mm-per-prompt", None, None),
 )  # fmt: skip
 # fmt: off
 REQUIREMENTS: tuple[Requirement, ...] = (
@@ -233,6 +234,8 @@ REQUIREMENTS: tuple[Requirement, ...] = (
                    VLLM_API_KEY_ENV)),
     _r("launcher.env.VLLM_USE_AOT_COMPILE", "env", "vllm.envs", "VLLM_USE_AOT_COMPILE", users="launcher",
        since="0.21.0", note="seen in 0.21 (absent in 0.11); older releases ignore the variable"),
+    _r("launcher.env.VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB", "env", "vllm.envs", "VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB",
+       users="launcher", since="0.29.0", note="vision rerankers: the guard's per-image cap on images vLLM fetches"),
 )
 # fmt: on
 
