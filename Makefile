@@ -25,7 +25,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_OK = $(shell $(PYTHON) -c "import socket, urllib.parse as u; socket.create_connection((u.urlsplit('$(TORCH_INDEX)').hostname, 443), timeout=5)" >/dev/null 2>&1 && echo yes)
 PIP_INSTALL = $(BIN)/pip install --disable-pip-version-check $(if $(HAS_GPU),,$(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX)))
 
-.PHONY: help venv dev lock test-compat verify-gpu vllm-client batch-run bench-build bench-run local-run vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker vllm-down-docker gpu-check test test-fast lint clean
+.PHONY: help venv dev lock test-compat test-images verify-gpu vllm-client batch-run bench-build bench-run local-run vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker vllm-down-docker gpu-check test test-fast lint clean
 
 help:
 	@sed -n '1,8p' Makefile
@@ -163,6 +163,25 @@ test-compat: dev
 	  static="--static $(STATIC_VLLM_VERSION)=$(COMPAT_DIR)/static-$(STATIC_VLLM_VERSION).json"; fi; \
 	$(BIN)/python tests/compat_table.py $(COMPAT_OUT) $$static > $(COMPAT_TABLE); \
 	echo "Wrote $(COMPAT_TABLE)"; exit $${status:-0}
+
+# Vision rerankers (image documents, tests/test_images.py and jina-reranker-m0's family tests) on real vLLM. vLLM's
+# vision models import torchvision, whose CPU build is only on PyTorch's index; PyPI's is a CUDA build that loads
+# only beside PyPI's torch: both go into an environment of their own (tests/compat_env.sh, COMPAT_IMAGES=1: ~6.5 GB,
+# ~2 min from a local mirror). Results: docs/test-images.txt (committed).
+IMAGES_VLLM_VERSION ?= 0.32.0
+IMAGES_OUT ?= docs/test-images.txt
+
+test-images:
+	mkdir -p $(COMPAT_DIR) $(dir $(IMAGES_OUT))
+	@set -e; py=$$(COMPAT_IMAGES=1 sh tests/compat_env.sh $(IMAGES_VLLM_VERSION) $(COMPAT_DIR)); \
+	log=$(COMPAT_DIR)/test-images.log; status=0; \
+	$$py -m pytest -rA tests/test_images.py tests/test_families.py -k "test_images or jina-reranker-m0" \
+	  $(PYTEST_ARGS) > $$log 2>&1 || status=$$?; \
+	{ echo "# make test-images, $$(date -u '+%F %H:%M') UTC: tests/test_images.py + jina-reranker-m0 in tests/test_families.py"; \
+	  echo "CPU:$$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $$(nproc) cores; $$(grep -o 'avx512_bf16\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"; \
+	  $$py -c "import torch, torchvision, vllm; print(f'vllm {vllm.__version__}, torch {torch.__version__} (PyPI), torchvision {torchvision.__version__}')" 2>/dev/null; \
+	  grep -E '^(PASSED|FAILED|SKIPPED|ERROR) |^(parity|bench images|jina-reranker-m0: )|^=+ .*(passed|failed|error).* =+$$' $$log; } > $(IMAGES_OUT); \
+	cat $(IMAGES_OUT); exit $$status
 
 # Re-resolve the lock files (after changing pyproject.toml's dependencies); commit the result.
 lock: venv

@@ -44,6 +44,23 @@ TINY_FAMILIES = [
 ]
 
 
+def _torchvision_imports() -> bool:
+    """Whether vLLM's vision models can load here (PyPI's CUDA torchvision beside a +cpu torch cannot)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+# Vision rerankers (tests/test_images.py): where torchvision imports (`make test-images`), served like the others.
+HAVE_TORCHVISION = _torchvision_imports()
+if HAVE_TORCHVISION:
+    TINY_FAMILIES.append("jina-reranker-m0")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_state(tmp_path_factory):
     """Daemon pid/log files go to a temporary directory, never the developer's own; the client's
@@ -170,6 +187,7 @@ SERVER_FIXTURES: dict[str, Callable[[Any], ServerKey]] = {
     "family_server": lambda family: ("family", family),  # tests/test_families.py, one per family
     "qwen3_server": lambda _: ("family", "qwen3-reranker"),  # the same server, for the client tests
     "minilm_server": lambda _: ("minilm", None),  # tests/test_bench.py and tests/test_third_party.py
+    "m0_server": lambda _: ("family", "jina-reranker-m0"),  # tests/test_images.py (where torchvision imports)
 }
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from rerank_kit.launcher import Command
 from rerank_kit.launcher.machine import Machine
+from rerank_kit.recipes import FAMILIES
 
 START_UP_END = "Application startup complete"
 FLAGGED = re.compile(r"\bWARNING\b|\bERROR\b|Traceback")
@@ -84,6 +85,13 @@ EXPLAINED: tuple[Explained, ...] = (
         "vllm",
         "vLLM's notice about /rerank",
         lambda ctx: True,
+    ),
+    Explained(
+        r"CPU backend doesn't allow to use `torch.set_num_threads` after the thread binding",
+        "vllm",
+        "a vision model on the CPU backend: vLLM's encoder-budget profiling (multimodal/encoder_budget.py) sets "
+        "torch's threads, which the CPU worker has bound already; the count stays as bound",
+        lambda ctx: not ctx.machine.has_gpu and FAMILIES[ctx.family].images,
     ),
     Explained(
         r"Gemma's activation function was incorrectly set",

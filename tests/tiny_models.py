@@ -352,6 +352,51 @@ def build_jina_reranker_v3(path: Path) -> Path:
     return _save_tokenizer(tokenizer, path, tokenizer_class="Qwen2Tokenizer")
 
 
+def build_jina_reranker_m0(path: Path) -> Path:
+    """JinaVLForRanking, like jinaai/jina-reranker-m0: Qwen2-VL (a 2-block vision tower, 14-pixel patches merged
+    2x2, M-RoPE) and a 2-layer MLP score head, with the real Qwen2 tokenizer. Saved under the original
+    checkpoint's names (``model.``, ``visual.``, ``score.0``/``score.2``; no lm_head: modeling.py replaces it)."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    torch = _torch()
+    tokenizer = qwen_tokenizer(path, qwen3=False)
+    text = dict(_qwen_config_kwargs(151936), rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})
+    vision = dict(
+        depth=2, embed_dim=64, num_heads=2, mlp_ratio=2, hidden_size=128, patch_size=14, spatial_merge_size=2,
+        temporal_patch_size=2,
+    )  # fmt: skip
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        num_labels=1,
+        tie_word_embeddings=True,
+        torch_dtype="float32",
+    )
+    model = Qwen2VLForConditionalGeneration(config)
+    hidden = text["hidden_size"]
+    score = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    holder = torch.nn.ModuleDict({"model": model, "score": score})
+    _init_weights(holder)
+    state = {
+        name.replace("model.language_model.", "model.").replace("model.visual.", "visual."): t.contiguous()
+        for name, t in model.state_dict().items()
+        if not name.startswith("lm_head.")
+    }
+    state.update({f"score.{name}": t.contiguous() for name, t in score.state_dict().items()})
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    config.architectures = ["JinaVLForRanking"]
+    config.save_pretrained(path)
+    # The processor's defaults; the recipe (and the reference) pass the authors' min/max pixels.
+    Qwen2VLImageProcessor().save_pretrained(path)
+    return _save_tokenizer(tokenizer, path, tokenizer_class="Qwen2Tokenizer")
+
+
 def build_nemotron_rerank(path: Path) -> Path:
     """LlamaBidirectionalForSequenceClassification, like nvidia/llama-nemotron-rerank-1b-v2: a Llama decoder run
     without the causal mask, mean pooling and a 1-label head (saved as LlamaForSequenceClassification's
@@ -531,6 +576,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "qwen3-reranker": build_qwen3_reranker,
     "mxbai-rerank-v2": build_mxbai_rerank_v2,
     "jina-reranker-v3": build_jina_reranker_v3,
+    "jina-reranker-m0": build_jina_reranker_m0,
     "nemotron-rerank": build_nemotron_rerank,
     "bge-reranker-v2-gemma": build_bge_gemma,
     "bge-reranker": build_xlmr_cross_encoder,
