@@ -26,6 +26,7 @@ from rerank_kit.launcher.selfcheck import self_check
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
 from rerank_kit.server.batching import HANDOFF_MESSAGE
 from rerank_kit.server.engine_start import FORK_MESSAGE
+from rerank_kit.server.parsed_body import HANDED_MESSAGE
 from rerank_kit.server.plugin import BATCHED_MESSAGE
 from startup_log import START_UP_END, Context, unexplained
 
@@ -311,6 +312,7 @@ def test_prompts_are_built_per_request(family_server):
         client.rerank("What is vLLM?", ["vLLM is an inference engine.", "Paris is in France."])
     log = family_server.log.read_text(errors="replace")
     assert HANDOFF_MESSAGE in log  # handed to the engine at once: the parity tests above ran through it
+    assert HANDED_MESSAGE in log  # and vLLM's routes read the guard's parsed body (server.parsed_body)
     if family_server.recipe.images:
         # vLLM's model class builds a vision reranker's prompt (get_score_template, the score token appended in
         # post_process_tokens, images placed by its processor): the plugin leaves it to vLLM's per-pair path

@@ -13,6 +13,7 @@ from rerank_kit.errors import ConfigError
 from rerank_kit.launcher import ServeOptions, build_command
 from rerank_kit.launcher.machine import GiB, Machine
 from rerank_kit.recipes import get_recipe
+from rerank_kit.server import parsed_body
 from rerank_kit.server.guard import Limits, RejectedRequest, RerankKitGuard, check_body
 
 
@@ -533,3 +534,85 @@ def test_third_party_shapes_reach_vllm_normalised_and_other_bodies_byte_for_byte
     # the same body on a route that is not a rerank route is not touched
     asyncio.run(go("/v1/score", raw))
     assert seen["body"] == raw
+
+
+# --- the parsed body, handed on (server.parsed_body) ------------------------------------------------------
+
+
+def test_the_guard_hands_on_the_object_the_forwarded_bytes_encode(monkeypatch):
+    """The scope carries what the app's body parses to: the body as sent, or as the guard rewrote it."""
+    seen = []
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.append((scope.get(parsed_body.PARSED_KEY), json.loads(body)))
+        await echo_app(scope, _replayed(body), send)
+
+    guard = make_guard(monkeypatch, app, env_key="")
+    cohere_v1 = {"query": "q", "documents": [{"text": "a"}, {"text": "b"}], "model": "m", "return_documents": True}
+    bodies = [
+        {"query": "q", "documents": ["a", "b"], "top_n": 1, "x": 1.5e300},
+        cohere_v1,  # a third-party client's shape: rewritten for vLLM (server.normalize)
+        {"input": ["short"], "model": "m"},
+    ]
+
+    async def go():
+        async with client_for(guard) as client:
+            for path, body in zip(("/v1/rerank", "/v1/rerank", "/v1/embeddings"), bodies, strict=True):
+                assert (await client.post(path, json=body)).status_code == 200
+
+    asyncio.run(go())
+    assert [handed == parsed for handed, parsed in seen] == [True, True, True]
+    assert seen[1][0] != cohere_v1  # rewritten, and the handed object is the rewritten one
+    text = call(monkeypatch, "POST", "/v1/rerank", env_key="", content=b"plain", headers={"Content-Type": "text/plain"})
+    assert text.status_code == 200  # not JSON: nothing parsed, nothing handed
+
+
+def _replayed(body):
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def test_starlettes_request_json_returns_the_handed_object_and_nothing_else_changes(monkeypatch):
+    from starlette.requests import Request
+
+    monkeypatch.setattr(Request, "json", Request.json)  # undone after the test
+    off: list[str] = []
+    assert parsed_body.install(off) and not off
+    assert parsed_body.install(off)  # once is enough: a second call keeps the first patch
+
+    async def read(scope, body):
+        request = Request(scope, _replayed(body))
+        return await request.json()
+
+    handed = {"query": "q", "documents": ["a"]}
+    scope = {"type": "http", "method": "POST", "headers": [], parsed_body.PARSED_KEY: handed}
+    assert asyncio.run(read(scope, json.dumps(handed).encode())) is handed
+    plain = {"type": "http", "method": "POST", "headers": []}
+    assert asyncio.run(read(plain, b'{"a": [1, 2.5]}')) == {"a": [1, 2.5]}
+
+
+def test_another_request_json_body_is_left_alone_and_said(monkeypatch):
+    from starlette.requests import Request
+
+    async def json_of_another_starlette(self):
+        return "not the verified body"
+
+    monkeypatch.setattr(Request, "json", json_of_another_starlette)
+    off: list[str] = []
+    assert not parsed_body.install(off)
+    assert Request.json is json_of_another_starlette
+    assert off and "Starlette's Request.json is" in off[0] and "c666e5c7f52d3139 (Starlette 1.10.0)" in off[0]

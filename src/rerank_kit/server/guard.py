@@ -71,7 +71,7 @@ from rerank_kit._contract import (
     VLLM_API_KEY_ENV,
     Limits,
 )
-from rerank_kit.server import chunking
+from rerank_kit.server import chunking, parsed_body
 from rerank_kit.server.bodycheck import RejectedRequest, check_body, too_large
 from rerank_kit.server.normalize import normalize_rerank_body
 
@@ -348,7 +348,8 @@ class RerankKitGuard:
                 if chunked is not None:
                     expanded, send = chunked(send)
                     if expanded is not None:
-                        body = _replace_body(scope, expanded)
+                        parsed, body = expanded, _replace_body(scope, expanded)
+                scope[parsed_body.PARSED_KEY] = parsed  # what `body` encodes: vLLM's routes need not parse it again
         except RejectedRequest as error:
             await _send_error(send, error)
             return False

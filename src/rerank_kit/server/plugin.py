@@ -21,7 +21,8 @@ On vLLM >= 0.27 the plugin also builds a request's prompts in one go instead of 
 (``rerank_kit.server.prompts``): one template render and one batched tokenizer call per request, run on
 vLLM's preprocessing thread pool, then each pair's cheap remainder inline, without a task per pair
 (``server.batching``). Same token ids, a fraction of
-the API server's time per pair (bench/frontend_cost.py).
+the API server's time per pair (bench/frontend_cost.py). vLLM's routes read the body the guard parsed instead of
+parsing it again (``server.parsed_body``).
 
 vLLM loads it through the ``vllm.general_plugins`` entry point of the installed rerank-kit
 distribution (``rerank_kit.server.plugin:register``; older installs name the shim ``rerank_kit.vllm_plugin``),
@@ -50,7 +51,7 @@ import os
 from typing import Any
 
 from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE
-from rerank_kit.server import batching, engine_start
+from rerank_kit.server import batching, engine_start, parsed_body
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.checks import (
     PIECE_SEP_KWARG,
@@ -362,6 +363,10 @@ def register() -> None:
         _register()
     except Exception as exc:  # any vLLM: never let the plugin stop a server that can do without it
         _OFF.append(f"plugin inactive ({type(exc).__name__}: {exc})")
+    try:
+        parsed_body.install(_OFF)
+    except Exception as exc:  # json.loads again is slower, not wrong
+        _OFF.append(f"the guard's parsed body handed to vLLM ({type(exc).__name__}: {exc})")
     try:
         engine_start.install()
     except Exception as exc:  # a faster start is not worth a server that does not start
