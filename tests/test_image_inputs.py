@@ -128,6 +128,17 @@ def test_the_guard_counts_images_per_document_and_per_request():
     assert many.message.startswith("4 images in one request; this server accepts at most 3: split the documents")
 
 
+def test_the_guard_refuses_client_chosen_cache_keys_and_processor_settings():
+    part = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}, "uuid": "someone-elses-image"}
+    with pytest.raises(RejectedRequest) as info:
+        check_body(_body("text", {"content": [part]}), Limits())
+    assert info.value.status == 400 and info.value.message.startswith("documents[1] names its image with a uuid")
+    body = {"query": "q", "documents": ["d"], "mm_processor_kwargs": {"max_pixels": 10**9}}
+    with pytest.raises(RejectedRequest) as info:
+        check_body(json.dumps(body).encode(), Limits())
+    assert info.value.status == 400 and "mm_processor_kwargs are this server's to set" in info.value.message
+
+
 def test_the_guard_measures_an_inline_image_decoded_and_leaves_urls_to_vllm():
     for size in (2999, 3000, 3001):  # every base64 padding
         data = b"\x89PNG\r\n\x1a\n" + bytes(size - 8)

@@ -146,6 +146,14 @@ def test_the_guard_refuses_two_images_in_one_document(m0_server):
     assert "at most 1 per query or document" in resp.json()["error"]["message"]
 
 
+def test_the_guard_refuses_a_client_chosen_image_cache_key(m0_server):
+    document = _inline(_png(_images()[0]))
+    document["content"][0]["uuid"] = "another-users-image"
+    resp = _post(m0_server, [document])
+    assert resp.status_code == 400, resp.text
+    assert "documents[0] names its image with a uuid" in resp.json()["error"]["message"]
+
+
 def test_the_guard_refuses_too_many_images_and_the_client_splits_them(m0_server):
     png = _png(_images()[3])
     resp = _post(m0_server, [_inline(png)] * 101)

@@ -46,7 +46,11 @@ def _processor(argv: tuple[str, ...], plugin_mode: str):
     from vllm.entrypoints.pooling.factories import init_pooling_io_processors
     from vllm.plugins import load_general_plugins
     from vllm.renderers import renderer_from_config
-    from vllm.renderers.chat_utils import ChatTemplateConfig
+
+    try:
+        from vllm.renderers.chat_utils import ChatTemplateConfig
+    except ImportError:  # vLLM < 0.32 (make test-images runs older releases)
+        from vllm.entrypoints.chat_utils import ChatTemplateConfig
 
     # the plugin acts where the server's environment asks for it; it reads the setting when it registers (once
     # per process), and the test process's environment is left as it was

@@ -83,6 +83,14 @@ def check_body(raw: bytes, limits: Limits, content_type: str | None = "applicati
     _TextCheck(limits, raw).body(body)
     if b"image_" in raw:  # an image part's type (image_url, image_embeds) names it: no image without these bytes
         check_images(body, limits)
+    if "mm_processor_kwargs" in body:  # vLLM < 0.31 takes them from any client
+        raise RejectedRequest(
+            400,
+            "mm_processor_kwargs are this server's to set (the recipe's image sizes, --mm-processor-kwargs): remove "
+            "them from the request",
+            "BadRequestError",
+            "mm_processor_kwargs",
+        )
     return body
 
 
@@ -177,7 +185,8 @@ _IMAGE_PARTS = frozenset({"image_url", "image_embeds"})
 def check_images(body: dict[str, Any], limits: Limits) -> None:
     """Raise RejectedRequest (413) for a scoring request with more images than ``limits.max_images``, a query or
     document with more than ``limits.max_images_per_text``, or an inline (data: URL) image over
-    ``limits.max_image_bytes`` once decoded; each message names which and where."""
+    ``limits.max_image_bytes`` once decoded; (400) for an image part with a client-chosen ``uuid``. Each message
+    names which and where."""
     total = 0
     for field in _IMAGE_FIELDS:
         value = body.get(field)
@@ -196,6 +205,14 @@ def check_images(body: dict[str, Any], limits: Limits) -> None:
                     field,
                 )
             for part in images:
+                if "uuid" in part:
+                    raise RejectedRequest(
+                        400,
+                        f"{where} names its image with a uuid, which vLLM would use as the image's cache key instead "
+                        "of its content (one request's image could stand in for another's): remove the uuid",
+                        "BadRequestError",
+                        field,
+                    )
                 size = _inline_bytes(part)
                 if size > limits.max_image_bytes:
                     raise RejectedRequest(
