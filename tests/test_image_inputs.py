@@ -167,6 +167,12 @@ def test_a_vision_reranker_is_served_with_the_authors_pixels_and_its_image_limit
     assert (limits.max_images, limits.max_image_bytes, limits.max_images_per_text) == (10, int(2.5 * (1 << 20)), 1)
     older = build_command(recipe, ServeOptions(port=9000), vllm_version="0.28.0", machine=None)
     assert "VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB" not in older.env  # from vLLM 0.29 (rerank_kit.server.compat)
+    qwen3_vl = build_command(get_recipe("Qwen/Qwen3-VL-Reranker-2B"), ServeOptions(port=9000), machine=None)
+    argv = list(qwen3_vl.argv)
+    assert json.loads(argv[argv.index("--mm-processor-kwargs") + 1]) == {"min_pixels": 4096, "max_pixels": 1843200}
+    assert json.loads(argv[argv.index("--limit-mm-per-prompt") + 1]) == {"image": 999, "video": 0}
+    assert "RERANK_KIT_MAX_IMAGES_PER_TEXT" not in qwen3_vl.env  # it reads several images per side
+    assert argv[argv.index("--chat-template") + 1].endswith("qwen3_vl_reranker.jinja")
     text_only = build_command(get_recipe("BAAI/bge-reranker-base"), ServeOptions(port=9000), machine=None)
     assert "--limit-mm-per-prompt" not in text_only.argv and "VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB" not in text_only.env
 

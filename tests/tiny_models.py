@@ -361,7 +361,9 @@ def build_jina_reranker_m0(path: Path) -> Path:
 
     torch = _torch()
     tokenizer = qwen_tokenizer(path, qwen3=False)
-    text = dict(_qwen_config_kwargs(151936), rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})
+    # num_labels on the language model's config too: the hub's config is flat (one config, num_labels 1), and vLLM
+    # before 0.32 sizes the head from the text config
+    text = dict(_qwen_config_kwargs(151936), rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]}, num_labels=1)
     vision = dict(
         depth=2, embed_dim=64, num_heads=2, mlp_ratio=2, hidden_size=128, patch_size=14, spatial_merge_size=2,
         temporal_patch_size=2,
@@ -394,6 +396,54 @@ def build_jina_reranker_m0(path: Path) -> Path:
     config.save_pretrained(path)
     # The processor's defaults; the recipe (and the reference) pass the authors' min/max pixels.
     Qwen2VLImageProcessor().save_pretrained(path)
+    return _save_tokenizer(tokenizer, path, tokenizer_class="Qwen2Tokenizer")
+
+
+def build_qwen3_vl_reranker(path: Path) -> Path:
+    """Qwen3VLForConditionalGeneration, like Qwen/Qwen3-VL-Reranker-*: a Qwen3 decoder with interleaved M-RoPE, a
+    2-block vision tower (16-pixel patches merged 2x2, one DeepStack layer), tied embeddings (the yes/no score
+    head comes from them), the real Qwen3 tokenizer and the authors' pixel bounds (factor 32)."""
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    _torch()
+    tokenizer = qwen_tokenizer(path, qwen3=True)
+    text = dict(
+        _qwen_config_kwargs(151936),
+        head_dim=32,
+        rope_scaling={"rope_type": "default", "mrope_section": [6, 5, 5], "mrope_interleaved": True},
+    )
+    vision = dict(
+        depth=2, hidden_size=64, num_heads=2, intermediate_size=128, patch_size=16, spatial_merge_size=2,
+        temporal_patch_size=2, out_hidden_size=128, num_position_embeddings=256, deepstack_visual_indexes=[1],
+    )  # fmt: skip
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+        torch_dtype="float32",
+    )
+    model = Qwen3VLForConditionalGeneration(config)
+    _init_weights(model)
+    pixels = {"min_pixels": 4 * 32 * 32, "max_pixels": 1800 * 32 * 32}
+    image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                                            **pixels)  # fmt: skip
+    video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    _save_tokenizer(tokenizer, path, tokenizer_class="Qwen2Tokenizer")
+    Qwen3VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor
+    ).save_pretrained(path)
     return _save_tokenizer(tokenizer, path, tokenizer_class="Qwen2Tokenizer")
 
 
@@ -577,6 +627,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "mxbai-rerank-v2": build_mxbai_rerank_v2,
     "jina-reranker-v3": build_jina_reranker_v3,
     "jina-reranker-m0": build_jina_reranker_m0,
+    "qwen3-vl-reranker": build_qwen3_vl_reranker,
     "nemotron-rerank": build_nemotron_rerank,
     "bge-reranker-v2-gemma": build_bge_gemma,
     "bge-reranker": build_xlmr_cross_encoder,

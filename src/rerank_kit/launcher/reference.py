@@ -23,6 +23,10 @@ Used by `rerank-kit verify` and the parity tests. Each family follows its publis
   "**Document**:\\n{doc}\\n**Query**:\\n{query}" (an image side is ``<|vision_start|><|image_pad|><|vision_end|>``)
   through the Qwen2-VL processor (min_pixels=3136, max_pixels=602112), token 100 appended, the MLP head on the
   last hidden state of that token, score = sigmoid(head - 2.65). A document may be a PIL image.
+- Qwen3-VL-Reranker: the authors' ``Qwen3VLReranker`` (QwenLM/Qwen3-VL-Embedding): the system prompt, then
+  "<Instruct>: {i}<Query>:{q}\\n<Document>:{d}" (an image's placeholder before its side's text), then
+  "<|im_start|>assistant\\n"; the processor without resizing (the reference resizes beforehand with qwen_vl_utils:
+  images already sized to multiples of 32 need none); score = the last hidden state times W[yes] - W[no].
 - cross-encoders (BERT, XLM-R, ModernBERT, GTE): sentence-transformers ``CrossEncoder.predict``.
 - embedding models: cosine of sentence-transformers' own pooled, normalised embeddings.
 
@@ -82,6 +86,11 @@ JINA_V3_DOC_ID, JINA_V3_QUERY_ID = 151670, 151671
 JINA_M0_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 JINA_M0_SCORE_ID, JINA_M0_LOGIT_BIAS = 100, 2.65
 JINA_M0_PIXELS = {"min_pixels": 3136, "max_pixels": 602112}
+QWEN3_VL_SYSTEM = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+QWEN3_VL_DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 
 
 def jina_v3_prompt(query: str, documents: Sequence[str], instruction: str | None = None) -> str:
@@ -107,6 +116,16 @@ def jina_v3_prompt(query: str, documents: Sequence[str], instruction: str | None
 def jina_m0_prompt(query: str, document: str) -> str:
     """modeling.py's ``formatting_prompts_func``: the document first (an image side is ``JINA_M0_IMAGE``)."""
     return f"**Document**:\n{document}\n**Query**:\n{query}"
+
+
+def qwen3_vl_prompt(query: str, document: str, instruction: str | None = None) -> str:
+    """Qwen3VLReranker's prompt (format_mm_instruction through the Qwen3-VL chat template): parts joined with
+    nothing, the document after one newline, an empty side as "NULL"."""
+    task = instruction or QWEN3_VL_DEFAULT_INSTRUCTION
+    return (
+        f"{QWEN3_VL_SYSTEM}<Instruct>: {task}<Query>:{query or 'NULL'}\n<Document>:{document or 'NULL'}"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def nemotron_prompt(query: str, document: str) -> str:
@@ -146,6 +165,10 @@ class Reference:
             self._model = _load_jina_m0(self.path)
             self._tokenizer = self._model[0].tokenizer
             return
+        if self.family == "qwen3-vl-reranker":
+            self._model = _load_qwen3_vl(self.path)
+            self._tokenizer = self._model[0].tokenizer
+            return
         if self.score_kind in ("cross-encoder", "cosine"):
             return  # sentence-transformers loads its own
         self._tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -176,6 +199,8 @@ class Reference:
             return list(tok(jina_v3_prompt(query, [document], instruction))["input_ids"])
         if self.family == "jina-reranker-m0":
             return [*self._ids(jina_m0_prompt(query, document)), JINA_M0_SCORE_ID]
+        if self.family == "qwen3-vl-reranker":
+            return self._ids(qwen3_vl_prompt(query, document, instruction))
         if self.family == "nemotron-rerank":
             return list(tok(nemotron_prompt(query, document))["input_ids"])
         if self.score_kind == "cross-encoder":
@@ -210,12 +235,14 @@ class Reference:
 
     def scores(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[float]:
         """Raw reference scores (logits, or cosine similarity for embedding models), in pair order."""
-        if self.family == "jina-reranker-v3":
-            return self._listwise_scores(pairs, instruction)
-        if self.family == "nemotron-rerank":
-            return self._nemotron_scores(pairs)
-        if self.family == "jina-reranker-m0":
-            return self._jina_m0_scores(pairs)
+        own = {  # families whose authors' code path is followed here step by step
+            "jina-reranker-v3": self._listwise_scores,
+            "nemotron-rerank": self._nemotron_scores,
+            "jina-reranker-m0": self._jina_m0_scores,
+            "qwen3-vl-reranker": self._qwen3_vl_scores,
+        }.get(self.family)
+        if own is not None:
+            return own(pairs, instruction)
         if self.score_kind == "cross-encoder":
             return self._cross_encoder_scores(pairs)
         if self.score_kind == "cosine":
@@ -272,7 +299,7 @@ class Reference:
             start = end
         return out
 
-    def _nemotron_scores(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    def _nemotron_scores(self, pairs: Sequence[tuple[str, str]], _: str | None = None) -> list[float]:
         import torch
 
         self._load()
@@ -283,7 +310,7 @@ class Reference:
                 out.append(float(self._model(ids)))
         return out
 
-    def _jina_m0_scores(self, pairs: Sequence[tuple[str, Any]]) -> list[float]:
+    def _jina_m0_scores(self, pairs: Sequence[tuple[str, Any]], _: str | None = None) -> list[float]:
         """modeling.py's compute_score for one pair at a time; raw = the head's logit less 2.65 (vLLM's score with
         use_activation=false). A document that is not a string is an image (PIL)."""
         import torch
@@ -303,6 +330,23 @@ class Reference:
             with torch.no_grad():
                 hidden = model(**batch, use_cache=False, output_hidden_states=True).hidden_states[-1]
                 out.append(float(head(hidden[:, -1]).squeeze(-1)[0]) - JINA_M0_LOGIT_BIAS)
+        return out
+
+    def _qwen3_vl_scores(self, pairs: Sequence[tuple[str, Any]], instruction: str | None) -> list[float]:
+        """Qwen3VLReranker.process, one pair per forward; raw = logit(yes) - logit(no) (vLLM's score before its
+        sigmoid). A document that is not a string is an image (PIL), already sized to multiples of 32."""
+        import torch
+
+        self._load()
+        processor, model, weight = self._model
+        out = []
+        for query, document in pairs:
+            image = not isinstance(document, str)
+            text = qwen3_vl_prompt(query, JINA_M0_IMAGE if image else document, instruction)
+            batch = processor(text=[text], images=[document] if image else None, return_tensors="pt", do_resize=False)
+            with torch.no_grad():
+                hidden = model.model(**batch).last_hidden_state[:, -1]
+                out.append(float(hidden[0] @ weight))
         return out
 
     def _cross_encoder_scores(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -399,6 +443,18 @@ def _load_jina_m0(path: str) -> tuple[Any, Any, Any]:
     head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
     head.load_state_dict(weights)
     return AutoProcessor.from_pretrained(path, **JINA_M0_PIXELS), model, head.float().eval()
+
+
+def _load_qwen3_vl(path: str) -> tuple[Any, Any, Any]:
+    """Qwen3VLReranker's parts: (processor, Qwen3-VL, lm_head[yes] - lm_head[no])."""
+    import torch
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    vocab = processor.tokenizer.get_vocab()
+    head = model.lm_head.weight.data
+    return processor, model, (head[vocab["yes"]] - head[vocab["no"]]).float()
 
 
 def load_reference(family: str, path: str, score_kind: str | None = None) -> Reference:
