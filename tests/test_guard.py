@@ -17,13 +17,17 @@ from rerank_kit.server import parsed_body
 from rerank_kit.server.guard import Limits, RejectedRequest, RerankKitGuard, check_body
 
 
-async def echo_app(scope, receive, send):
+async def _body(receive):
     body = b""
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
-            break
+            return body
+
+
+async def echo_app(scope, receive, send):
+    body = await _body(receive)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": json.dumps({"echo": body.decode("utf-8", "replace")}).encode()})
 
@@ -544,12 +548,7 @@ def test_the_guard_hands_on_the_object_the_forwarded_bytes_encode(monkeypatch):
     seen = []
 
     async def app(scope, receive, send):
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await _body(receive)
         seen.append((scope.get(parsed_body.PARSED_KEY), json.loads(body)))
         await echo_app(scope, _replayed(body), send)
 

@@ -352,6 +352,15 @@ def build_jina_reranker_v3(path: Path) -> Path:
     return _save_tokenizer(tokenizer, path, tokenizer_class="Qwen2Tokenizer")
 
 
+def _vision_token_ids(tokenizer) -> dict[str, int]:
+    """A Qwen-VL config's token ids, from the real Qwen vocabulary's vision tokens."""
+    return {
+        f"{name}_token_id": tokenizer.convert_tokens_to_ids(f"<|{token}|>")
+        for name, token in (("image", "image_pad"), ("video", "video_pad"), ("vision_start", "vision_start"),
+                            ("vision_end", "vision_end"))
+    }  # fmt: skip
+
+
 def build_jina_reranker_m0(path: Path) -> Path:
     """JinaVLForRanking, like jinaai/jina-reranker-m0: Qwen2-VL (a 2-block vision tower, 14-pixel patches merged
     2x2, M-RoPE) and a 2-layer MLP score head, with the real Qwen2 tokenizer. Saved under the original
@@ -371,10 +380,7 @@ def build_jina_reranker_m0(path: Path) -> Path:
     config = Qwen2VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **_vision_token_ids(tokenizer),
         num_labels=1,
         tie_word_embeddings=True,
         torch_dtype="float32",
@@ -425,10 +431,7 @@ def build_qwen3_vl_reranker(path: Path) -> Path:
     config = Qwen3VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **_vision_token_ids(tokenizer),
         tie_word_embeddings=True,
         torch_dtype="float32",
     )

@@ -153,6 +153,9 @@ _MXBAI_V2 = Recipe(
     verified="parity, tiny Qwen2 + real tokenizer vs the mxbai-rerank package",
 )
 
+# A Qwen3 causal LM read as a yes/no scorer: [false, true], vLLM builds the score head as W[true] - W[false].
+_QWEN3_YES_NO = {"classifier_from_token": ["no", "yes"], "is_original_qwen3_reranker": True}
+
 _QWEN3 = Recipe(
     family="qwen3-reranker",
     model_id="",
@@ -160,15 +163,7 @@ _QWEN3 = Recipe(
     architecture="Qwen3ForCausalLM -> Qwen3ForSequenceClassification",
     score_kind="llm-yes-no",
     convert="classify",
-    hf_overrides=_frozen(
-        {
-            "architectures": ["Qwen3ForSequenceClassification"],
-            # [false, true]: vLLM builds the score head as W[true] - W[false].
-            "classifier_from_token": ["no", "yes"],
-            "is_original_qwen3_reranker": True,
-            PIECEWISE_KEY: True,
-        }
-    ),
+    hf_overrides=_frozen({"architectures": ["Qwen3ForSequenceClassification"], **_QWEN3_YES_NO, PIECEWISE_KEY: True}),
     template="qwen3_reranker.jinja",
     max_model_len=8192,
     supports_instruction=True,
@@ -342,14 +337,7 @@ _QWEN3_VL = Recipe(
     architecture="Qwen3VLForConditionalGeneration -> Qwen3VLForSequenceClassification",
     score_kind="llm-yes-no",
     convert="classify",
-    hf_overrides=_frozen(
-        {
-            "architectures": ["Qwen3VLForSequenceClassification"],
-            # [false, true]: vLLM builds the score head as W[true] - W[false] (from the tied embeddings).
-            "classifier_from_token": ["no", "yes"],
-            "is_original_qwen3_reranker": True,
-        }
-    ),
+    hf_overrides=_frozen({"architectures": ["Qwen3VLForSequenceClassification"], **_QWEN3_YES_NO}),
     # The authors' reference tokenizes the rendered prompt whole (processor(text=...)): no piecewise prompts.
     template="qwen3_vl_reranker.jinja",
     max_model_len=10240,
