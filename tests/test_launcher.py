@@ -309,6 +309,12 @@ def test_families_no_vllm_serves_right_are_refused_with_the_reason(monkeypatch, 
             assert re.search(why, result.stderr) and result.stderr.count("\n") == 1
 
 
+def test_a_release_that_cannot_start_a_family_is_refused_with_the_releases_that_can():
+    with pytest.raises(ConfigError, match=r"vLLM 0.29.0\+cpu cannot serve .*IndexError.*0.27.1, 0.31.0 and 0.32.0"):
+        launcher.family_note("qwen3-vl-reranker", "0.29.0+cpu", what="Qwen/Qwen3-VL-Reranker-2B")
+    assert launcher.family_note("qwen3-vl-reranker", "0.32.0", what="Qwen/Qwen3-VL-Reranker-2B") is None
+
+
 def test_refused_families_are_families_with_a_recipe():
     from rerank_kit.launcher.vllm import REFUSED_FAMILIES
     from rerank_kit.recipes import FAMILIES

@@ -137,6 +137,14 @@ REFUSED_FAMILIES: dict[str, Refusal] = {
 }
 
 
+# (family, release) pairs that fail on that one release, found by `make test-images` (docs/test-images.txt); the
+# releases around them serve the family.
+RELEASE_FAILURES: dict[tuple[str, str], str] = {
+    ("qwen3-vl-reranker", "0.29.0"): "its engine core does not start (ModelConfig._get_transformers_backend_cls: "
+    "IndexError on the converted Qwen3-VL's architectures); 0.27.1, 0.31.0 and 0.32.0 serve it (make test-images)",
+}
+
+
 def family_note(family: str, version: str, *, what: str) -> str | None:
     """Refuse ``what`` when its family is one ``version`` cannot serve right (ConfigError with the reason and the
     vLLM issue); a warning (returned) on a release newer than the newest one checked.
@@ -146,6 +154,9 @@ def family_note(family: str, version: str, *, what: str) -> str | None:
     """
     from rerank_kit.errors import ConfigError
 
+    failure = RELEASE_FAILURES.get((family, ".".join(map(str, version_tuple(version)))))
+    if failure is not None:
+        raise ConfigError(f"vLLM {version} cannot serve {what} ({family}): {failure}")
     refusal = REFUSED_FAMILIES.get(family)
     if refusal is None:
         return None
