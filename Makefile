@@ -25,7 +25,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_OK = $(shell $(PYTHON) -c "import socket, urllib.parse as u; socket.create_connection((u.urlsplit('$(TORCH_INDEX)').hostname, 443), timeout=5)" >/dev/null 2>&1 && echo yes)
 PIP_INSTALL = $(BIN)/pip install --disable-pip-version-check $(if $(HAS_GPU),,$(if $(TORCH_INDEX_OK),--extra-index-url $(TORCH_INDEX)))
 
-.PHONY: help venv dev lock test-compat test-images verify-gpu vllm-client batch-run bench-build bench-run local-run vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker vllm-down-docker gpu-check test test-fast lint clean
+.PHONY: help venv dev lock test-compat test-images test-new-families verify-gpu vllm-client batch-run bench-build bench-run local-run vllm-up vllm-down vllm-health vllm-logs vllm-cmd vllm-up-docker vllm-down-docker gpu-check test test-fast lint clean
 
 help:
 	@sed -n '1,8p' Makefile
@@ -170,6 +170,8 @@ test-compat: dev
 # build that loads only beside PyPI's torch: both go into an environment per release (tests/compat_env.sh,
 # COMPAT_IMAGES=1: ~6.5 GB, 2-4 min from a local mirror). Results: docs/test-images.txt (committed).
 IMAGES_VLLM_VERSIONS ?= 0.32.0 0.31.0 0.29.0 0.27.1
+empty :=
+space := $(empty) $(empty)
 unexport IMAGES_VLLM_VERSIONS
 IMAGES_OUT ?= docs/test-images.txt
 
@@ -187,6 +189,25 @@ test-images:
 	    grep -E '^(PASSED|FAILED|SKIPPED|ERROR) |^(parity|bench images|jina-reranker-m0: |qwen3-vl-reranker: )|^=+ .*(passed|failed|error).* =+$$' $$log; } >> $(IMAGES_OUT); \
 	  tail -1 $$log; \
 	done; cat $(IMAGES_OUT); exit $${status:-0}
+
+# The text families issue 24 added (listwise jina v3, bidirectional Nemotron) on the same releases, in the same
+# environments: tests/test_families.py's rows for them. Results: docs/test-new-families.txt (committed).
+NEW_FAMILIES ?= jina-reranker-v3 nemotron-rerank
+NEW_FAMILIES_OUT ?= docs/test-new-families.txt
+
+test-new-families:
+	mkdir -p $(COMPAT_DIR) $(dir $(NEW_FAMILIES_OUT))
+	@echo "# make test-new-families, $$(date -u '+%F %H:%M') UTC: tests/test_families.py for $(NEW_FAMILIES)" > $(NEW_FAMILIES_OUT)
+	@echo "CPU:$$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $$(nproc) cores; $$(grep -o 'avx512_bf16\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')" >> $(NEW_FAMILIES_OUT)
+	@set -e; for v in $(IMAGES_VLLM_VERSIONS); do \
+	  py=$$(COMPAT_IMAGES=1 sh tests/compat_env.sh $$v $(COMPAT_DIR)); log=$(COMPAT_DIR)/test-new-families-$$v.log; \
+	  echo "== $$py: tests"; started=$$(date +%s); \
+	  $$py -m pytest -rA tests/test_families.py -k "$(subst $(space), or ,$(strip $(NEW_FAMILIES)))" \
+	    $(PYTEST_ARGS) > $$log 2>&1 || status=1; \
+	  { echo; echo "## $$($$py -c "import vllm; print(f'vllm {vllm.__version__}')" 2>/dev/null) ($$(( $$(date +%s) - started )) s)"; \
+	    grep -E '^(PASSED|FAILED|SKIPPED|ERROR) |^[a-z0-9-]+: max |^=+ .*(passed|failed|error).* =+$$' $$log; } >> $(NEW_FAMILIES_OUT); \
+	  tail -1 $$log; \
+	done; cat $(NEW_FAMILIES_OUT); exit $${status:-0}
 
 # Re-resolve the lock files (after changing pyproject.toml's dependencies); commit the result.
 lock: venv
