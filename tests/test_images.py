@@ -122,9 +122,11 @@ def test_the_same_image_twice_is_scored_once(vision_server):
     image = _images()[2]
     with RerankClient(vision_server.url) as client:
         response = client.rerank(QUERY, [image, _png(image), TEXTS[0]])
+        once = client.rerank(QUERY, [image, TEXTS[0]])
     by_index = {r.index: r.relevance_score for r in response.results}
-    assert by_index[0] == by_index[1]
-    assert response.usage.prompt_tokens > 0
+    assert by_index[0] == by_index[1] and len(response.results) == 3
+    # the server read the image once: the tokens of the request without the duplicate
+    assert response.usage.prompt_tokens == once.usage.prompt_tokens > 0
 
 
 def test_self_check_and_start_up_log(vision_server):
