@@ -309,6 +309,20 @@ def test_families_no_vllm_serves_right_are_refused_with_the_reason(monkeypatch, 
             assert re.search(why, result.stderr) and result.stderr.count("\n") == 1
 
 
+def test_a_family_no_test_here_verifies_is_refused_on_every_release(monkeypatch):
+    from typer.testing import CliRunner
+
+    from rerank_kit.cli import app
+
+    model = "nvidia/llama-nemotron-rerank-vl-1b-v2"
+    for version in ("0.27.1", "0.32.0", "0.40.0"):  # no release bound: the gap is rerank-kit's reference
+        with pytest.raises(ConfigError, match=r"has not verified .*\(nemotron-vl-rerank\): .*NVIDIA's remote code"):
+            launcher.family_note("nemotron-vl-rerank", version, what=model)
+    monkeypatch.setattr(launcher.fleet, "vllm_version", lambda: "0.32.0")
+    result = CliRunner().invoke(app, ["up", model])
+    assert result.exit_code == 2 and "bfloat16" in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_a_release_that_cannot_start_a_family_is_refused_with_the_releases_that_can():
     with pytest.raises(ConfigError, match=r"vLLM 0.29.0\+cpu cannot serve .*IndexError.*0.27.1, 0.31.0 and 0.32.0"):
         launcher.family_note("qwen3-vl-reranker", "0.29.0+cpu", what="Qwen/Qwen3-VL-Reranker-2B")

