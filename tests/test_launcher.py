@@ -276,10 +276,31 @@ def test_template_families_are_refused_below_their_floor():
     assert launcher.support_note("0.21.0", needs_template=False, what="BAAI/bge-reranker-base", gpu=False) is None
 
 
+@pytest.mark.parametrize(
+    ("model", "floor", "why"),
+    [("jinaai/jina-reranker-v3", "0.25.0", "instruction"), ("jinaai/jina-reranker-m0", "0.16.0", "image")],
+)
+def test_a_family_with_its_own_floor_is_refused_below_it(monkeypatch, model, floor, why):
+    from typer.testing import CliRunner
+
+    from rerank_kit.cli import app
+
+    family = get_recipe(model).family
+    below = f"0.{int(floor.split('.')[1]) - 1}.0"
+    with pytest.raises(ConfigError, match=rf"needs vLLM >= {re.escape(floor)} \(.*{why}.*Upgrade: pip install"):
+        launcher.support_note(below, needs_template=False, what=model, gpu=True, family=family)
+    assert launcher.support_note(floor, needs_template=False, what=model, gpu=True, family=family) is None
+    # the floor is the family's, not every template-less model's
+    assert launcher.support_note(below, needs_template=False, what="BAAI/bge-reranker-base", gpu=True) is None
+    monkeypatch.setattr(launcher.fleet, "vllm_version", lambda: below)
+    result = CliRunner().invoke(app, ["cmd", model])
+    assert result.exit_code == 2 and f"needs vLLM >= {floor}" in result.stderr
+
+
 def test_releases_below_the_floor_are_refused_and_newer_ones_warned():
-    with pytest.raises(ConfigError, match=r"needs vLLM >= 0\.11\.0 .*pip install 'vllm>=0\.11\.0,<=0\.33\.0'"):
+    with pytest.raises(ConfigError, match=r"needs vLLM >= 0\.11\.0 .*pip install 'vllm>=0\.11\.0,<=0\.34\.0'"):
         launcher.support_note("0.10.2", needs_template=False, what="BAAI/bge-reranker-base", gpu=True)
-    note = launcher.support_note("0.34.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=True)
+    note = launcher.support_note("0.35.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=True)
     assert note is not None and "self-check" in note
 
 
@@ -299,7 +320,7 @@ def test_families_no_vllm_serves_right_are_refused_with_the_reason(monkeypatch, 
     with pytest.raises(ConfigError, match=rf"^vLLM 0\.32\.0 cannot serve {model} \({family}\) right: .*{why}"):
         launcher.family_note(family, "0.32.0", what=model)
     # newer than the newest release checked: served, with a warning that says what to check
-    assert "rerank-kit verify" in launcher.family_note(family, "0.34.0", what=model)
+    assert "rerank-kit verify" in launcher.family_note(family, "0.35.0", what=model)
     assert launcher.family_note("jina-reranker-v3", "0.32.0", what="jinaai/jina-reranker-v3") is None
     for installed in ("0.32.0", None):  # None: no vLLM here, the command is only printed: refused all the same
         monkeypatch.setattr(launcher.fleet, "vllm_version", lambda v=installed: v)

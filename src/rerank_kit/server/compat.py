@@ -93,6 +93,9 @@ class Requirement:
     # body it was verified against
     body: str = ""
     pins: tuple[tuple[str, str], ...] = ()
+    # (fingerprint, releases) of bodies read and deliberately left to vLLM's own code (``note`` says why): the plugin
+    # steps aside from them as from any unpinned body, and the wheel checker does not flag them as unreviewed.
+    declined: tuple[tuple[str, str], ...] = ()
 
     def applies(self, version: str | None) -> bool:
         """Whether release ``version`` should have this (None: the newest, unknown release)."""
@@ -106,10 +109,11 @@ class Requirement:
 
 def _r(key: str, kind: Kind, module: str, target: str = "", params: str = "", users: str = "",
        since: str | None = None, until: str | None = None, note: str = "", body: str = "",
-       pins: str = "") -> Requirement:  # fmt: skip
+       pins: str = "", declined: str = "") -> Requirement:  # fmt: skip
     pinned = tuple(tuple(p.split("=", 1)) for p in pins.split())
+    left = tuple(tuple(p.split("=", 1)) for p in declined.split())
     return Requirement(key, kind, module, target, tuple(params.split()), tuple(users.split()), since, until, note,
-                       body, pinned)  # type: ignore[arg-type]  # fmt: skip
+                       body, pinned, left)  # type: ignore[arg-type]  # fmt: skip
 
 
 SCORING = "vllm.entrypoints.pooling.scoring.io_processor"
@@ -138,61 +142,66 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     _r("plugin.cross_encoder_members", "signature", SCORING, CROSS, "chat_template model_config tokenizer",
        "plugin", "0.20.0", note="the batched path reads model, use_sep_token and _executor, set in __init__",
        body=f"{SCORING}:CrossEncoderIOProcessor.__init__",
-       pins="58b98808a055b700=0.27.1-0.29.0 dd1abc78fb648844=0.30.0-0.32.0 3bc31a345769bac0=0.33.0"),
+       pins="58b98808a055b700=0.27.1-0.29.0 dd1abc78fb648844=0.30.0-0.32.0 3bc31a345769bac0=0.33.0-0.34.0"),
     _r("plugin.get_score_prompt", "signature", SCORING, f"{CROSS}.get_score_prompt",
        "data_1 data_2 encode_kwargs chat_template max_tokens_per_query max_tokens_per_doc chat_template_kwargs *",
        "plugin", "0.22.0", note="0.20-0.21 take no chat_template_kwargs; 0.33 falls back to a saved template",
        body=f"{SCORING}:CrossEncoderIOProcessor.get_score_prompt",
-       pins="368c6ca22714b9da=0.27.1-0.30.0 b3447a8bb945ea35=0.31.0-0.32.0 18b98be46f94378e=0.33.0"),
+       pins="368c6ca22714b9da=0.27.1-0.30.0 b3447a8bb945ea35=0.31.0-0.32.0 18b98be46f94378e=0.33.0-0.34.0"),
     _r("plugin.cross_encoder_factory", "signature", SCORING, f"{CROSS}.get_request_factory_online", "ctx *",
        "plugin", "0.27.0", note="0.20-0.26 have pre_process_online(ctx): an override of this is never called",
-       body=f"{SCORING}:CrossEncoderIOProcessor.get_request_factory_online", pins="3c89b7a48b57dd9a=0.27.1-0.33.0"),
+       body=f"{SCORING}:CrossEncoderIOProcessor.get_request_factory_online", pins="3c89b7a48b57dd9a=0.27.1-0.34.0"),
     _r("plugin.render", "signature", SCORING, f"{CROSS}.render", "render_params", "plugin", "0.27.0",
        note="the plugin builds a request's prompts at once and hands each pair to render()",
        body=f"{SCORING}:CrossEncoderIOProcessor.render",
-       pins="4d2db42f4e05e810=0.27.1-0.32.0 02d08f7d60cb3abe=0.33.0"),
+       pins="4d2db42f4e05e810=0.27.1-0.32.0 02d08f7d60cb3abe=0.33.0-0.34.0"),
     _r("plugin.scoring_preprocessing", "signature", "vllm.entrypoints.pooling.scoring.serving",
        "ServingScores._preprocessing", "io_processor ctx", "plugin", "0.27.0",
        note="the plugin renders a scoring request's pairs at once instead of one task per pair",
        body="vllm.entrypoints.pooling.base.serving:PoolingBaseServing._preprocessing",
-       pins="83abc4b111bc4552=0.27.1-0.33.0"),
+       pins="83abc4b111bc4552=0.27.1-0.34.0"),
     _r("plugin.prepare_generators", "signature", "vllm.entrypoints.pooling.scoring.serving",
        "ServingScores._prepare_generators", "ctx", "plugin", "0.27.0",
        note="the plugin hands a scoring request's pairs to the engine with no generator or task per pair",
        body="vllm.entrypoints.pooling.base.serving:PoolingBaseServing._prepare_generators",
-       pins="9354c286cf5c5415=0.27.1-0.33.0"),
+       pins="9354c286cf5c5415=0.27.1-0.34.0"),
     _r("plugin.async_llm_encode", "signature", "vllm.v1.engine.async_llm", "AsyncLLM.encode",
        "prompt pooling_params request_id * lora_request trace_headers priority", "plugin", "0.27.0",
        note="re-implemented for a request's pairs at once: add_request per pair, its error handling",
        body="vllm.v1.engine.async_llm:AsyncLLM.encode",
-       pins="fe27df5a87cad68f=0.27.1-0.28.0 bb49b9752d9558ce=0.29.0-0.32.0 27b1c6443e0dda96=0.33.0"),
+       pins="fe27df5a87cad68f=0.27.1-0.28.0 bb49b9752d9558ce=0.29.0-0.32.0 27b1c6443e0dda96=0.33.0-0.34.0"),
     _r("plugin.async_llm_add_request", "signature", "vllm.v1.engine.async_llm", "AsyncLLM.add_request",
        "request_id prompt params * lora_request trace_headers priority", "plugin", "0.27.0"),
     _r("plugin.cpu_engine_start", "signature", "vllm.platforms.cpu", "CpuPlatform.check_and_update_config",
        "vllm_config", "plugin", "0.20.0",
        note="sets VLLM_WORKER_MULTIPROC_METHOD=spawn; with RERANK_KIT_ENGINE_START=fork the plugin forks the engine "
             "core instead, on the bodies it ran forked (each release's differs; 0.33.0, read, not run: no CPU "
-            "build, differs from 0.32.0 only in the KV cache's default block size)",
+            "build, differs from 0.32.0 only in the KV cache's default block size). 0.34.0 is left to vLLM's spawn: "
+            "its body differs from 0.33.0 only in refusing x86 without triton-cpu, but its CPU engine core is always "
+            "the Triton-CPU model runner (the V1 runner is gone), which no fork here has run",
        body="vllm.platforms.cpu:CpuPlatform.check_and_update_config",
-       pins="f816ea6e47dd6591=0.31.0 130180b09f4e55ed=0.32.0 00f9a6726507d003=0.33.0"),
+       pins="f816ea6e47dd6591=0.31.0 130180b09f4e55ed=0.32.0 00f9a6726507d003=0.33.0",
+       declined="85d6984ebd641aa8=0.34.0"),
     _r("plugin.bi_encoder_factory", "signature", SCORING, f"{BI}.get_request_factory_online", "ctx *",
        "plugin", "0.27.0", body=f"{SCORING}:BiEncoderIOProcessor.get_request_factory_online",
-       pins="6391199ab376df31=0.27.1-0.33.0"),
+       pins="6391199ab376df31=0.27.1-0.34.0"),
     _r("plugin.serve_context", "signature", "vllm.entrypoints.pooling.typing", "PoolingServeContext",
        "request prompt_extras", "plugin", "0.27.0"),
     _r("plugin.tokens_prompt", "symbol", "vllm", "TokensPrompt", users="plugin"),
     _r("plugin.parse_score_data", "signature", SCORING_UTILS, "parse_score_data", "data_1 data_2 model_config *",
-       "plugin", "0.20.0", body=f"{SCORING_UTILS}:parse_score_data", pins="0eb13be2fb882c94=0.27.1-0.33.0"),
+       "plugin", "0.20.0", body=f"{SCORING_UTILS}:parse_score_data", pins="0eb13be2fb882c94=0.27.1-0.34.0"),
     _r("plugin.truncate_text_to_tokens", "signature", SCORING_UTILS, "truncate_text_to_tokens",
        "text tokenizer max_tokens *", "plugin", "0.20.0", body=f"{SCORING_UTILS}:truncate_text_to_tokens",
-       pins="6ee636babd9c3a0e=0.27.1-0.30.0 bc1e76217d013263=0.31.0-0.33.0"),
+       note="0.34.0 adds a branch for Mistral tokenizers; the Hugging Face branch the plugin's tokenizers take is "
+            "0.33.0's, line for line",
+       pins="6ee636babd9c3a0e=0.27.1-0.30.0 bc1e76217d013263=0.31.0-0.33.0 bcd602bc33dd0d87=0.34.0"),
     _r("plugin.safe_apply_chat_template", "signature", "vllm.renderers.hf", "safe_apply_chat_template",
        "model_config tokenizer conversation * chat_template tools tokenize **", "plugin", "0.15.0",
        body="vllm.renderers.hf:safe_apply_chat_template",
-       pins="6b13409d249828fc=0.27.1-0.29.0 50093c624b6faf10=0.30.0 99b008d7ee35692e=0.31.0-0.33.0"),
+       pins="6b13409d249828fc=0.27.1-0.29.0 50093c624b6faf10=0.30.0 99b008d7ee35692e=0.31.0-0.34.0"),
     _r("plugin.merge_kwargs", "signature", "vllm.renderers.params", "merge_kwargs", "defaults overrides *", "plugin",
        "0.27.0", note="how vLLM 0.33 merges a saved template's kwargs under the request's; the plugin calls it",
-       body="vllm.renderers.params:merge_kwargs", pins="99cd92c39aacae37=0.27.1-0.33.0"),
+       body="vllm.renderers.params:merge_kwargs", pins="99cd92c39aacae37=0.27.1-0.34.0"),
     _r("plugin.disable_env", "env", "vllm.envs", "VLLM_PLUGINS", users="plugin tests"),
     # rerank-kit rank (rerank_kit.launcher.offline) and tests/vllm_prompts.py
     _r("offline.make_arg_parser.openai", "signature", PARSER_MODULES[2], "make_arg_parser", "parser *",
@@ -253,8 +262,8 @@ class Finding:
     @property
     def body_changed(self) -> bool:
         """The definition the plugin wraps or re-implements is there, but not as any body it was verified on."""
-        pins = {pin for pin, _ in self.requirement.pins}
-        return bool(self.body) and self.body != "absent" and self.body not in pins
+        known = {pin for pin, _ in (*self.requirement.pins, *self.requirement.declined)}
+        return bool(self.body) and self.body != "absent" and self.body not in known
 
     @property
     def failed(self) -> bool:
@@ -332,6 +341,9 @@ def pinned(key: str, obj: Any) -> str | None:
     if any(found == pin for pin, _ in req.pins):
         return None
     name = req.body.split(":", 1)[-1]
+    for pin, releases in req.declined:
+        if found == pin:
+            return f"{name} of vLLM {releases} ({found}) was read and is left to vLLM's own code (compat row {key})"
     return f"{name} is not a body rerank-kit was verified on ({found}; verified: {verified_releases(req)})"
 
 

