@@ -174,14 +174,14 @@ _PLAN = pytest.StashKey[list[tuple[str, ServerKey]]]()
 
 
 # vLLM flags added to every family server, e.g. "--model-impl transformers" to run the families' tests on vLLM's
-# Transformers backend (the only Gemma class vLLM 0.34 has): `make test-transformers-backend`.
-FAMILY_VLLM_ARGS = "RERANK_KIT_TEST_VLLM_ARGS"
+# Transformers backend. Read at import: _isolated_state clears RERANK_KIT_* variables.
+FAMILY_VLLM_ARGS = tuple(shlex.split(os.environ.get("RERANK_KIT_TEST_VLLM_ARGS", "")))
 
 
 def family_spec(family: Any, tiny_model: Callable[[str], Path], _: Path) -> tuple[Recipe, dict[str, Any]]:
     """A family's tiny model with the suite's server options (float32, eager, small KV cache)."""
-    extra = tuple(shlex.split(os.environ.get(FAMILY_VLLM_ARGS, "")))
-    return get_recipe(str(tiny_model(family)), family=family), {"extra_args": extra} if extra else {}
+    options = {"extra_args": FAMILY_VLLM_ARGS} if FAMILY_VLLM_ARGS else {}
+    return get_recipe(str(tiny_model(family)), family=family), options
 
 
 def minilm_spec(_: Any, __: Callable[[str], Path], ___: Path) -> tuple[Recipe, dict[str, Any]]:

@@ -344,6 +344,13 @@ def test_a_family_no_test_here_verifies_is_refused_on_every_release(monkeypatch)
     assert result.exit_code == 2 and "bfloat16" in result.stderr and result.stderr.count("\n") == 1
 
 
+def test_a_release_that_serves_a_family_on_code_not_run_here_warns():
+    note = launcher.family_note("bge-reranker-v2-gemma", "0.34.0", what="BAAI/bge-reranker-v2-gemma")
+    assert note is not None and "Transformers backend" in note and "rerank-kit verify" in note
+    assert launcher.family_note("bge-reranker-v2-gemma", "0.33.0", what="BAAI/bge-reranker-v2-gemma") is None
+    assert launcher.family_note("qwen3-reranker", "0.34.0", what="Qwen/Qwen3-Reranker-0.6B") is None
+
+
 def test_a_release_that_cannot_start_a_family_is_refused_with_the_releases_that_can():
     with pytest.raises(ConfigError, match=r"vLLM 0.29.0\+cpu cannot serve .*IndexError.*0.27.1, 0.31.0 and 0.32.0"):
         launcher.family_note("qwen3-vl-reranker", "0.29.0+cpu", what="Qwen/Qwen3-VL-Reranker-2B")

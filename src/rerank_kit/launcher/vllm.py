@@ -155,6 +155,16 @@ RELEASE_FAILURES: dict[tuple[str, str], str] = {
 }
 
 
+# (family, first release) -> why that release serves the family on code rerank-kit has not run: a warning from that
+# release on, asking for `rerank-kit verify` (the release is still newest-verified for every other family).
+FAMILY_CAVEATS: dict[tuple[str, str], str] = {
+    ("bge-reranker-v2-gemma", "0.34.0"): "vLLM 0.34 deleted its own Gemma class: the model runs on vLLM's Transformers "
+    "backend, whose yes/no head comes from the input embeddings (a path 0.34 added: adapters.py). rerank-kit's parity "
+    "was measured on vLLM's Gemma class; on 0.32 the Transformers backend does not load the converted head at all "
+    "(--model-impl transformers: 'classifier.weight' not initialized), and 0.34 has no CPU build to run here",
+}
+
+
 def family_note(family: str, version: str, *, what: str) -> str | None:
     """Refuse ``what`` when its family is one ``version`` cannot serve right (ConfigError with the reason and the
     vLLM issue); a warning (returned) on a release newer than the newest one checked.
@@ -169,7 +179,17 @@ def family_note(family: str, version: str, *, what: str) -> str | None:
         raise ConfigError(f"vLLM {version} cannot serve {what} ({family}): {failure}")
     refusal = REFUSED_FAMILIES.get(family)
     if refusal is None:
-        return None
+        caveats = [
+            why
+            for (f, since), why in FAMILY_CAVEATS.items()
+            if f == family and version_tuple(version) >= version_tuple(since)
+        ]
+        return (
+            f"vLLM {version} serves {what} ({family}) on code rerank-kit has not run: {caveats[-1]}. Check its scores "
+            "with `rerank-kit verify` before relying on them"
+            if caveats
+            else None
+        )
     if refusal.through is None:
         raise ConfigError(
             f"rerank-kit has not verified {what} ({family}): {refusal.why} ({refusal.issue}). It refuses rather than "
