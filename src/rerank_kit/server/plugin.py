@@ -147,9 +147,14 @@ def _piecewise_cross_encoder(base: type) -> type:
     ):
         _OFF.append("piecewise score prompts (get_score_prompt(..., chat_template_kwargs) arrived in vLLM 0.22)")
         return checked
-    # The piecewise path calls these three itself: it stays only while they are the bodies it was verified with.
+    # The piecewise path calls these three itself (and parse_score_data's helpers under them): it stays only while they
+    # are the bodies it was verified with.
+    from vllm.entrypoints.pooling.scoring import utils as scoring_utils
+
     inputs = [
         pinned("plugin.parse_score_data", parse_score_data),
+        pinned("plugin.parse_score_content", getattr(scoring_utils, "_parse_score_content", None)),
+        pinned("plugin.ensure_str", getattr(scoring_utils, "_ensure_str", None)),
         pinned("plugin.truncate_text_to_tokens", truncate_text_to_tokens),
         pinned("plugin.safe_apply_chat_template", safe_apply_chat_template),
     ]
