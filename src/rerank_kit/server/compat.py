@@ -190,11 +190,11 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     _r("plugin.tokens_prompt", "symbol", "vllm", "TokensPrompt", users="plugin"),
     _r("plugin.parse_score_data", "signature", SCORING_UTILS, "parse_score_data", "data_1 data_2 model_config *",
        "plugin", "0.20.0", body=f"{SCORING_UTILS}:parse_score_data", pins="0eb13be2fb882c94=0.27.1-0.34.0"),
-    # parse_score_data's helpers: the plugin's prompts start from what they make of a query or a document, so a change
-    # inside them (0.34 edited _parse_score_content under an unchanged parse_score_data) is a change to the plugin's input.
+    # parse_score_data's helpers: the plugin's prompts start from what they make of a query or a document, so a
+    # change inside them (0.34 edited _parse_score_content under an unchanged parse_score_data) changes its input.
     _r("plugin.parse_score_content", "signature", SCORING_UTILS, "_parse_score_content", "role data mm_tracker",
-       "plugin", "0.27.0", note="0.33 calls the renamed parse_chat_message_content_parts; 0.34 drops a fallback no call "
-       "could reach (the parser returns one message)", body=f"{SCORING_UTILS}:_parse_score_content",
+       "plugin", "0.27.0", note="0.33 calls the renamed parse_chat_message_content_parts; 0.34 drops a fallback no "
+       "call could reach (the parser returns one message)", body=f"{SCORING_UTILS}:_parse_score_content",
        pins="3c077dcefc32f978=0.27.1-0.32.0 7457ff59024fba8f=0.33.0 dcbd9f6e9e2a8f4f=0.34.0"),
     _r("plugin.ensure_str", "signature", SCORING_UTILS, "_ensure_str", "content", "plugin", "0.27.0",
        body=f"{SCORING_UTILS}:_ensure_str", pins="9f6b650f37785576=0.27.1-0.34.0"),
