@@ -353,7 +353,8 @@ def test_a_release_that_serves_a_family_on_code_not_run_here_warns():
 
 def test_a_release_that_cannot_start_a_family_is_refused_with_the_releases_that_can():
     for release in ("0.28.0", "0.29.0+cpu"):
-        with pytest.raises(ConfigError, match=rf"vLLM {re.escape(release)} cannot serve .*IndexError.*0.27.1, 0.30.0, "):
+        match = rf"vLLM {re.escape(release)} cannot serve .*IndexError.*0.27.1, 0.30.0, "
+        with pytest.raises(ConfigError, match=match):
             launcher.family_note("qwen3-vl-reranker", release, what="Qwen/Qwen3-VL-Reranker-2B")
     assert launcher.family_note("qwen3-vl-reranker", "0.30.0", what="Qwen/Qwen3-VL-Reranker-2B") is None
     assert launcher.family_note("qwen3-vl-reranker", "0.32.0", what="Qwen/Qwen3-VL-Reranker-2B") is None
