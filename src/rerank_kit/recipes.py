@@ -393,6 +393,8 @@ _NEMOTRON_VL = Recipe(
     images=True,
     # The hub config names NVIDIA's remote code (configuration_llama_nemotron_vl.py).
     trust_remote_code=True,
+    # As for the other vision rerankers: the vision tower and the head stay in full precision.
+    quantization=("fp8", "compressed-tensors"),
     verified="not verified: the authors' reference is NVIDIA's remote code (not in transformers), whose processor "
     "rounds pixels to bfloat16 where vLLM does not",
     notes="Refused: no parity test. The model card's recipe runs NVIDIA's remote code (AutoProcessor with "
