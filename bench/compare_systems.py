@@ -98,20 +98,20 @@ def best_dtype() -> str:
     return "bfloat16" if machine.detect().bf16_fast else "float32"
 
 
-def sentence_transformers_predict(path: Path):
+def sentence_transformers_predict(path: Path, dtype: str):
     import torch
     from sentence_transformers import CrossEncoder
 
-    model = CrossEncoder(str(path), device="cpu", model_kwargs={"torch_dtype": getattr(torch, best_dtype())})
+    model = CrossEncoder(str(path), device="cpu", model_kwargs={"torch_dtype": getattr(torch, dtype)})
     return lambda case: model.predict([(case.query, d) for d in case.documents], batch_size=32, show_progress_bar=False)
 
 
-def transformers_forward(path: Path, workload):
+def transformers_forward(path: Path, workload, dtype: str):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, best_dtype())).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
 
     def make(batch: int):
         def predict(case):
@@ -138,7 +138,7 @@ def infinity_python() -> Path:
     return python
 
 
-def infinity_command(path: Path, port: int) -> launcher.Command:
+def infinity_command(path: Path, port: int, dtype: str) -> launcher.Command:
     """infinity-emb on the same model directory, best dtype, all cores; its API under /v1, /health at the root."""
     infinity_python()
     argv = [
@@ -151,7 +151,7 @@ def infinity_command(path: Path, port: int) -> launcher.Command:
         "--device",
         "cpu",
         "--dtype",
-        best_dtype(),
+        dtype,
         "--batch-size",
         "32",
         "--host",
@@ -181,15 +181,25 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=45.0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--only", nargs="*")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="every system at this dtype instead of this CPU's best (bfloat16 where it is native), e.g. "
+        "--dtype float32 --only '(b)' '(c)' to check that the in-process systems are not faster without it",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compare_systems.json")
     args = parser.parse_args()
+    dtype = args.dtype or best_dtype()
 
     path = model_path()
     workload = random_workload(cases=64, docs_per_request=100, doc_tokens=120, seed=0)
     recipe = get_recipe(str(path), family="ms-marco-cross-encoder")
     port = launcher.free_port()
     ours = launcher.build_command(
-        recipe, launcher.ServeOptions(port=port), vllm_version=launcher.vllm_version(), machine=machine.detect()
+        recipe,
+        launcher.ServeOptions(port=port, dtype=args.dtype),  # None: the launcher's choice for this CPU
+        vllm_version=launcher.vllm_version(),
+        machine=machine.detect(),
     )
     preload = [lib for lib in ours.env.get("LD_PRELOAD", "").split(":") if lib and "libiomp" not in lib]
     before = ours.with_args(env={k: v for k, v in ours.env.items() if k != "LD_PRELOAD"})
@@ -207,11 +217,11 @@ def main() -> None:
             bigger_steps, workload, args.concurrency, args.duration, OUT / "compare-vllm-8192.log"
         ),
         "(b) sentence-transformers CrossEncoder (in process)": lambda: in_process(
-            sentence_transformers_predict(path), workload, args.duration
+            sentence_transformers_predict(path, dtype), workload, args.duration
         ),
-        "(c) transformers forward, best batch (in process)": lambda: _forward(path, workload, args.duration),
+        "(c) transformers forward, best batch (in process)": lambda: _forward(path, workload, args.duration, dtype),
         "(d) infinity-emb": lambda: serve_and_bench(
-            infinity_command(path, launcher.free_port()),
+            infinity_command(path, launcher.free_port(), dtype),
             workload,
             args.concurrency,
             args.duration,
@@ -240,7 +250,7 @@ def main() -> None:
         json.dumps(
             {
                 "vllm": launcher.vllm_version(),
-                "dtype": best_dtype(),
+                "dtype": dtype,
                 "machine": {
                     k: sorted(v) if isinstance(v, frozenset) else v
                     for k, v in dataclasses.asdict(machine.detect()).items()
@@ -266,8 +276,8 @@ def main() -> None:
             print(f"(a) / {other}: {ours_tp / summary[other]['median_pairs_per_s']:.2f}")
 
 
-def _forward(path: Path, workload, duration: float) -> dict:
-    predict, batch = transformers_forward(path, workload)
+def _forward(path: Path, workload, duration: float, dtype: str) -> dict:
+    predict, batch = transformers_forward(path, workload, dtype)
     result = in_process(predict, workload, duration)
     return {**result, "batch": batch}
 
