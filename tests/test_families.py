@@ -18,7 +18,7 @@ import pytest
 
 from conftest import SERVER_FIXTURES, SERVER_SPECS, TINY_FAMILIES, queued_server
 from rerank_kit import RerankClient
-from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV
+from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV, version_tuple
 from rerank_kit.errors import SelfCheckError
 from rerank_kit.launcher import machine, vllm_version
 from rerank_kit.launcher.reference import load_reference
@@ -29,6 +29,7 @@ from rerank_kit.server.compat import requirement, verified_releases
 from rerank_kit.server.engine_start import FORK_MESSAGE
 from rerank_kit.server.parsed_body import HANDED_MESSAGE
 from rerank_kit.server.plugin import BATCHED_MESSAGE
+from rerank_kit.server.responses import BUILT_MESSAGE
 from startup_log import START_UP_END, Context, unexplained
 
 pytestmark = pytest.mark.vllm
@@ -317,6 +318,8 @@ def test_prompts_are_built_per_request(family_server):
     log = family_server.log.read_text(errors="replace")
     assert HANDOFF_MESSAGE in log  # handed to the engine at once: the parity tests above ran through it
     assert HANDED_MESSAGE in log  # and vLLM's routes read the guard's parsed body (server.parsed_body)
+    if version_tuple(vllm_version() or "0") >= (0, 30):  # make test-images runs older releases
+        assert BUILT_MESSAGE in log  # answers built from dicts (server.responses), the parity tests' too
     if family_server.recipe.images:
         # vLLM's model class builds a vision reranker's prompt (get_score_template, the score token appended in
         # post_process_tokens, images placed by its processor): the plugin leaves it to vLLM's per-pair path

@@ -123,6 +123,7 @@ REGISTER_CASES = {
     "piecewise, parse_score_data unpinned": (PLUGIN_PIECEWISE, ("plugin.parse_score_data",)),
     "piecewise": (PLUGIN_PIECEWISE, ()),
     "encode unpinned": ("on", ("plugin.async_llm_encode",)),
+    "rerank response unpinned": ("on", ("plugin.rerank_response",)),
 }
 ASKED = {ENGINE_START_ENV: ENGINE_FORK, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "KMP_AFFINITY": "none"}
 ENGINE_ENV = tuple(ASKED)
@@ -143,6 +144,8 @@ from vllm.platforms import cpu
 table, processors = compat.REQUIREMENTS, dict(io_processor.ScoringIOProcessors)
 preprocessing, own = ServingScores._preprocessing, "_preprocessing" in vars(ServingScores)
 prepare, own_prepare = ServingScores._prepare_generators, "_prepare_generators" in vars(ServingScores)
+builders = {n: vars(ServingScores)[n] for n in ("_request_output_to_rerank_response",
+                                                 "_request_output_to_score_response")}
 platform_config = vars(cpu.CpuPlatform)["check_and_update_config"]
 logged = []
 handler = logging.Handler()
@@ -163,6 +166,8 @@ def fresh(unpin, env):
     else:
         vars(ServingScores).get("_prepare_generators") and delattr(ServingScores, "_prepare_generators")
     cpu.CpuPlatform.check_and_update_config = platform_config
+    for n, fn in builders.items():
+        setattr(ServingScores, n, fn)
     for name in (PLUGIN_ENV, *ENGINE_ENV):
         os.environ.pop(name, None)
     os.environ.update(env)
@@ -181,6 +186,7 @@ for name, (mode, unpin) in REGISTER_CASES.items():
         "wrapped": sorted(k for k in after if after[k] is not processors[k]),
         "batched": ServingScores._preprocessing is not preprocessing,
         "handoff": ServingScores._prepare_generators is not prepare,
+        "responses": [n for n, fn in builders.items() if getattr(ServingScores, n) is not fn],
         "checks": getattr(after["cross-encoder"], "rerank_kit", False),
         "piecewise": getattr(after["cross-encoder"], "rerank_kit_piecewise", False),
         "logged": list(logged),
@@ -214,9 +220,10 @@ def cases() -> dict:
 @pytest.mark.vllm
 def test_without_the_launchers_setting_the_plugin_changes_nothing(cases):
     result = cases["register"]["off"]
-    assert result == {"wrapped": [], "batched": False, "handoff": False, "checks": False, "piecewise": False,
-                      "logged": [], "raised": None}  # fmt: skip
+    assert result == {"wrapped": [], "batched": False, "handoff": False, "responses": [], "checks": False,
+                      "piecewise": False, "logged": [], "raised": None}  # fmt: skip
     assert cases["register"]["on"]["wrapped"] == ["bi-encoder", "cross-encoder"]
+    assert len(cases["register"]["on"]["responses"]) == 2  # both answers built from dicts (server.responses)
 
 
 @pytest.mark.vllm
@@ -233,6 +240,10 @@ def test_a_body_it_was_not_verified_on_steps_aside_and_is_named_once(cases):
     assert encode["batched"] and not encode["handoff"]  # prompts at once, pairs handed to vLLM's encode
     [warning] = [m for m in encode["logged"] if "off on this vLLM" in m]
     assert "pairs handed to the engine at once: AsyncLLM.encode is not a body rerank-kit was verified on" in warning
+    response = cases["register"]["rerank response unpinned"]
+    assert response["responses"] == [] and response["batched"] and response["handoff"]  # the rest stays on
+    [warning] = [m for m in response["logged"] if "off on this vLLM" in m]
+    assert "ServingScores._request_output_to_rerank_response is not a body rerank-kit was verified on" in warning
 
 
 @pytest.mark.vllm

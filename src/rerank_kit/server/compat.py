@@ -172,6 +172,20 @@ REQUIREMENTS: tuple[Requirement, ...] = (
        pins="fe27df5a87cad68f=0.27.1-0.28.0 bb49b9752d9558ce=0.29.0-0.32.0 27b1c6443e0dda96=0.33.0-0.34.0"),
     _r("plugin.async_llm_add_request", "signature", "vllm.v1.engine.async_llm", "AsyncLLM.add_request",
        "request_id prompt params * lora_request trace_headers priority", "plugin", "0.27.0"),
+    _r("plugin.rerank_response", "signature", "vllm.entrypoints.pooling.scoring.serving",
+       "ServingScores._request_output_to_rerank_response",
+       "final_res_batch request_id model_name documents top_n num_prompt_tokens", "plugin", "0.30.0",
+       note="the plugin builds /rerank answers from dicts (the same JSON), every pair's score in one tensor operation; "
+            "before 0.30 the builder counted the prompt tokens itself (no num_prompt_tokens): left to vLLM",
+       body="vllm.entrypoints.pooling.scoring.serving:ServingScores._request_output_to_rerank_response",
+       pins="a7aa88fc286e1ecb=0.30.0-0.34.0", declined="90621cd7f3dee48d=0.27.1-0.29.0"),
+    _r("plugin.score_response", "signature", "vllm.entrypoints.pooling.scoring.serving",
+       "ServingScores._request_output_to_score_response",
+       "final_res_batch request_id created_time model_name num_prompt_tokens", "plugin", "0.30.0",
+       note="the plugin builds /score answers from dicts (the same JSON), every pair's score in one tensor operation; "
+            "before 0.30 the builder counted the prompt tokens itself (no num_prompt_tokens): left to vLLM",
+       body="vllm.entrypoints.pooling.scoring.serving:ServingScores._request_output_to_score_response",
+       pins="7e1f6a76b7a4e058=0.30.0-0.34.0", declined="3763d7ad0213eea4=0.27.1-0.29.0"),
     _r("plugin.cpu_engine_start", "signature", "vllm.platforms.cpu", "CpuPlatform.check_and_update_config",
        "vllm_config", "plugin", "0.20.0",
        note="sets VLLM_WORKER_MULTIPROC_METHOD=spawn; with RERANK_KIT_ENGINE_START=fork the plugin forks the engine "

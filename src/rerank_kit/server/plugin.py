@@ -22,7 +22,8 @@ On vLLM >= 0.27 the plugin also builds a request's prompts in one go instead of 
 vLLM's preprocessing thread pool, then each pair's cheap remainder inline, without a task per pair
 (``server.batching``). Same token ids, a fraction of
 the API server's time per pair (bench/frontend_cost.py). vLLM's routes read the body the guard parsed instead of
-parsing it again (``server.parsed_body``).
+parsing it again (``server.parsed_body``), and scoring answers are built from dicts, every pair's score read in one
+tensor operation (``server.responses``, vLLM >= 0.30).
 
 vLLM loads it through the ``vllm.general_plugins`` entry point of the installed rerank-kit
 distribution (``rerank_kit.server.plugin:register``; older installs name the shim ``rerank_kit.vllm_plugin``),
@@ -51,7 +52,7 @@ import os
 from typing import Any
 
 from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE
-from rerank_kit.server import batching, engine_start, parsed_body
+from rerank_kit.server import batching, engine_start, parsed_body, responses
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.checks import (
     PIECE_SEP_KWARG,
@@ -372,6 +373,10 @@ def register() -> None:
         parsed_body.install(_OFF)
     except Exception as exc:  # json.loads again is slower, not wrong
         _OFF.append(f"the guard's parsed body handed to vLLM ({type(exc).__name__}: {exc})")
+    try:
+        responses.install(_OFF)
+    except Exception as exc:  # vLLM's pydantic models are slower, not wrong
+        _OFF.append(f"scoring responses built from dicts ({type(exc).__name__}: {exc})")
     try:
         engine_start.install()
     except Exception as exc:  # a faster start is not worth a server that does not start
