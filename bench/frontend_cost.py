@@ -19,6 +19,8 @@ Ways to serve each family, same model, same template, same flags otherwise:
 
 ``--profile`` adds a py-spy profile of the API server per configuration, folded into stages (template
 render, tokenization, request parsing and validation, guard, engine hand-off, response, event loop).
+``--breakdown`` adds the API server's CPU time per pair in named functions (bench/api_probe: each wrapped, its
+calls' thread CPU time summed), exact where a profile samples; the functions are listed there.
 
     .venv/bin/python bench/frontend_cost.py --rounds 2 --duration 20 --profile \\
         --out bench/results/frontend_cost.json
@@ -60,6 +62,9 @@ DOC_WORDS = {"bge-reranker": 40}
 IDLE_SECONDS = 5.0
 MODES = ("vllm", "rerank-kit", "before")
 API_CPU, ENGINE_CPU = 0, 1
+# --breakdown: bench/api_probe/sitecustomize.py on the server's PYTHONPATH, told where to write by PROBE_ENV
+PROBE_DIR = ROOT / "bench" / "api_probe"
+PROBE_ENV = "RERANK_KIT_BENCH_PROBE"
 
 # py-spy frames -> stage. First match wins, checked from the innermost frame outwards, so a tokenizer
 # call inside the template path counts as tokenization.
@@ -151,9 +156,16 @@ def measure(
     profile: bool,
     before: Path | None,
     gil: bool = False,
+    breakdown: bool = False,
 ) -> dict:
     port = launcher.free_port()
     command = command_for(family, mode, port, before)
+    probe = OUT / f"probe-{family}-{mode}"
+    if breakdown:
+        for old in OUT.glob(f"{probe.name}.*"):
+            old.unlink()
+        path = [str(PROBE_DIR), *filter(None, [command.env.get("PYTHONPATH", os.environ.get("PYTHONPATH"))])]
+        command = command.with_args(env={**command.env, "PYTHONPATH": ":".join(path), PROBE_ENV: str(probe)})
     log = OUT / "logs" / f"frontend-{family}-{mode}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     config = BenchConfig(urls=[command.url], concurrency=concurrency, duration=duration, warmup=0)
@@ -173,7 +185,9 @@ def measure(
         time.sleep(IDLE_SECONDS)
         idle_rate = (cpu_seconds(api) - idle_before) / IDLE_SECONDS
         api_before, engine_before = cpu_seconds(api), sum(cpu_seconds(c) for c in api.children(recursive=True))
+        window = (time.time(), 0.0)
         report = asyncio.run(run_bench(config, workload=workload))
+        window = (window[0], time.time())
         api_cpu = cpu_seconds(api) - api_before - idle_rate * report["summary"]["duration_s"]
         engine_cpu = sum(cpu_seconds(c) for c in api.children(recursive=True)) - engine_before
         stages = None
@@ -196,6 +210,24 @@ def measure(
         "pairs_per_s_per_api_core": round(1e6 / us_per_pair, 1),
         "engine_us_per_pair": round(engine_cpu / pairs * 1e6, 1),
         "stages": stages,
+        "breakdown": per_pair(Path(f"{probe}.{proc.pid}"), window, pairs) if breakdown else None,
+    }
+
+
+def per_pair(snapshots: Path, window: tuple[float, float], pairs: float) -> dict[str, dict[str, float]]:
+    """The probe's totals over the measured window (its last snapshot before, its first after; the server idles on
+    either side) -> calls and µs of CPU per pair served, per function, most first."""
+    rows = [json.loads(line) for line in snapshots.read_text().splitlines()] if snapshots.exists() else []
+    before = [r for r in rows if r["t"] <= window[0]]
+    after = [r for r in rows if r["t"] >= window[1]]
+    if not before or not after:
+        return {}
+    start, end = before[-1]["totals"], after[0]["totals"]
+    deltas = {k: (n - start.get(k, [0, 0.0])[0], t - start.get(k, [0, 0.0])[1]) for k, (n, t) in end.items()}
+    return {
+        k: {"calls_per_pair": round(n / pairs, 3), "us_per_pair": round(t / pairs * 1e6, 1)}
+        for k, (n, t) in sorted(deltas.items(), key=lambda kv: -kv[1][1])
+        if n
     }
 
 
@@ -221,6 +253,9 @@ def main() -> None:
         "--gil", action="store_true",
         help="with --profile: sample only the thread holding the GIL (a thread waiting for it is not counted busy)",
     )  # fmt: skip
+    parser.add_argument(
+        "--breakdown", action="store_true", help="CPU µs per pair in named functions of the API server (api_probe/)"
+    )
     parser.add_argument("--out", type=Path, default=OUT / "frontend_cost.json")
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
@@ -245,6 +280,7 @@ def main() -> None:
                     args.profile,
                     args.before,
                     args.gil,
+                    args.breakdown,
                 )
                 result["round"] = r + 1
                 print("  " + json.dumps(result), flush=True)
