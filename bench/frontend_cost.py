@@ -65,6 +65,7 @@ API_CPU, ENGINE_CPU = 0, 1
 # --breakdown: bench/api_probe/sitecustomize.py on the server's PYTHONPATH, told where to write by PROBE_ENV
 PROBE_DIR = ROOT / "bench" / "api_probe"
 PROBE_ENV = "RERANK_KIT_BENCH_PROBE"
+PROBE_SECONDS = 1.0  # how often it writes its totals
 
 # py-spy frames -> stage. First match wins, checked from the innermost frame outwards, so a tokenizer
 # call inside the template path counts as tokenization.
@@ -188,6 +189,8 @@ def measure(
         window = (time.time(), 0.0)
         report = asyncio.run(run_bench(config, workload=workload))
         window = (window[0], time.time())
+        if breakdown:
+            time.sleep(PROBE_SECONDS + 0.5)  # the probe's first snapshot after the window, before the server stops
         api_cpu = cpu_seconds(api) - api_before - idle_rate * report["summary"]["duration_s"]
         engine_cpu = sum(cpu_seconds(c) for c in api.children(recursive=True)) - engine_before
         stages = None

@@ -62,9 +62,9 @@ def _patch(totals: dict[str, list[float]]) -> None:
             key = f"{cls or module}.{name}"
             if key in done or module not in sys.modules:
                 continue
-            owner = getattr(sys.modules[module], cls) if cls else sys.modules[module]
-            raw = inspect.getattr_static(owner, name, None)
-            if raw is None:
+            owner = getattr(sys.modules[module], cls, None) if cls else sys.modules[module]
+            raw = None if owner is None else inspect.getattr_static(owner, name, None)
+            if raw is None:  # the module is still being imported: its class or function is not there yet
                 continue
             done.add(key)
             if isinstance(raw, (staticmethod, classmethod)):
