@@ -93,6 +93,16 @@ def test_what_it_does_not_build_goes_to_vllms_own_code(builders):
     assert responses.pair_scores([]) is None
 
 
+def test_outputs_without_an_error_field_are_read_as_vllm_0_31_reads_them(builders):
+    """vLLM 0.30-0.31's PoolingRequestOutput has no ``error`` (its ScoringRequestOutput.from_base reads none)."""
+    import types
+
+    import torch
+
+    old = [types.SimpleNamespace(outputs=types.SimpleNamespace(data=torch.tensor([s]))) for s in (0.5, -1.25)]
+    assert responses.pair_scores(old) == [0.5, -1.25]
+
+
 def test_installed_only_on_the_bodies_it_was_verified_on(builders, monkeypatch):
     import dataclasses
 

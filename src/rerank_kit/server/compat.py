@@ -179,6 +179,13 @@ REQUIREMENTS: tuple[Requirement, ...] = (
             "before 0.30 the builder counted the prompt tokens itself (no num_prompt_tokens): left to vLLM",
        body="vllm.entrypoints.pooling.scoring.serving:ServingScores._request_output_to_rerank_response",
        pins="a7aa88fc286e1ecb=0.30.0-0.34.0", declined="90621cd7f3dee48d=0.27.1-0.29.0"),
+    # what the two builders read each pair's score with: responses.pair_scores does the same for all pairs at once
+    _r("plugin.scoring_output", "signature", "vllm.outputs", "ScoringOutput.from_base", "pooling_output", "plugin",
+       "0.30.0", body="vllm.outputs:ScoringOutput.from_base", pins="ea11dcfd644c2712=0.30.0-0.34.0"),
+    _r("plugin.scoring_request_output", "signature", "vllm.outputs", "ScoringRequestOutput.from_base",
+       "request_output", "plugin", "0.30.0", note="0.32 adds the pair's error (score 0.0 with one)",
+       body="vllm.outputs:ScoringRequestOutput.from_base",
+       pins="40aa6bd7c3ce42be=0.30.0-0.31.0 d3fac8fb3f3ce090=0.32.0-0.34.0"),
     _r("plugin.score_response", "signature", "vllm.entrypoints.pooling.scoring.serving",
        "ServingScores._request_output_to_score_response",
        "final_res_batch request_id created_time model_name num_prompt_tokens", "plugin", "0.30.0",

@@ -36,7 +36,8 @@ def pair_scores(final_res_batch: list[Any]) -> list[float] | None:
     an output of more than one number, outputs of different shapes, NaN or infinity): vLLM's own code then runs."""
     import torch
 
-    if not final_res_batch or any(r.error is not None for r in final_res_batch):
+    # vLLM < 0.32's outputs have no error (ScoringRequestOutput.from_base reads none there)
+    if not final_res_batch or any(getattr(r, "error", None) is not None for r in final_res_batch):
         return None
     data = [r.outputs.data for r in final_res_batch]
     shape = data[0].shape
@@ -54,6 +55,7 @@ def install(off: list[str]) -> bool:
     try:
         import orjson
         from starlette.responses import JSONResponse
+        from vllm import outputs
         from vllm.entrypoints.pooling.scoring import serving
     except ImportError:
         return False
@@ -64,9 +66,15 @@ def install(off: list[str]) -> bool:
         return True
     keys = (("plugin.rerank_response", rerank_base), ("plugin.score_response", score_base))
     if not all(accepts(key, obj) for key, obj in keys):
-        off.append("scoring responses built by vLLM's pydantic models (ServingScores' builders as in vLLM >= 0.27)")
+        off.append("scoring responses built by vLLM's pydantic models (ServingScores' builders as in vLLM >= 0.30)")
         return False
-    if changed := [c for c in (pinned(key, obj) for key, obj in keys) if c is not None]:
+    # the builders' bodies, and how they read a pair's score (pair_scores does the same at once)
+    read = tuple(
+        (key, getattr(getattr(outputs, cls, None), "from_base", None))
+        for key, cls in (("plugin.scoring_output", "ScoringOutput"),
+                         ("plugin.scoring_request_output", "ScoringRequestOutput"))
+    )  # fmt: skip
+    if changed := [c for c in (pinned(key, obj) for key, obj in (*keys, *read)) if c is not None]:
         off.extend(f"scoring responses built from dicts: {c}" for c in changed)
         return False
     # The models the pinned bodies build, as the serving module names them.
