@@ -8,6 +8,7 @@ parity tests go through it; ``test_prompts_are_built_per_request`` checks the st
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -23,13 +24,17 @@ def builders():
     """(vLLM's rerank builder, vLLM's score builder, the plugin's, the plugin's); the class restored after."""
     serving = pytest.importorskip("vllm.entrypoints.pooling.scoring.serving")
     cls = serving.ServingScores
-    own = {n: vars(cls)[n] for n in ("_request_output_to_rerank_response", "_request_output_to_score_response")}
+    names = ("_request_output_to_rerank_response", "_request_output_to_score_response")
+    found = {n: vars(cls)[n] for n in names}  # the plugin's already, where this process registered it before
+    own = {n: inspect.unwrap(fn) for n, fn in found.items()}
+    for name, fn in own.items():
+        setattr(cls, name, fn)
     off: list[str] = []
     if not responses.install(off):
         pytest.skip(f"not installed on this vLLM: {off}")
     ours = (cls._request_output_to_rerank_response, cls._request_output_to_score_response)
     yield own["_request_output_to_rerank_response"], own["_request_output_to_score_response"], *ours
-    for name, fn in own.items():
+    for name, fn in found.items():
         setattr(cls, name, fn)
 
 
