@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rerank_kit.server import fast_bpe
+
 try:
     from tokenizers import Tokenizer as RustTokenizer
 except ImportError:  # no Hugging Face tokenizers: every call goes through the tokenizer object
@@ -105,15 +107,22 @@ def fill(shape: str, query: str, document: str) -> str:
 
 
 def _encode_unique(tokenizer: Any, texts: list[str], *, add_special_tokens: bool) -> list[list[int]]:
-    """Token ids of each text, one tokenizer call for the distinct ones."""
+    """Token ids of each text, one tokenizer call for the distinct ones (equal texts share one list: read only)."""
     unique = list(dict.fromkeys(texts))
     ids = _ids(tokenizer, unique, add_special_tokens) if unique else []
     by_text = dict(zip(unique, ids, strict=True))
-    return [list(by_text[t]) for t in texts]
+    return [by_text[t] for t in texts]
 
 
 def _ids(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-    """``tokenizer(texts, add_special_tokens=...)["input_ids"]``, from ``_rust_encodings`` where it can."""
+    """``tokenizer(texts, add_special_tokens=...)["input_ids"]``: through tiktoken where ``fast_bpe`` gives the same
+    ids (plain texts, no special tokens), from ``_rust_encodings`` where it can, else the tokenizer's own call."""
+    if not add_special_tokens and (fast := fast_bpe.get(tokenizer)) is not None:
+        return fast.encode(texts, lambda rest: _tokenizer_ids(tokenizer, rest, False))
+    return _tokenizer_ids(tokenizer, texts, add_special_tokens)
+
+
+def _tokenizer_ids(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
     encodings = _rust_encodings(tokenizer, texts, {"add_special_tokens": add_special_tokens}, None)
     if encodings is not None:
         return [e.ids for e in encodings]
@@ -276,7 +285,10 @@ def _joined(
             keep = max(0, len(encoded[piece]) - excess)
             excess -= len(encoded[piece]) - keep
             encoded[piece] = encoded[piece][:keep]
-    joined = [*prefix, *(t for e in encoded for t in e), *suffix]
+    joined = list(prefix)
+    for e in encoded:
+        joined += e
+    joined += suffix
     return joined if max_length is None else joined[: max(0, max_length)]
 
 
