@@ -15,18 +15,22 @@ import sys
 
 import httpx
 import pytest
+from transformers import AutoTokenizer
 
 from conftest import SERVER_FIXTURES, SERVER_SPECS, TINY_FAMILIES, queued_server
 from rerank_kit import RerankClient
-from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV, version_tuple
+from rerank_kit._contract import ENGINE_FORK, ENGINE_START_ENV, VLLM_API_KEY_ENV, version_tuple
 from rerank_kit.errors import SelfCheckError
 from rerank_kit.launcher import machine, vllm_version
 from rerank_kit.launcher.reference import load_reference
 from rerank_kit.launcher.selfcheck import self_check
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
+from rerank_kit.server import fast_bpe
 from rerank_kit.server.batching import HANDOFF_MESSAGE
+from rerank_kit.server.bookkeeping import MESSAGE as BOOKKEEPING_MESSAGE
 from rerank_kit.server.compat import requirement, verified_releases
 from rerank_kit.server.engine_start import FORK_MESSAGE
+from rerank_kit.server.fast_bpe import READY_MESSAGE as FAST_BPE_MESSAGE
 from rerank_kit.server.parsed_body import HANDED_MESSAGE
 from rerank_kit.server.plugin import BATCHED_MESSAGE
 from rerank_kit.server.responses import BUILT_MESSAGE
@@ -326,6 +330,37 @@ def test_prompts_are_built_per_request(family_server):
         assert BATCHED_MESSAGE not in log
         return
     assert BATCHED_MESSAGE in log
+    # a byte-level BPE like Qwen2's: tiktoken encodes the plain texts (server.fast_bpe), said once it is built
+    tokenizer = AutoTokenizer.from_pretrained(family_server.model)
+    assert (FAST_BPE_MESSAGE in log) == (fast_bpe.build(tokenizer)[0] is not None)
+
+
+def test_vllm_metrics_count_every_request(family_server):
+    """With the plugin's histograms (server.bookkeeping: the bucket found by bisection), vLLM's /metrics still
+    agree with themselves: each finished engine request in the latency histogram, its buckets cumulative, and the
+    prompt-token histogram's sum equal to the prompt-token counter, after a request of 16 pairs."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with RerankClient(family_server.url, model=family_server.model) as client:
+        client.rerank("What is vLLM?", [f"document {i} about vLLM" for i in range(16)])
+    log = family_server.log.read_text(errors="replace")
+    assert re.search(re.escape(BOOKKEEPING_MESSAGE) + r" clone, request ids, histograms", log)
+    key = family_server.command.env.get(VLLM_API_KEY_ENV)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    text = httpx.get(f"{family_server.url}/metrics", headers=headers, timeout=30).raise_for_status().text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            slot = (sample.name, sample.labels.get("le"))
+            samples[slot] = samples.get(slot, 0.0) + sample.value
+    finished = sum(v for (name, _), v in samples.items() if name == "vllm:request_success_total")
+    assert finished >= 16
+    assert samples[("vllm:e2e_request_latency_seconds_count", None)] == finished
+    assert samples[("vllm:e2e_request_latency_seconds_bucket", "+Inf")] == finished
+    latency = "vllm:e2e_request_latency_seconds_bucket"
+    cumulative = [v for _, v in sorted((float(le), v) for (name, le), v in samples.items() if name == latency)]
+    assert cumulative == sorted(cumulative)
+    assert samples[("vllm:request_prompt_tokens_sum", None)] == samples[("vllm:prompt_tokens_total", None)]
 
 
 def test_a_listwise_list_goes_whole_through_the_client(family_server):

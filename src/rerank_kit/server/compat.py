@@ -193,6 +193,15 @@ REQUIREMENTS: tuple[Requirement, ...] = (
             "before 0.30 the builder counted the prompt tokens itself (no num_prompt_tokens): left to vLLM",
        body="vllm.entrypoints.pooling.scoring.serving:ServingScores._request_output_to_score_response",
        pins="7e1f6a76b7a4e058=0.30.0-0.34.0", declined="3763d7ad0213eea4=0.27.1-0.29.0"),
+    # vLLM's bookkeeping per engine request, the same result for less (rerank_kit.server.bookkeeping)
+    _r("plugin.pooling_params_clone", "signature", "vllm.pooling_params", "PoolingParams.clone", "", "plugin",
+       "0.27.0", note="a pair's parameters copied field by field (the same copy as vLLM's deepcopy)",
+       body="vllm.pooling_params:PoolingParams.clone", pins="546ec0459c407400=0.27.1-0.34.0"),
+    _r("plugin.assign_request_id", "signature", "vllm.v1.engine.input_processor", "InputProcessor.assign_request_id",
+       "request", "plugin", "0.27.0", note="the request id's random suffix from a per-process generator",
+       body="vllm.v1.engine.input_processor:InputProcessor.assign_request_id", pins="e8c3532a61b32099=0.27.1-0.34.0"),
+    _r("plugin.random_uuid", "signature", "vllm.utils", "random_uuid", "", "plugin", "0.27.0",
+       body="vllm.utils:random_uuid", pins="ad3640ab37008599=0.27.1-0.34.0"),
     _r("plugin.cpu_engine_start", "signature", "vllm.platforms.cpu", "CpuPlatform.check_and_update_config",
        "vllm_config", "plugin", "0.20.0",
        note="sets VLLM_WORKER_MULTIPROC_METHOD=spawn; with RERANK_KIT_ENGINE_START=fork the plugin forks the engine "

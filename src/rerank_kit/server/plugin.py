@@ -23,7 +23,10 @@ vLLM's preprocessing thread pool, then each pair's cheap remainder inline, witho
 (``server.batching``). Same token ids, a fraction of
 the API server's time per pair (bench/frontend_cost.py). vLLM's routes read the body the guard parsed instead of
 parsing it again (``server.parsed_body``), and scoring answers are built from dicts, every pair's score read in one
-tensor operation (``server.responses``, vLLM >= 0.30).
+tensor operation (``server.responses``, vLLM >= 0.30). Byte-level BPE tokenizers (Qwen2's) encode Latin-script texts
+through tiktoken where it gives the tokenizer's own ids (``server.fast_bpe``), ~6x faster, and vLLM's bookkeeping per
+engine request (a parameters copy, a random id, Prometheus histograms) costs less for the same result
+(``server.bookkeeping``).
 
 vLLM loads it through the ``vllm.general_plugins`` entry point of the installed rerank-kit
 distribution (``rerank_kit.server.plugin:register``; older installs name the shim ``rerank_kit.vllm_plugin``),
@@ -52,7 +55,7 @@ import os
 from typing import Any
 
 from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE
-from rerank_kit.server import batching, engine_start, parsed_body, responses
+from rerank_kit.server import batching, bookkeeping, engine_start, fast_bpe, parsed_body, responses
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.checks import (
     PIECE_SEP_KWARG,
@@ -206,6 +209,7 @@ def _piecewise_cross_encoder(base: type) -> type:
             self._truncating: dict[Any, Any] = {}  # prompts._rust_encodings: its Rust tokenizers, one per setting
             if batched and getattr(self, "_executor", None) is not None:
                 self.rerank_kit_render_all = self._render_all
+                fast_bpe.prepare(self.tokenizer)  # in the background: tiktoken where it gives the same ids
 
         async def _render_all(self, requests: list[Any]) -> list[Any]:
             """Every pair's engine input: the prompts built at once on vLLM's preprocessing thread pool, then
@@ -377,6 +381,10 @@ def register() -> None:
         responses.install(_OFF)
     except Exception as exc:  # vLLM's pydantic models are slower, not wrong
         _OFF.append(f"scoring responses built from dicts ({type(exc).__name__}: {exc})")
+    try:
+        bookkeeping.install(_OFF)
+    except Exception as exc:  # vLLM's own bookkeeping is slower, not wrong
+        _OFF.append(f"vLLM's bookkeeping per request ({type(exc).__name__}: {exc})")
     try:
         engine_start.install()
     except Exception as exc:  # a faster start is not worth a server that does not start

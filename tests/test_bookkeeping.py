@@ -1,0 +1,93 @@
+"""rerank_kit.server.bookkeeping: vLLM's bookkeeping per engine request, cheaper and the same.
+
+Against the installed vLLM and prometheus_client: the pins hold (all three replacements install), a pair's
+parameters come out as vLLM's deepcopy makes them and share nothing mutable, request-id suffixes have vLLM's form
+and a forked child draws its own, and a histogram observed through the replacement exposes exactly the samples
+prometheus_client's own observe gives, NaN, infinities and values on the bounds included. Every test puts vLLM's
+objects back (monkeypatch), so the rest of the suite sees vLLM as installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from prometheus_client import CollectorRegistry, Histogram
+from vllm.pooling_params import PoolingParams
+from vllm.v1.engine import input_processor
+from vllm.v1.metrics import loggers
+
+from rerank_kit.server import bookkeeping
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    for owner, name in ((PoolingParams, "clone"), (input_processor, "random_uuid"),
+                        (loggers.PrometheusStatLogger, "__init__")):  # fmt: skip
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+    off: list[str] = []
+    names = bookkeeping.install(off)
+    assert off == [] and names == ["clone", "request ids", "histograms"]
+    return names
+
+
+def test_the_clone_is_vllms_deepcopy(installed):
+    for params in (
+        PoolingParams(),
+        PoolingParams(task="classify", use_activation=False),
+        PoolingParams(task="embed", dimensions=8, extra_kwargs={"a": [1, {"b": 2}]}, returned_token_ids=[3, 4]),
+    ):
+        clone = params.clone()
+        assert clone == copy.deepcopy(params) and clone is not params
+        for name in PoolingParams.__struct_fields__:
+            value = getattr(params, name)
+            if isinstance(value, (list, dict)):
+                assert getattr(clone, name) is not value  # nothing mutable shared
+        if params.extra_kwargs:
+            clone.extra_kwargs["a"][1]["b"] = 5
+            assert params.extra_kwargs["a"][1]["b"] == 2
+
+
+def test_request_ids_keep_vllms_form(installed):
+    suffixes = [input_processor.random_uuid() for _ in range(10_000)]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", s) for s in suffixes)
+    assert len(set(suffixes)) == len(suffixes)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next suffix, then out
+        os.write(write, input_processor.random_uuid().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 16).decode()
+    assert child != input_processor.random_uuid()  # the parent's next one: a forked child is seeded anew
+    assert input_processor.random_uuid.__wrapped__ is not input_processor.random_uuid  # vLLM's, for pin checks
+
+
+def test_histograms_expose_what_prometheus_client_gives(installed):
+    buckets = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0]
+    values = [0.0, -1.0, 0.3, 0.30000001, 1.0, 7.0, 80.0, 81.0, math.inf, -math.inf, math.nan, 1e-9, 2.5, 39.99]
+    exposed = []
+    for fast in (False, True):
+        registry = CollectorRegistry()
+        child = Histogram("h", "help", ["engine"], buckets=buckets, registry=registry).labels("0")
+        if fast:
+            child.observe = bookkeeping._observer(child)
+        for v in values * 3:
+            child.observe(v)
+        exposed.append(
+            [(s.name, s.labels, s.value) for m in registry.collect() for s in m.samples if "created" not in s.name]
+        )
+    assert repr(exposed[0]) == repr(exposed[1])  # repr: NaN sums compare equal
+
+
+def test_an_unknown_prometheus_client_is_left_alone(monkeypatch):
+    monkeypatch.setattr(loggers.PrometheusStatLogger, "__init__", loggers.PrometheusStatLogger.__init__)
+    monkeypatch.setattr(bookkeeping, "HISTOGRAM_OBSERVE", "0000000000000000")
+    assert "not the body verified" in bookkeeping._histograms()
+    assert not getattr(loggers.PrometheusStatLogger.__init__, "rerank_kit", False)
