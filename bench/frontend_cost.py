@@ -178,7 +178,7 @@ def measure(
         if profile:
             raw = OUT / f"frontend-{family}-{mode}.pyspy"
             spy = subprocess.Popen(
-                [pyspy(), "record", "--pid", str(proc.pid), "--duration", str(int(duration)), "--rate", "250",
+                [pyspy(), "record", "--pid", str(proc.pid), "--duration", str(int(duration)), "--rate", "500",
                  "--format", "raw", "--nonblocking", "--output", str(raw), *(["--gil"] if gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip

@@ -30,12 +30,22 @@ TARGETS = (
     ("vllm.v1.serial_utils", "MsgpackDecoder", "decode"),
     ("vllm.v1.engine.core_client", "AsyncMPClient", "_send_input_message"),
     ("vllm.v1.metrics.loggers", "StatLoggerManager", "record"),
+    ("vllm.v1.metrics.loggers", "PrometheusStatLogger", "record"),
+    ("vllm.v1.metrics.loggers", "LoggingStatLogger", "record"),
+    ("vllm.v1.engine.input_processor", "InputProcessor", "_validate_params"),
+    ("vllm.v1.engine.input_processor", "InputProcessor", "_validate_model_inputs"),
+    ("vllm.pooling_params", "PoolingParams", "clone"),
+    ("vllm.v1.engine.output_processor", "OutputProcessor", "_update_stats_from_output"),
+    ("vllm.v1.engine.output_processor", "OutputProcessor", "_update_stats_from_finished"),
+    ("vllm.v1.engine.output_processor", "RequestState", "make_request_output"),
+    ("vllm.v1.serial_utils", "MsgpackDecoder", "_decode_tensor"),
     ("vllm.entrypoints.pooling.scoring.serving", "ServingScores", "_build_response"),
     ("vllm.entrypoints.pooling.scoring.io_processor", "CrossEncoderIOProcessor", "get_request_factory_online"),
     ("vllm.entrypoints.serve.engine.serving", "BaseServing", "_log_inputs"),
     ("prometheus_fastapi_instrumentator.routing", None, "get_route_name"),
     ("rerank_kit.server.prompts", None, "pair_prompts"),
     ("rerank_kit.server.bodycheck", None, "check_body"),
+    ("rerank_kit.server.responses", None, "pair_scores"),
 )
 PATCH_SECONDS = 600  # modules imported later than this after start-up are not looked for
 
