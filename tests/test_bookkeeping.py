@@ -13,6 +13,8 @@ import copy
 import math
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -91,3 +93,15 @@ def test_an_unknown_prometheus_client_is_left_alone(monkeypatch):
     monkeypatch.setattr(bookkeeping, "HISTOGRAM_OBSERVE", "0000000000000000")
     assert "not the body verified" in bookkeeping._histograms()
     assert not getattr(loggers.PrometheusStatLogger.__init__, "rerank_kit", False)
+
+
+def test_vllms_variables_are_cached_once_asked():
+    """In a process of its own (this one keeps reading them): before, each read sees os.environ; after, not."""
+    code = (
+        "import os; from vllm import envs; from rerank_kit.server import bookkeeping\n"
+        "os.environ['VLLM_COMPUTE_NANS_IN_LOGITS'] = '1'; before = envs.VLLM_COMPUTE_NANS_IN_LOGITS\n"
+        "assert bookkeeping.cache_envs()\n"
+        "os.environ['VLLM_COMPUTE_NANS_IN_LOGITS'] = '0'; print(before, envs.VLLM_COMPUTE_NANS_IN_LOGITS)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-2:] == ["True", "True"]

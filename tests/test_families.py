@@ -26,7 +26,7 @@ from rerank_kit.launcher.reference import load_reference
 from rerank_kit.launcher.selfcheck import self_check
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
 from rerank_kit.server import fast_bpe
-from rerank_kit.server.batching import HANDOFF_MESSAGE
+from rerank_kit.server.batching import ENVS_MESSAGE, HANDOFF_MESSAGE
 from rerank_kit.server.bookkeeping import MESSAGE as BOOKKEEPING_MESSAGE
 from rerank_kit.server.compat import requirement, verified_releases
 from rerank_kit.server.engine_start import FORK_MESSAGE
@@ -321,6 +321,7 @@ def test_prompts_are_built_per_request(family_server):
         client.rerank("What is vLLM?", ["vLLM is an inference engine.", "Paris is in France."])
     log = family_server.log.read_text(errors="replace")
     assert HANDOFF_MESSAGE in log  # handed to the engine at once: the parity tests above ran through it
+    assert ENVS_MESSAGE in log  # and vLLM's variables read once from then on (server.bookkeeping.cache_envs)
     assert HANDED_MESSAGE in log  # and vLLM's routes read the guard's parsed body (server.parsed_body)
     if version_tuple(vllm_version() or "0") >= (0, 30):  # make test-images runs older releases
         assert BUILT_MESSAGE in log  # answers built from dicts (server.responses), the parity tests' too

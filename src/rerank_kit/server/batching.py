@@ -11,9 +11,12 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+from rerank_kit.server import bookkeeping
+
 # A child of vLLM's logger, so messages appear in the server log with its formatting.
 logger = logging.getLogger("vllm.rerank_kit")
 HANDOFF_MESSAGE = "rerank-kit: a scoring request's pairs handed to the engine at once (no generator or task per pair)"
+ENVS_MESSAGE = "rerank-kit: vLLM's environment variables cached now that the server serves (as its engine core does)"
 
 
 def install(off: list[str]) -> bool:
@@ -123,6 +126,8 @@ def install_handoff(off: list[str]) -> bool:
         if not said:
             said.append(True)
             logger.info(HANDOFF_MESSAGE)
+            if bookkeeping.cache_envs():  # the server has started: vLLM's variables are read once from now on
+                logger.info(ENVS_MESSAGE)
         ctx.result_generator = pair_outputs(engine, ids, ctx.engine_inputs, trace_headers, errors)
 
     _prepare_generators.rerank_kit = True  # type: ignore[attr-defined]

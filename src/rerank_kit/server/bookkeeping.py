@@ -14,6 +14,8 @@ pair (bench/RESULTS.md 11.7: ~12 µs of bge-reranker's ~190). Three replacements
   Python; here ``bisect`` finds the same bucket (NaN: none, as there), with exemplars left to prometheus_client.
   Only where prometheus_client's observe is the body this was verified on (``HISTOGRAM_OBSERVE``).
 
+And ``cache_envs``: vLLM's own cache of its environment variables, which its API server leaves off.
+
 The vLLM bodies are pinned (``server.compat`` rows ``plugin.pooling_params_clone``, ``plugin.assign_request_id``,
 ``plugin.random_uuid``); an unknown one is left to vLLM and said once. Installed by ``server.plugin``.
 """
@@ -58,6 +60,20 @@ def install(off: list[str]) -> list[str]:
             off.append(f"vLLM's {name} as vLLM does them: {reason}")
     _INSTALLED[:] = installed
     return installed
+
+
+def cache_envs() -> bool:
+    """vLLM's environment variables read once from now on, in this process: ``vllm.envs.enable_envs_cache``, which
+    vLLM's engine core and workers call once they have started. Its API server does not, so every ``envs.X`` there
+    reads os.environ again (~1.5 µs; a few per pair: the id's suffix, each output's stats). For the API server once
+    it serves (the first scoring request): the variables do not change after start-up, as vLLM's note requires."""
+    from vllm import envs
+
+    enable = getattr(envs, "enable_envs_cache", None)
+    if enable is None:
+        return False
+    enable()
+    return True
 
 
 def _clone() -> str | None:
