@@ -44,6 +44,8 @@ TARGETS = (
     ("vllm.entrypoints.serve.engine.serving", "BaseServing", "_log_inputs"),
     ("prometheus_fastapi_instrumentator.routing", None, "get_route_name"),
     ("rerank_kit.server.prompts", None, "pair_prompts"),
+    ("rerank_kit.server.prompts", None, "template_prompts"),
+    ("rerank_kit.server.prompts", None, "_ids"),
     ("rerank_kit.server.bodycheck", None, "check_body"),
     ("rerank_kit.server.responses", None, "pair_scores"),
 )
