@@ -3,7 +3,7 @@
 Every pair of a scoring request is one engine request, and vLLM's API server does the same bookkeeping for each:
 its parameters deep-copied, a random suffix for its id, a dozen Prometheus observations when it finishes. With the
 prompts built per request (``server.prompts``, ``server.batching``) that is a measurable share of what is left per
-pair (bench/RESULTS.md 11.7: ~12 µs of bge-reranker's ~190). Three replacements, each giving the same result:
+pair (bench/RESULTS.md 11.7, the --breakdown table). Three replacements, each giving the same result:
 
 - ``PoolingParams.clone``: vLLM's is ``deepcopy(self)``; here a shallow copy whose fields that are not immutable
   scalars are deep-copied (a msgspec struct's fields are its whole state, so it is the same copy);

@@ -156,7 +156,9 @@ def build(tokenizer: Any) -> tuple[FastBPE | None, str]:
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is None or not hasattr(backend, "to_str") or getattr(tokenizer, "split_special_tokens", False):
         return None, "not a Hugging Face fast tokenizer that splits out its special tokens"
-    spec = json.loads(backend.to_str())
+    # the model's kind first: a WordPiece or Unigram vocabulary is not read as JSON
+    bpe = type(getattr(backend, "model", None)).__name__ == "BPE"
+    spec = json.loads(backend.to_str()) if bpe else {}
     pattern = _layout(spec)
     ranks = None if pattern is None else _ranks(spec["model"])
     if pattern is None or ranks is None:
