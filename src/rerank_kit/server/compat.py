@@ -200,10 +200,10 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     _r("plugin.assign_request_id", "signature", "vllm.v1.engine.input_processor", "InputProcessor.assign_request_id",
        "request", "plugin", "0.27.0", note="the request id's random suffix from a per-process generator",
        body="vllm.v1.engine.input_processor:InputProcessor.assign_request_id", pins="e8c3532a61b32099=0.27.1-0.34.0"),
-    _r("plugin.envs_cache", "symbol", "vllm.envs", "enable_envs_cache", users="plugin", since="0.27.0",
-       note="the API server's vLLM variables cached once it serves, as vLLM's engine core caches its own"),
     _r("plugin.random_uuid", "signature", "vllm.utils", "random_uuid", "", "plugin", "0.27.0",
        body="vllm.utils:random_uuid", pins="ad3640ab37008599=0.27.1-0.34.0"),
+    _r("plugin.envs_cache", "symbol", "vllm.envs", "enable_envs_cache", users="plugin", since="0.27.0",
+       note="the API server's vLLM variables cached once it serves, as vLLM's engine core caches its own"),
     _r("plugin.cpu_engine_start", "signature", "vllm.platforms.cpu", "CpuPlatform.check_and_update_config",
        "vllm_config", "plugin", "0.20.0",
        note="sets VLLM_WORKER_MULTIPROC_METHOD=spawn; with RERANK_KIT_ENGINE_START=fork the plugin forks the engine "

@@ -98,18 +98,6 @@ class FastBPE:
         return out  # type: ignore[return-value]
 
 
-def _byte_decoder() -> dict[str, int]:
-    """ByteLevel's printable character per byte (GPT-2's table), inverted."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = list(printable), 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
-
-
 def _layout(spec: dict) -> str | None:
     """The pre-tokenizer's regular expression when the tokenizer has the layout tiktoken reproduces, else None."""
     model = spec.get("model") or {}
@@ -130,7 +118,11 @@ def _layout(spec: dict) -> str | None:
 
 def _ranks(model: dict) -> dict[bytes, int] | None:
     """tiktoken's ranks (the vocabulary as bytes -> id), when merge order and id order agree."""
-    decode = _byte_decoder()
+    try:  # ByteLevel's printable character per byte (GPT-2's table), as transformers converts tiktoken files with it
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+    except ImportError:
+        return None
+    decode = {c: b for b, c in bytes_to_unicode().items()}
     try:
         ranks = {bytes(decode[c] for c in token): i for token, i in model["vocab"].items()}
     except KeyError:  # a token outside ByteLevel's alphabet
