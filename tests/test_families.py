@@ -25,7 +25,7 @@ from rerank_kit.launcher import machine, vllm_version
 from rerank_kit.launcher.reference import load_reference
 from rerank_kit.launcher.selfcheck import self_check
 from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
-from rerank_kit.server import fast_bpe
+from rerank_kit.server import engine_batch, fast_bpe
 from rerank_kit.server.batching import ENVS_MESSAGE, HANDOFF_MESSAGE
 from rerank_kit.server.bookkeeping import MESSAGE as BOOKKEEPING_MESSAGE
 from rerank_kit.server.compat import requirement, verified_releases
@@ -331,6 +331,8 @@ def test_prompts_are_built_per_request(family_server):
         assert BATCHED_MESSAGE not in log
         return
     assert BATCHED_MESSAGE in log
+    if not engine_batch.unverified():  # a request's pairs reached the engine core in one message
+        assert engine_batch.MESSAGE in log and "sent one by one" not in log
     # a byte-level BPE like Qwen2's: tiktoken encodes the plain texts (server.fast_bpe), said once it is built
     tokenizer = AutoTokenizer.from_pretrained(family_server.model)
     assert (FAST_BPE_MESSAGE in log) == (fast_bpe.build(tokenizer)[0] is not None)

@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_kit.server import bookkeeping
+from rerank_kit.server import bookkeeping, engine_batch
 
 # A child of vLLM's logger, so messages appear in the server log with its formatting.
 logger = logging.getLogger("vllm.rerank_kit")
@@ -149,19 +149,22 @@ async def pair_outputs(
     engine: Any, request_ids: list[str], engine_inputs: list[Any], trace_headers: Any, errors: EncodeErrors
 ) -> AsyncGenerator[tuple[int, Any], None]:
     """(pair index, output) for every pair of a request: each added to the engine (``add_request``, as ``encode``
-    does), then each pair's output queue read in turn. On an error, a cancellation or an early close, every pair
+    does; sent to the engine core in one message where ``server.engine_batch`` can), then each pair's output queue
+    read in turn. On an error, a cancellation or an early close, every pair
     not read to its end is aborted in the engine, in one call."""
     queues: list[Any] = []
     done = 0  # pairs read to their last output
     try:
-        for request_id, engine_input in zip(request_ids, engine_inputs, strict=True):
-            queues.append(
-                await engine.add_request(
-                    request_id, engine_input["prompts"], engine_input["params"],
-                    lora_request=engine_input["lora_requests"], trace_headers=trace_headers,
-                    priority=engine_input["priorities"],
-                )
-            )  # fmt: skip
+        with engine_batch.collecting(engine) as batch:  # vLLM's add_request per pair, their sending at once
+            for request_id, engine_input in zip(request_ids, engine_inputs, strict=True):
+                queues.append(
+                    await engine.add_request(
+                        request_id, engine_input["prompts"], engine_input["params"],
+                        lora_request=engine_input["lora_requests"], trace_headers=trace_headers,
+                        priority=engine_input["priorities"],
+                    )
+                )  # fmt: skip
+        await engine_batch.send(engine, batch)
         for i, queue in enumerate(queues):
             finished = False
             while not finished:

@@ -172,6 +172,25 @@ REQUIREMENTS: tuple[Requirement, ...] = (
        pins="fe27df5a87cad68f=0.27.1-0.28.0 bb49b9752d9558ce=0.29.0-0.32.0 27b1c6443e0dda96=0.33.0-0.34.0"),
     _r("plugin.async_llm_add_request", "signature", "vllm.v1.engine.async_llm", "AsyncLLM.add_request",
        "request_id prompt params * lora_request trace_headers priority", "plugin", "0.27.0"),
+    # a request's pairs sent to the engine core in one utility call (rerank_kit.server.engine_batch)
+    _r("plugin.core_client_add_request", "signature", "vllm.v1.engine.core_client", "AsyncMPClient.add_request_async",
+       "request", "plugin", "0.27.0",
+       note="the plugin collects a scoring request's pairs where this would send each; 0.34 packs the token ids into "
+            "an array sent out of band (more than one buffer per message): left to vLLM",
+       body="vllm.v1.engine.core_client:AsyncMPClient.add_request_async", pins="e8bd6aa5e4c27a18=0.27.1-0.33.0",
+       declined="5584c27a0e09a08d=0.34.0"),
+    _r("plugin.engine_input_add", "signature", "vllm.v1.engine.core", "EngineCoreProc.process_input_sockets",
+       "input_addresses coord_input_address identity ready_event", "plugin", "0.27.0",
+       note="its ADD branch is what the plugin's engine-core method does per request: decode, "
+            "preprocess_add_request, the multimodal cache miss (0.28+) and validation error (0.33+) answered as there",
+       body="vllm.v1.engine.core:EngineCoreProc.process_input_sockets",
+       pins="0468f6a214ce0459=0.27.1 e3a77e0ca593dc9b=0.28.0-0.32.0 a6579c766a75d92c=0.33.0-0.34.0"),
+    _r("plugin.engine_client_request", "signature", "vllm.v1.engine.core", "EngineCoreProc._handle_client_request",
+       "request_type request", "plugin", "0.27.0",
+       note="a utility call is getattr(self, name)(*args); the plugin's method hands each request to its ADD branch "
+            "(0.33 adds the refusal while paused)",
+       body="vllm.v1.engine.core:EngineCoreProc._handle_client_request",
+       pins="3c97ec217f3a052e=0.27.1-0.32.0 42fe4fc23c0dcb22=0.33.0-0.34.0"),
     _r("plugin.rerank_response", "signature", "vllm.entrypoints.pooling.scoring.serving",
        "ServingScores._request_output_to_rerank_response",
        "final_res_batch request_id model_name documents top_n num_prompt_tokens", "plugin", "0.30.0",

@@ -55,7 +55,7 @@ import os
 from typing import Any
 
 from rerank_kit._contract import PIECEWISE_KEY, PLUGIN_ENV, PLUGIN_ON, PLUGIN_PIECEWISE
-from rerank_kit.server import batching, bookkeeping, engine_start, fast_bpe, parsed_body, responses
+from rerank_kit.server import batching, bookkeeping, engine_batch, engine_start, fast_bpe, parsed_body, responses
 from rerank_kit.server import prompts as score_prompts
 from rerank_kit.server.checks import (
     PIECE_SEP_KWARG,
@@ -385,6 +385,10 @@ def register() -> None:
         bookkeeping.install(_OFF)
     except Exception as exc:  # vLLM's own bookkeeping is slower, not wrong
         _OFF.append(f"vLLM's bookkeeping per request ({type(exc).__name__}: {exc})")
+    try:
+        engine_batch.install(_OFF)
+    except Exception as exc:  # a message per pair is slower, not wrong
+        _OFF.append(f"a request's pairs sent to the engine core at once ({type(exc).__name__}: {exc})")
     try:
         engine_start.install()
     except Exception as exc:  # a faster start is not worth a server that does not start
