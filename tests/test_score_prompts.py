@@ -116,12 +116,76 @@ def test_pair_prompts_equal_per_pair_with_token_types(name, truncation, max_leng
         score_prompts.pair_prompts(tokenizer, queries[:1], documents[:1], kwargs, copies)
         assert (tokenizer._tokenizer.truncation, tokenizer._tokenizer.padding) == before  # the shared one untouched
     batched = score_prompts.pair_prompts(tokenizer, queries, documents, kwargs, copies)
-    if rust:
-        assert len(copies) == 1  # the Rust path ran, with a copy of its own set as transformers sets it
+    if rust:  # the Rust path ran: every pair joined by the pair template, or a truncating copy made for some
+        assert len(copies) <= 2  # encoding the texts alone, cutting the pairs past the limit
     for (query, document), prompt in zip(PAIRS, batched, strict=True):
         one = tokenizer(text=query, text_pair=document, **kwargs)  # transformers' call, per pair, as vLLM's
         assert prompt.token_ids == one["input_ids"]
         assert prompt.token_type_ids == one.get("token_type_ids")
+
+
+def fresh(name: str):
+    """A tokenizer no transformers call has set truncation on (vLLM's server keeps its shared one so)."""
+    from transformers import AutoTokenizer
+
+    return (
+        tiny_models.xlmr_tokenizer() if name == "xlmr" else AutoTokenizer.from_pretrained(str(tiny_models.minilm_dir()))
+    )
+
+
+@pytest.mark.parametrize("name", ["bert", "xlmr"])
+@pytest.mark.parametrize(("truncation", "max_length"), TRUNCATIONS)
+def test_pairs_from_each_texts_ids_and_the_pair_template_equal_the_tokenizers_pairs(name, truncation, max_length):
+    """``_template_pairs``: a request's query tokenized once, joined to each document's ids by the tokenizer's
+    TemplateProcessing (encoded by a copy without truncation or padding: MiniLM's tokenizer.json sets both); the
+    pairs past the limit cut by a truncating copy, made only for them."""
+    tokenizer = fresh(name)
+    kwargs = {"truncation": truncation, "max_length": max_length, "add_special_tokens": True}
+    pairs = [(q, d) for q, d in PAIRS if q and d]  # pair_prompts tokenizes a pair with an empty text alone
+    copies: dict = {}
+    built = score_prompts._template_pairs(tokenizer, [q for q, _ in pairs], [d for _, d in pairs], kwargs, copies)
+    assert built is not None, "BERT's and XLM-R's post-processors are TemplateProcessing"
+    cut = sum(len(tokenizer(text=q, text_pair=d)["input_ids"]) > (max_length or 10**9) for q, d in pairs)
+    assert len(copies) == (2 if cut else 1)
+    for (query, document), prompt in zip(pairs, built, strict=True):
+        one = tokenizer(text=query, text_pair=document, **kwargs)
+        assert prompt.token_ids == one["input_ids"], (query, document)
+        assert prompt.token_type_ids == one.get("token_type_ids")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(min_size=1, max_size=40),
+    st.lists(st.text(min_size=1, max_size=120), min_size=1, max_size=6),
+    st.sampled_from(["bert", "xlmr"]),
+)
+def test_template_pairs_equal_the_tokenizers_pairs_on_any_text(query, documents, name):
+    tokenizer = _FRESH.setdefault(name, fresh(name))
+    kwargs = {"truncation": True, "max_length": 64, "add_special_tokens": True}
+    built = score_prompts._template_pairs(tokenizer, [query] * len(documents), documents, kwargs, {})
+    assert built is not None
+    for document, prompt in zip(documents, built, strict=True):
+        one = tokenizer(text=query, text_pair=document, **kwargs)
+        assert prompt.token_ids == one["input_ids"]
+        assert prompt.token_type_ids == one.get("token_type_ids")
+
+
+_FRESH: dict = {}
+
+
+def test_template_pairs_leave_other_post_processors_and_settings_to_the_tokenizer():
+    from tokenizers import processors
+
+    kwargs = {"truncation": False, "max_length": None, "add_special_tokens": True}
+    roberta = fresh("xlmr")
+    roberta._tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    assert score_prompts._template_pairs(roberta, ["q"], ["d"], kwargs, {}) is None
+    bert = fresh("bert")
+    assert score_prompts._template_pairs(bert, ["q"], ["d"], {**kwargs, "add_special_tokens": False}, {}) is None
+    assert score_prompts._template_pairs(bert, ["q"], ["d"], {**kwargs, "padding": True}, {}) is None
+    bert(text="q", text_pair="d", truncation=True, max_length=8)  # transformers leaves its truncation set
+    assert score_prompts._template_pairs(bert, ["q"], ["d"], kwargs, None) is None  # no copy to encode with
+    assert score_prompts._template_pairs(bert, ["q"], ["d"], kwargs, {}) is not None
 
 
 @pytest.mark.parametrize(("truncation", "max_length"), TRUNCATIONS)

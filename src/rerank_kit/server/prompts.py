@@ -13,7 +13,8 @@ request:
   skeleton and the caller keeps its per-pair path. The instruction is a placeholder too, so one skeleton
   serves every instruction a client sends;
 - texts are deduplicated before the tokenizer sees them: a query's pieces are tokenized once per request,
-  not once per document;
+  not once per document (a BERT-style pair too: its texts tokenized alone, joined by the tokenizer's pair
+  template as its post-processor joins them, ``_template_pairs``);
 - one tokenizer call per distinct kind of text, which Hugging Face tokenizers encode in a batch.
 
 The piecewise rule (the references' way: each piece of the prompt tokenized on its own, the document's
@@ -25,16 +26,23 @@ Hugging Face tokenizer; no vLLM import (the plugin wires them in).
 
 from __future__ import annotations
 
+import json
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rerank_kit.server import fast_bpe
 
 try:
     from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers.processors import TemplateProcessing as RustTemplate
 except ImportError:  # no Hugging Face tokenizers: every call goes through the tokenizer object
-    RustTokenizer = None
+    RustTokenizer = RustTemplate = None
+
+# Rust tokenizer -> its pair template (``_pair_template``; None: not a TemplateProcessing)
+_TEMPLATES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_UNSEEN = object()
 
 # Private Rust tokenizers ``_rust_encodings`` keeps per truncation setting (each holds the whole vocabulary).
 MAX_TOKENIZER_COPIES = 4
@@ -138,17 +146,17 @@ def _rust_encodings(tokenizer: Any, inputs: list[Any], encode_kwargs: dict, copi
     call (none, or ``truncation=True`` to ``max_length``); with ``copies`` (a dict the caller keeps) that is done
     once, on a private copy per setting. Without, only a Rust tokenizer that needs no setting is used, as it is.
     Read-only on the shared tokenizer: safe from several threads (vLLM's own calls go to copies of it)."""
+    if (limit := _limit(encode_kwargs)) is False or (backend := _backend(tokenizer, limit, copies)) is None:
+        return None
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    return encode(inputs, add_special_tokens=encode_kwargs.get("add_special_tokens", True))
+
+
+def _backend(tokenizer: Any, limit: int | None, copies: dict | None) -> Any:
+    """The Rust tokenizer that encodes as transformers' call truncating to ``limit`` does: a private copy set so
+    (kept in ``copies``), or without ``copies`` the shared one where it needs no setting; None: neither."""
     shared = getattr(tokenizer, "_tokenizer", None)
     if RustTokenizer is None or not isinstance(shared, RustTokenizer):
-        return None
-    if not set(encode_kwargs) <= {"add_special_tokens", "truncation", "max_length"}:
-        return None
-    truncation, max_length = encode_kwargs.get("truncation", False), encode_kwargs.get("max_length")
-    if truncation is True and isinstance(max_length, int) and max_length > 0:
-        limit: int | None = max_length
-    elif truncation is False or truncation is None:
-        limit = None
-    else:
         return None
     split = bool(getattr(tokenizer, "split_special_tokens", False))
     side = getattr(tokenizer, "truncation_side", "right")
@@ -164,12 +172,90 @@ def _rust_encodings(tokenizer: Any, inputs: list[Any], encode_kwargs: dict, copi
                 backend.enable_truncation(limit, stride=0, strategy="longest_first", direction=side)
             backend.encode_special_tokens = split
             copies[(limit, side, split)] = backend
-    elif limit is None and (shared.truncation, shared.padding, shared.encode_special_tokens) == (None, None, split):
-        backend = shared
-    else:
+        return backend
+    if limit is None and (shared.truncation, shared.padding, shared.encode_special_tokens) == (None, None, split):
+        return shared
+    return None
+
+
+def _limit(encode_kwargs: dict) -> int | Literal[False] | None:
+    """The length transformers truncates a call with ``encode_kwargs`` to (None: none), False where that call
+    takes other arguments (a call this module leaves to transformers)."""
+    if not set(encode_kwargs) <= {"add_special_tokens", "truncation", "max_length"}:
+        return False
+    truncation, max_length = encode_kwargs.get("truncation", False), encode_kwargs.get("max_length")
+    if truncation is True and isinstance(max_length, int) and max_length > 0:
+        return max_length
+    if truncation is False or truncation is None:
+        return None
+    return False
+
+
+def _pair_template(shared: Any) -> tuple[tuple[Any, ...], int] | None:
+    """The Rust tokenizer's pair template as (pieces, tokens it adds): a piece is ``"A"`` or ``"B"`` (a text) with
+    its type id, or a special token's ids with theirs. None for a post-processor other than ``TemplateProcessing``
+    (BERT's, XLM-R's and their kin's as transformers converts them)."""
+    cached = _TEMPLATES.get(shared, _UNSEEN)
+    if cached is not _UNSEEN:
+        return cached
+    template = None
+    processor = shared.post_processor
+    if RustTemplate is not None and isinstance(processor, RustTemplate):
+        state = json.loads(processor.__getstate__())
+        specials = {name: token["ids"] for name, token in state.get("special_tokens", {}).items()}
+        pieces: list[Any] = []
+        for piece in state.get("pair", ()):
+            if "Sequence" in piece:
+                pieces.append((piece["Sequence"]["id"], piece["Sequence"]["type_id"]))
+            else:
+                pieces.append((list(specials[piece["SpecialToken"]["id"]]), piece["SpecialToken"]["type_id"]))
+        added = sum(len(p) for p, _ in pieces if not isinstance(p, str))
+        if sorted(p for p, _ in pieces if isinstance(p, str)) == [
+            "A",
+            "B",
+        ] and added == processor.num_special_tokens_to_add(True):
+            template = (tuple(pieces), added)
+    _TEMPLATES[shared] = template
+    return template
+
+
+def _template_pairs(
+    tokenizer: Any, queries: list[str], documents: list[str], encode_kwargs: dict, copies: dict | None
+) -> list[Prompt] | None:
+    """``tokenizer(text=query, text_pair=document, **encode_kwargs)`` for every pair from each distinct text's ids
+    (one Rust call: a request's query once, not once per document) joined by the tokenizer's pair template, as its
+    post-processor joins them. A pair longer than the truncation limit goes to ``_rust_encodings`` (cut as
+    transformers cuts it); None where the Rust tokenizer is not one this applies to."""
+    if encode_kwargs.get("add_special_tokens", True) is not True or (limit := _limit(encode_kwargs)) is False:
+        return None
+    if (backend := _backend(tokenizer, None, copies)) is None or (template := _pair_template(backend)) is None:
         return None
     encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-    return encode(inputs, add_special_tokens=encode_kwargs.get("add_special_tokens", True))
+    unique = list(dict.fromkeys([*queries, *documents]))
+    by_text = dict(zip(unique, (e.ids for e in encode(unique, add_special_tokens=False)), strict=True))
+    pieces, added = template
+    types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+    prompts: list[Prompt] = []
+    long: list[int] = []
+    for i, (query, document) in enumerate(zip(queries, documents, strict=True)):
+        texts = {"A": by_text[query], "B": by_text[document]}
+        if limit is not None and len(texts["A"]) + len(texts["B"]) + added > limit:
+            long.append(i)
+        ids: list[int] = []
+        type_ids: list[int] | None = [] if types else None
+        for piece, type_id in pieces:
+            part = texts[piece] if isinstance(piece, str) else piece
+            ids += part
+            if type_ids is not None:
+                type_ids += [type_id] * len(part)
+        prompts.append(Prompt(ids, type_ids))
+    if long:
+        encodings = _rust_encodings(tokenizer, [(queries[i], documents[i]) for i in long], encode_kwargs, copies)
+        if encodings is None:
+            return None
+        for i, prompt in zip(long, _from_rust(tokenizer, encodings), strict=True):
+            prompts[i] = prompt
+    return prompts
 
 
 def _from_rust(tokenizer: Any, encodings: list[Any]) -> list[Prompt]:
@@ -190,16 +276,19 @@ def pair_prompts(
     tokenizer: Any, queries: list[str], documents: list[str], encode_kwargs: dict, copies: dict | None = None
 ) -> list[Prompt]:
     """BERT-style cross-encoders: ``tokenizer(text=query, text_pair=document)`` for every pair, in one call
-    (``_rust_encodings``; ``copies``: its truncating tokenizers, kept by the caller).
+    (``_template_pairs``: each distinct text once, else ``_rust_encodings``: each pair; ``copies``: their Rust
+    tokenizers set as transformers sets them, kept by the caller).
 
     Except pairs with an empty text: alone, transformers treats an empty ``text_pair`` as no pair (one
     [SEP]); in a batch it is an empty second sequence (two). Those are tokenized one by one, as vLLM does.
     """
-    encodings = _rust_encodings(tokenizer, list(zip(queries, documents, strict=True)), encode_kwargs, copies)
-    if encodings is not None:
-        prompts = _from_rust(tokenizer, encodings)
-    else:
-        prompts = _from_encoding(tokenizer(text=queries, text_pair=documents, **encode_kwargs))
+    prompts = _template_pairs(tokenizer, queries, documents, encode_kwargs, copies)
+    if prompts is None:
+        encodings = _rust_encodings(tokenizer, list(zip(queries, documents, strict=True)), encode_kwargs, copies)
+        if encodings is not None:
+            prompts = _from_rust(tokenizer, encodings)
+        else:
+            prompts = _from_encoding(tokenizer(text=queries, text_pair=documents, **encode_kwargs))
     for i, (query, document) in enumerate(zip(queries, documents, strict=True)):
         if not (query and document):
             one = tokenizer(text=query, text_pair=document, **encode_kwargs)
