@@ -71,21 +71,53 @@ def test_request_ids_keep_vllms_form(installed):
     assert input_processor.random_uuid.__wrapped__ is not input_processor.random_uuid  # vLLM's, for pin checks
 
 
-def test_histograms_expose_what_prometheus_client_gives(installed):
+@pytest.mark.parametrize("mode", ["deferred", "bisect"])
+def test_histograms_expose_what_prometheus_client_gives(installed, mode, monkeypatch):
+    """Read after every value and only at the end, with more values than one flush holds (the deferred queue's
+    sum added in order, its buckets counted at once) and by bisection (multiprocess mode: values read elsewhere)."""
+    if mode == "bisect":
+        monkeypatch.setattr(bookkeeping, "_reads_verified", lambda: False)
+    monkeypatch.setattr(bookkeeping, "FLUSH_AT", 7)
     buckets = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0]
-    values = [0.0, -1.0, 0.3, 0.30000001, 1.0, 7.0, 80.0, 81.0, math.inf, -math.inf, math.nan, 1e-9, 2.5, 39.99]
-    exposed = []
-    for fast in (False, True):
-        registry = CollectorRegistry()
-        child = Histogram("h", "help", ["engine"], buckets=buckets, registry=registry).labels("0")
-        if fast:
-            child.observe = bookkeeping._observer(child)
-        for v in values * 3:
-            child.observe(v)
-        exposed.append(
-            [(s.name, s.labels, s.value) for m in registry.collect() for s in m.samples if "created" not in s.name]
-        )
-    assert repr(exposed[0]) == repr(exposed[1])  # repr: NaN sums compare equal
+    values = [0.0, -1.0, 0.3, 0.30000001, 1.0, 7.0, 80.0, 81.0, math.inf, -math.inf, math.nan, 1e-9, 2.5, 39.99,
+              3, 0.1 + 0.2, 1 / 3, 12345678901, -0.0]  # fmt: skip
+    for read_each in (False, True):
+        exposed = []
+        for fast in (False, True):
+            registry = CollectorRegistry()
+            child = Histogram("h", "help", ["engine"], buckets=buckets, registry=registry).labels("0")
+            if fast:
+                child.observe = bookkeeping._observer(child)
+                assert ("_child_samples" in vars(child)) == (mode == "deferred")  # which path is under test
+            seen = []
+            for v in values * 3:
+                child.observe(v)
+                if read_each:
+                    seen.append(exposition(registry))
+            seen.append(exposition(registry))
+            exposed.append(seen)
+        assert exposed[0] == exposed[1]
+
+
+def exposition(registry) -> str:
+    """What a scrape shows, less the creation time (repr: a NaN sum compares equal)."""
+    return repr([(s.name, s.labels, s.value) for m in registry.collect() for s in m.samples if "created" not in s.name])
+
+
+def test_a_deferred_histogram_adds_up_before_an_exemplar_and_when_full(installed, monkeypatch):
+    monkeypatch.setattr(bookkeeping, "FLUSH_AT", 3)
+    registry = CollectorRegistry()
+    child = Histogram("h", "help", ["engine"], buckets=[1.0, 2.0], registry=registry).labels("0")
+    child.observe = bookkeeping._observer(child)
+    child.observe(0.5)
+    child.observe(1.5)
+    assert child._sum.get() == 0.0  # waiting
+    child.observe(2.5)
+    assert child._sum.get() == 4.5 and [b.get() for b in child._buckets] == [1.0, 1.0, 1.0]  # three: added up
+    child.observe(0.25)
+    child.observe(1.0, {"trace_id": "x"})  # the queued value first, then this one with its exemplar
+    assert child._sum.get() == 5.75 and [b.get() for b in child._buckets] == [3.0, 1.0, 1.0]
+    assert child._buckets[0].get_exemplar().value == 1.0
 
 
 def test_an_unknown_prometheus_client_is_left_alone(monkeypatch):

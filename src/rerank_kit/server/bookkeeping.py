@@ -10,9 +10,11 @@ pair (bench/RESULTS.md 11.7, the --breakdown table). Three replacements, each gi
 - the id's random suffix: ``InputProcessor.assign_request_id`` calls ``random_uuid`` (a ``uuid4``: an
   ``os.urandom`` call and a UUID object per pair); here 64 bits of a per-process Mersenne Twister seeded from
   ``os.urandom`` (seeded again in a forked child): the same 16 hex digits, of which vLLM keeps 8;
-- ``Histogram.observe`` on the histograms of vLLM's Prometheus stat logger: prometheus_client walks the buckets in
-  Python; here ``bisect`` finds the same bucket (NaN: none, as there), with exemplars left to prometheus_client.
-  Only where prometheus_client's observe is the body this was verified on (``HISTOGRAM_OBSERVE``).
+- ``Histogram.observe`` on the histograms of vLLM's Prometheus stat logger: prometheus_client adds each value to the
+  sum and walks the buckets in Python, under a lock each; here the value joins a queue, added up (the same sum, the
+  same buckets) when the histogram is read or 4,096 are waiting (in multiprocess mode, where other processes read
+  the values: ``bisect`` finds the same bucket), with exemplars left to prometheus_client. Only where
+  prometheus_client's observe is the body this was verified on (``HISTOGRAM_OBSERVE``).
 
 And ``cache_envs``: vLLM's own cache of its environment variables, which its API server leaves off.
 
@@ -23,18 +25,24 @@ The vLLM bodies are pinned (``server.compat`` rows ``plugin.pooling_params_clone
 from __future__ import annotations
 
 import bisect
+import collections
 import copy
 import enum
 import functools
 import logging
 import math
+import operator
 import os
 import random
+import threading
 from typing import Any
 
 # prometheus_client's Histogram.observe as verified (0.26.0, the locked release: the sum, then the first bucket whose
 # bound is >= amount)
 HISTOGRAM_OBSERVE = "a488fe9e89de97d3"
+# ... and what reads a histogram's values (Histogram._child_samples, through MetricWrapperBase._samples): where these
+# are the bodies verified, observations can wait until a read
+HISTOGRAM_READS = ("be57ecfc4867d77c", "48df6a2906c131e1")
 MESSAGE = "rerank-kit: vLLM's bookkeeping per engine request made cheaper, the same results:"
 _IMMUTABLE = (bool, int, float, complex, str, bytes, enum.Enum, type(None))
 
@@ -160,8 +168,15 @@ def _histograms() -> str | None:
 
 
 def _observer(child: Any) -> Any:
-    """``child.observe`` with the bucket found by bisection (prometheus_client's for an exemplar)."""
+    """``child.observe``, the same samples for less: observations kept in a queue and added up when anything reads
+    the histogram (``_child_samples``, what every collection calls) or ``FLUSH_AT`` are waiting (``_flusher``); the
+    bucket found by bisection where another process reads the values (prometheus_client's multiprocess mode reads
+    its files, not this object); prometheus_client's own observe for an exemplar."""
+    from prometheus_client.values import MutexValue
+
     original, total, buckets, bounds = child.observe, child._sum, child._buckets, child._upper_bounds
+    if _reads_verified() and type(total) is MutexValue and all(type(b) is MutexValue for b in buckets):
+        return _deferred(child, original)
 
     def observe(amount: float, exemplar: Any = None) -> None:
         if exemplar:
@@ -173,3 +188,64 @@ def _observer(child: Any) -> Any:
 
     observe.__wrapped__ = original  # type: ignore[attr-defined]
     return observe
+
+
+@functools.cache
+def _reads_verified() -> bool:
+    from prometheus_client.metrics import Histogram, MetricWrapperBase
+
+    from rerank_kit.server import fingerprint
+
+    found = (fingerprint.of_object(Histogram._child_samples), fingerprint.of_object(MetricWrapperBase._samples))
+    return found == HISTOGRAM_READS
+
+
+FLUSH_AT = 4096  # observations one histogram keeps before it adds them up (~32 KiB)
+
+
+def _deferred(child: Any, original: Any) -> Any:
+    """``observe`` as a queue append, and ``child._child_samples`` that first adds the queue up (``_flusher``)."""
+    pending: collections.deque[float] = collections.deque()
+    flush = _flusher(pending, child._sum, child._buckets, child._upper_bounds)
+    samples = child._child_samples
+
+    def observe(amount: float, exemplar: Any = None) -> None:
+        if exemplar:  # in order: what came before, then this one as prometheus_client records it
+            flush()
+            return original(amount, exemplar)
+        pending.append(amount)
+        if len(pending) >= FLUSH_AT:
+            flush()
+        return None
+
+    def _child_samples() -> Any:
+        flush()
+        return samples()
+
+    child._child_samples = _child_samples
+    observe.__wrapped__ = original  # type: ignore[attr-defined]
+    return observe
+
+
+def _flusher(pending: collections.deque[float], total: Any, buckets: list[Any], bounds: list[float]) -> Any:
+    """What prometheus_client's observe does for each queued value, for all of them at once: the sum added value by
+    value in their order (the same float), each bucket's count by one ``searchsorted`` (the first bound >= value,
+    as its loop finds it; NaN in none). Thread-safe: values appended meanwhile wait for the next flush."""
+    import numpy as np
+
+    edges = np.asarray(bounds, dtype=np.float64)
+    lock = threading.Lock()
+
+    def flush() -> None:
+        with lock:
+            n = len(pending)
+            if not n:
+                return
+            values = [pending.popleft() for _ in range(n)]
+            total.set(functools.reduce(operator.add, values, total.get()))
+            at = np.searchsorted(edges, np.asarray(values, dtype=np.float64), side="left")
+            counts = np.bincount(at, minlength=len(bounds) + 1)  # NaN sorts past +Inf: index len(bounds)
+            for i in np.flatnonzero(counts[: len(bounds)]).tolist():
+                buckets[i].inc(int(counts[i]))
+
+    return flush
