@@ -120,6 +120,33 @@ def test_a_deferred_histogram_adds_up_before_an_exemplar_and_when_full(installed
     assert child._buckets[0].get_exemplar().value == 1.0
 
 
+def test_small_output_tensors_decode_as_vllms_decoder_decodes_them():
+    """The engine's outputs (scores, an embedding row, ints, bf16, a 0-d and an empty tensor, one big enough to
+    travel out of band) through vLLM's own decoder and through one given ``fast_tensors``: the same tensors."""
+    import torch
+    from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
+    from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
+
+    tensors = [torch.tensor([0.5]), torch.tensor([[1.0, -2.5]], dtype=torch.bfloat16), torch.tensor([3, -4]),
+               torch.tensor(2.0), torch.zeros(0), torch.randn(400), torch.tensor([-0.0, float("nan")])]  # fmt: skip
+    outputs = EngineCoreOutputs(
+        outputs=[
+            EngineCoreOutput(request_id=f"r{i}", new_token_ids=[], pooling_output=t) for i, t in enumerate(tensors)
+        ]
+    )
+    frames = MsgpackEncoder().encode(outputs)
+    assert len(frames) > 1  # the big one out of band: vLLM's own path for it
+    vllms, ours = MsgpackDecoder(EngineCoreOutputs), MsgpackDecoder(EngineCoreOutputs)
+    assert bookkeeping.fast_tensors(ours) and not bookkeeping.fast_tensors(ours)  # once per decoder
+    assert "_decode_tensor" not in vars(vllms)  # the class is left alone
+    for a, b, sent in zip(vllms.decode(frames).outputs, ours.decode(frames).outputs, tensors, strict=True):
+        x, y = a.pooling_output, b.pooling_output
+        assert (y.dtype, y.shape) == (x.dtype, x.shape) == (sent.dtype, sent.shape)
+        assert torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8))  # bit for bit (NaN)
+        y.add_(1)  # its own memory: the received frame is not written
+    assert torch.equal(vllms.decode(frames).outputs[0].pooling_output, tensors[0])
+
+
 def test_an_unknown_prometheus_client_is_left_alone(monkeypatch):
     monkeypatch.setattr(loggers.PrometheusStatLogger, "__init__", loggers.PrometheusStatLogger.__init__)
     monkeypatch.setattr(bookkeeping, "HISTOGRAM_OBSERVE", "0000000000000000")

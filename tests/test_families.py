@@ -28,7 +28,8 @@ from rerank_kit.recipes import PIECEWISE_KEY, get_recipe
 from rerank_kit.server import engine_batch, fast_bpe
 from rerank_kit.server.batching import ENVS_MESSAGE, HANDOFF_MESSAGE
 from rerank_kit.server.bookkeeping import MESSAGE as BOOKKEEPING_MESSAGE
-from rerank_kit.server.compat import requirement, verified_releases
+from rerank_kit.server.bookkeeping import TENSORS_MESSAGE
+from rerank_kit.server.compat import pinned, requirement, verified_releases
 from rerank_kit.server.engine_start import FORK_MESSAGE
 from rerank_kit.server.fast_bpe import READY_MESSAGE as FAST_BPE_MESSAGE
 from rerank_kit.server.parsed_body import HANDED_MESSAGE
@@ -322,6 +323,10 @@ def test_prompts_are_built_per_request(family_server):
     log = family_server.log.read_text(errors="replace")
     assert HANDOFF_MESSAGE in log  # handed to the engine at once: the parity tests above ran through it
     assert ENVS_MESSAGE in log  # and vLLM's variables read once from then on (server.bookkeeping.cache_envs)
+    from vllm.v1.serial_utils import MsgpackDecoder
+
+    if pinned("plugin.decode_tensor", MsgpackDecoder._decode_tensor) is None:  # the scores read with one copy
+        assert TENSORS_MESSAGE in log
     assert HANDED_MESSAGE in log  # and vLLM's routes read the guard's parsed body (server.parsed_body)
     if version_tuple(vllm_version() or "0") >= (0, 30):  # make test-images runs older releases
         assert BUILT_MESSAGE in log  # answers built from dicts (server.responses), the parity tests' too

@@ -128,6 +128,8 @@ def install_handoff(off: list[str]) -> bool:
             logger.info(HANDOFF_MESSAGE)
             if bookkeeping.cache_envs():  # the server has started: vLLM's variables are read once from now on
                 logger.info(ENVS_MESSAGE)
+            if bookkeeping.fast_tensors(getattr(engine.engine_core, "decoder", None)):
+                logger.info(bookkeeping.TENSORS_MESSAGE)
         ctx.result_generator = pair_outputs(engine, ids, ctx.engine_inputs, trace_headers, errors)
 
     _prepare_generators.rerank_kit = True  # type: ignore[attr-defined]

@@ -84,6 +84,37 @@ def cache_envs() -> bool:
     return True
 
 
+TENSORS_MESSAGE = "rerank-kit: the engine's small output tensors decoded with one copy (as vLLM decodes them)"
+
+
+def fast_tensors(decoder: Any) -> bool:
+    """The API server's decoder of the engine's outputs (``AsyncMPClient.decoder``) reads a tensor sent inline (a
+    pair's score: 4 bytes) with one copy into a buffer of its own, where vLLM's makes a byte tensor, clones it and
+    views it twice: the same values, dtype and shape, in memory the tensor owns (a ``bytearray`` instead of a torch
+    allocation). Anything else (a tensor sent out of band, an empty one) goes to vLLM's own. Only on the body
+    verified (compat row ``plugin.decode_tensor``), and only on this one decoder: the engine core's decoders (prompt
+    embeddings it may move to a GPU) stay vLLM's."""
+    import torch
+
+    from rerank_kit.server.compat import pinned
+
+    base = getattr(type(decoder), "_decode_tensor", None)
+    if base is None or "_decode_tensor" in vars(decoder) or pinned("plugin.decode_tensor", base) is not None:
+        return False
+    own = base.__get__(decoder)
+
+    def _decode_tensor(arr: Any) -> Any:
+        dtype, shape, data = arr
+        if isinstance(data, (bytes, memoryview)) and len(data):
+            torch_dtype = getattr(torch, dtype)
+            if isinstance(torch_dtype, torch.dtype):
+                return torch.frombuffer(bytearray(data), dtype=torch_dtype).view(shape)
+        return own(arr)
+
+    decoder._decode_tensor = _decode_tensor
+    return True
+
+
 def _clone() -> str | None:
     from vllm.pooling_params import PoolingParams
 
