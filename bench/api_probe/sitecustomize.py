@@ -13,6 +13,7 @@ A bench tool, never installed: rerank-kit's own server code does not import it.
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import json
 import os
@@ -86,6 +87,21 @@ def _patch(totals: dict[str, list[float]]) -> None:
         time.sleep(0.2)
 
 
+def _time_gc(totals: dict[str, list[float]]) -> None:
+    """The garbage collector's CPU time per generation, as "gc.collect (generation N)" entries."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.thread_time()
+            return
+        entry = totals.setdefault(f"gc.collect (generation {info['generation']})", [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.thread_time() - started[0]
+
+    gc.callbacks.append(callback)
+
+
 def _dump(totals: dict[str, list[float]], path: str) -> None:
     while True:
         time.sleep(1.0)
@@ -96,5 +112,6 @@ def _dump(totals: dict[str, list[float]], path: str) -> None:
 
 if out := os.environ.get("RERANK_KIT_BENCH_PROBE"):
     _totals: dict[str, list[float]] = {}
+    _time_gc(_totals)
     threading.Thread(target=_patch, args=(_totals,), daemon=True).start()
     threading.Thread(target=_dump, args=(_totals, f"{out}.{os.getpid()}"), daemon=True).start()
