@@ -142,6 +142,7 @@ def test_pairs_from_each_texts_ids_and_the_pair_template_equal_the_tokenizers_pa
     tokenizer = fresh(name)
     kwargs = {"truncation": truncation, "max_length": max_length, "add_special_tokens": True}
     pairs = [(q, d) for q, d in PAIRS if q and d]  # pair_prompts tokenizes a pair with an empty text alone
+    pairs += [("a </s> query", "doc </s></s> [SEP] end"), ("[CLS] <s> q", "[PAD] <unk> [MASK] d")]  # special tokens
     copies: dict = {}
     built = score_prompts._template_pairs(tokenizer, [q for q, _ in pairs], [d for _, d in pairs], kwargs, copies)
     assert built is not None, "BERT's and XLM-R's post-processors are TemplateProcessing"

@@ -152,8 +152,8 @@ async def pair_outputs(
 ) -> AsyncGenerator[tuple[int, Any], None]:
     """(pair index, output) for every pair of a request: each added to the engine (``add_request``, as ``encode``
     does; sent to the engine core in one message where ``server.engine_batch`` can), then each pair's output queue
-    read in turn. On an error, a cancellation or an early close, every pair
-    not read to its end is aborted in the engine, in one call."""
+    read in turn. On an error, a cancellation or an early close, every pair not read to its end is aborted in the
+    engine, in one call (a pair collected but not yet sent too: the engine core ignores an unknown id)."""
     queues: list[Any] = []
     done = 0  # pairs read to their last output
     try:

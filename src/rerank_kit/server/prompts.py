@@ -210,10 +210,8 @@ def _pair_template(shared: Any) -> tuple[tuple[Any, ...], int] | None:
             else:
                 pieces.append((list(specials[piece["SpecialToken"]["id"]]), piece["SpecialToken"]["type_id"]))
         added = sum(len(p) for p, _ in pieces if not isinstance(p, str))
-        if sorted(p for p, _ in pieces if isinstance(p, str)) == [
-            "A",
-            "B",
-        ] and added == processor.num_special_tokens_to_add(True):
+        texts = sorted(p for p, _ in pieces if isinstance(p, str))
+        if texts == ["A", "B"] and added == processor.num_special_tokens_to_add(True):
             template = (tuple(pieces), added)
     _TEMPLATES[shared] = template
     return template
