@@ -173,7 +173,7 @@ def test_a_refused_utility_call_sends_every_pair_as_vllm_does_and_stops_asking(i
 
 
 @pytest.mark.vllm
-def test_concurrent_requests_and_a_dropped_one_answer_as_alone_and_leave_the_engine_empty(qwen3_server):
+def test_concurrent_requests_answer_as_alone_and_dropped_ones_leave_the_engine_empty(qwen3_server):
     server = qwen3_server
     queries = [f"What does passage {k} say about engines?" for k in range(6)]
     docs = [[f"Passage {k}-{i}: engines {'and caches ' * (i % 4)}run requests." for i in range(24)] for k in range(6)]
