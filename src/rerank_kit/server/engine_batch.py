@@ -103,8 +103,7 @@ async def send(engine: Any, batch: list[Any] | None) -> None:
     if not batch:
         return
     client = engine.engine_core
-    payload = client.encoder.encode(batch)
-    if _STATE["on"] and len(payload) == 1:  # no tensor out of band: one buffer
+    if _STATE["on"] and len(payload := client.encoder.encode(batch)) == 1:  # no tensor out of band: one buffer
         try:
             added = await client.call_utility_async(METHOD, payload[0])
         except Exception as exc:
